@@ -1,0 +1,101 @@
+"""The wire contract between the control plane, Kafka, Redis and workers.
+
+Every name a message or key carries is defined here once; the API (apps/services), the
+worker daemon and the SDK client import it, so the two ends cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Kafka. `murmur2_random` is the Java client's default partitioner: kcat, a Java producer
+# or any client left on defaults puts a key on the same partition as memrun does.
+PARTITIONER = "murmur2_random"
+HEADER_REQUEST_ID = "memrun-request-id"
+HEADER_DEADLINE_MS = "memrun-deadline-ms"
+HEADER_ATTEMPT = "memrun-attempt"
+HEADER_SUBMITTED_MS = "memrun-submitted-ms"
+
+# Redis. The outcome is a plain key so any number of readers can GET it; the reply list
+# only wakes a blocked waiter (BLPOP) and carries no data of its own.
+REPLY_TTL_S = 24 * 3600
+MAX_PAYLOAD_BYTES = 1024 * 1024
+
+
+def request_topic(service: str) -> str:
+    return f"memrun.requests.{service}"
+
+
+def dlq_topic(service: str) -> str:
+    return f"memrun.dlq.{service}"
+
+
+def consumer_group(service: str) -> str:
+    return f"memrun-{service}"
+
+
+def reply_key(request_id: str) -> str:
+    """Redis list pushed once when the outcome is stored: BLPOP it to wait."""
+    return f"memrun:reply:{request_id}"
+
+
+def outcome_key(request_id: str) -> str:
+    """Redis string holding the outcome JSON; first writer wins (SET NX)."""
+    return f"memrun:outcome:{request_id}"
+
+
+def request_key(request_id: str) -> str:
+    """Redis string holding the submission record while the request is pending."""
+    return f"memrun:request:{request_id}"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one handled request produced: a JSON result, or an error with its type."""
+
+    request_id: str
+    ok: bool
+    result: Any = None
+    error: dict[str, str] | None = None
+    worker: str = ""
+    attempt: int = 1
+    partition: int = -1
+    offset: int = -1
+    duration_ms: float = 0.0
+    finished_ms: int = field(default_factory=now_ms)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), default=str).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Outcome:
+        return cls(**json.loads(raw))
+
+
+def encode_headers(
+    *, request_id: str, deadline_ms: int, attempt: int = 1, submitted_ms: int | None = None
+) -> list[tuple[str, bytes]]:
+    return [
+        (HEADER_REQUEST_ID, request_id.encode()),
+        (HEADER_DEADLINE_MS, str(deadline_ms).encode()),
+        (HEADER_ATTEMPT, str(attempt).encode()),
+        (HEADER_SUBMITTED_MS, str(submitted_ms or now_ms()).encode()),
+    ]
+
+
+def decode_headers(headers: list[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    """Header name -> text; a message from a foreign producer may have none at all."""
+    return {name: (value or b"").decode("utf-8", "replace") for name, value in headers or ()}

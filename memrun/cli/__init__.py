@@ -1,0 +1,48 @@
+"""The `memrun` command: one subcommand per module in this package, each thin over a library.
+
+A subcommand module exposes `register(subparsers)`, which adds its parser and sets
+`handler=fn(args) -> int`. Modules import their heavy dependencies inside the handler so
+`memrun --help` stays fast and `memrun worker` never imports Django.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from memrun.errors import MemrunError
+
+SUBCOMMANDS = [
+    "memrun.cli.worker",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memrun", description="Serverless warm memory: deploy, run and call services."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in SUBCOMMANDS:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except MemrunError as exc:
+        if args.debug:
+            raise
+        print(f"memrun: error: {exc.message}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Root test configuration: each area's fixtures live in tests/fixtures/ and load here."""
+
+pytest_plugins = [
+    "tests.fixtures.services",
+]
