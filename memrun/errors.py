@@ -38,3 +38,13 @@ class ApiError(MemrunError):
     ) -> None:
         super().__init__(message, details=details)
         self.status = status
+
+
+class PackageRejected(MemrunError, ValueError):
+    """A handler package is unsafe or malformed; `reason` is a short code, the message says why."""
+
+    def __init__(
+        self, reason: str, message: str, *, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, details={"reason": reason, **(details or {})})
+        self.reason = reason
