@@ -16,6 +16,8 @@ from memrun.errors import MemrunError
 
 SUBCOMMANDS = [
     "memrun.cli.worker",
+    "memrun.cli.up",
+    "memrun.cli.token",
 ]
 
 

@@ -1,0 +1,162 @@
+"""Admin pages for services, deployments and API tokens.
+
+Services are created through the API, the CLI or the UI, never here: creating one also
+creates its Kafka topics, which must be able to fail the request. Changes made here go
+through `service_update`, like the API's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from apps.services.errors import DomainError
+from apps.services.models import ApiToken, Deployment, Service
+from apps.services.services import SERVICE_UPDATABLE, apitoken_revoke, service_update
+from memrun._sizes import format_size, parse_size
+from memrun.errors import ConfigError
+
+
+class ServiceChangeForm(forms.ModelForm):
+    """Memory and disk as sizes ("32Gi"), like everywhere else a user writes them."""
+
+    memory = forms.CharField(help_text="e.g. 512Mi, 32Gi")
+    disk = forms.CharField(help_text="e.g. 50Gi, 600Gi")
+
+    class Meta:
+        model = Service
+        fields = [
+            "min_workers",
+            "desired_workers",
+            "max_workers",
+            "concurrency",
+            "timeout_seconds",
+            "sticky_key",
+            "provider",
+            "server_type",
+            "location",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["memory"] = format_size(self.instance.memory_bytes)
+            self.initial["disk"] = format_size(self.instance.disk_bytes)
+
+    def _size(self, field: str) -> str:
+        value: str = self.cleaned_data[field]
+        try:
+            setattr(self.instance, f"{field}_bytes", parse_size(value, field=field))
+        except ConfigError as exc:
+            raise forms.ValidationError(exc.message) from None
+        return value
+
+    def clean_memory(self) -> str:
+        return self._size("memory")
+
+    def clean_disk(self) -> str:
+        return self._size("disk")
+
+
+@admin.register(Service)
+class ServiceAdmin(admin.ModelAdmin):
+    form = ServiceChangeForm
+    list_display = [
+        "name",
+        "memory",
+        "disk",
+        "workers",
+        "concurrency",
+        "timeout_seconds",
+        "sticky_key",
+        "partitions",
+        "provider",
+        "updated_at",
+    ]
+    list_filter = ["provider", "created_at"]
+    search_fields = ["name", "sticky_key"]
+    readonly_fields = [
+        "name",
+        "partitions",
+        "request_topic",
+        "dlq_topic",
+        "created_at",
+        "updated_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="workers (min / desired / max)")
+    def workers(self, obj: Service) -> str:
+        return f"{obj.min_workers} / {obj.desired_workers} / {obj.max_workers}"
+
+    def save_model(self, request: HttpRequest, obj: Service, form: Any, change: bool) -> None:
+        data = {field: form.cleaned_data[field] for field in SERVICE_UPDATABLE}
+        try:
+            service_update(service=obj, data=data)
+        except DomainError as exc:  # only a race can get here: the form validated the same
+            self.message_user(request, exc.message, messages.ERROR)
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    list_display = ["service", "version", "status", "size", "created_by", "created_at"]
+    list_filter = ["status", "service", "created_at"]
+    list_select_related = ["service", "created_by"]
+    search_fields = ["service__name", "sha256", "message"]
+    readonly_fields = [
+        "service",
+        "version",
+        "sha256",
+        "size_bytes",
+        "manifest",
+        "artifact_url",
+        "message",
+        "status",
+        "failure_reason",
+        "created_by",
+        "created_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="size", ordering="size_bytes")
+    def size(self, obj: Deployment) -> str:
+        return format_size(obj.size_bytes)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["name", "user", "prefix", "created_at", "last_used_at", "active"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter), "created_at"]
+    list_select_related = ["user"]
+    search_fields = ["name", "prefix", "user__username"]
+    readonly_fields = [
+        "user",
+        "name",
+        "prefix",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    exclude = ["token_hash"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(boolean=True, description="active", ordering="revoked_at")
+    def active(self, obj: ApiToken) -> bool:
+        return obj.is_active
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        for token in queryset:
+            apitoken_revoke(token=token)
+        self.message_user(request, f"revoked {queryset.count()} token(s)", messages.SUCCESS)

@@ -1,0 +1,46 @@
+"""Who is calling the API: a bearer token (`Authorization: Bearer mr_...`, for the CLI,
+scripts and SDK) or the browser's Django session (with CSRF on unsafe methods)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+from ninja.errors import HttpError
+from ninja.security import APIKeyCookie, HttpBearer
+from ninja.utils import check_csrf
+
+from apps.services.services import apitoken_authenticate
+
+
+class ApiTokenAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> Any:
+        user = apitoken_authenticate(secret=token)
+        if user is not None:
+            request.user = user
+        return user
+
+
+class SessionCsrfAuth(APIKeyCookie):
+    """The logged-in browser user. Unlike ninja's SessionAuth, CSRF is checked only once
+    a session user is found, so a request without any credentials gets 401, not 403."""
+
+    param_name = settings.SESSION_COOKIE_NAME
+
+    def _get_key(self, request: HttpRequest) -> str | None:
+        return request.COOKIES.get(self.param_name)
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Any:
+        if not request.user.is_authenticated:
+            return None
+        if not getattr(request, "_ninja_csrf_exempt", False) and check_csrf(request):
+            raise HttpError(
+                403,
+                "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken "
+                "header, or authenticate with a bearer token instead",
+            )
+        return request.user
+
+
+api_auth = [ApiTokenAuth(), SessionCsrfAuth()]

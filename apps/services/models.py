@@ -1,0 +1,228 @@
+"""Services, their deployments, and the API tokens that call them.
+
+Thin models: fields, constraints, the cross-field rules `full_clean` reports per field,
+and small properties. Writes go through apps/services/services.py.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import F, Q
+
+from memrun import _protocol as protocol
+from memrun._service import validate_service_name
+from memrun._sizes import format_size
+from memrun._sticky import StickyTemplate
+from memrun.errors import ConfigError
+
+DEFAULT_PARTITIONS = 64
+DUPLICATE_NAME = "a service with this name already exists; pick another"
+
+
+def validate_name(value: str) -> None:
+    try:
+        validate_service_name(value)
+    except ConfigError as exc:
+        raise ValidationError(exc.message, code="invalid") from None
+
+
+def validate_sticky_key(value: str) -> None:
+    try:
+        StickyTemplate.parse(value)
+    except ConfigError as exc:
+        raise ValidationError(exc.message, code="invalid") from None
+
+
+class Provider(models.TextChoices):
+    LOCAL = "local", "Local processes"
+    HETZNER = "hetzner", "Hetzner Cloud"
+
+
+class Service(models.Model):
+    """A warm service: its resources, scaling bounds and routing. The partition count of
+    its request topic is fixed at creation and never below `max_workers`."""
+
+    name = models.CharField(
+        max_length=63,
+        unique=True,
+        validators=[validate_name],
+        error_messages={"unique": DUPLICATE_NAME},
+    )
+    memory_bytes = models.BigIntegerField(validators=[MinValueValidator(1)])
+    disk_bytes = models.BigIntegerField(validators=[MinValueValidator(1)])
+    min_workers = models.PositiveIntegerField(default=1)
+    desired_workers = models.PositiveIntegerField(default=1)
+    max_workers = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+    concurrency = models.PositiveIntegerField(default=16, validators=[MinValueValidator(1)])
+    timeout_seconds = models.PositiveIntegerField(default=300, validators=[MinValueValidator(1)])
+    sticky_key = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_sticky_key],
+        help_text="payload fields joined by ':' (user_id:dataset_id); blank: none",
+    )
+    partitions = models.PositiveIntegerField(
+        default=DEFAULT_PARTITIONS, validators=[MinValueValidator(1)]
+    )
+    provider = models.CharField(max_length=16, choices=Provider.choices, default=Provider.LOCAL)
+    server_type = models.CharField(max_length=32, blank=True, help_text="e.g. ccx63 (Hetzner)")
+    location = models.CharField(max_length=32, blank=True, help_text="e.g. fsn1 (Hetzner)")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(partitions__gte=F("max_workers")),
+                name="service_partitions_gte_max_workers",
+            ),
+            models.CheckConstraint(
+                condition=Q(min_workers__lte=F("desired_workers"))
+                & Q(desired_workers__lte=F("max_workers")),
+                name="service_min_lte_desired_lte_max",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_workers__gte=1) & Q(concurrency__gte=1) & Q(timeout_seconds__gte=1),
+                name="service_counts_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(memory_bytes__gt=0) & Q(disk_bytes__gt=0),
+                name="service_sizes_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(provider__in=Provider.values), name="service_provider_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        # The check constraints above, reported on the field the client should change.
+        # On create the partition count is the free choice; later it is fixed.
+        if None in (self.min_workers, self.desired_workers, self.max_workers, self.partitions):
+            return
+        errors: dict[str, str] = {}
+        if self.partitions < self.max_workers:
+            field = "partitions" if self._state.adding else "max_workers"
+            errors[field] = (
+                f"max_workers ({self.max_workers}) cannot exceed partitions "
+                f"({self.partitions}): each worker needs a partition of its own, and the "
+                "partition count is fixed when the service is created"
+            )
+        if self.min_workers > self.max_workers:
+            errors["min_workers"] = (
+                f"min_workers ({self.min_workers}) cannot exceed max_workers ({self.max_workers})"
+            )
+        elif not self.min_workers <= self.desired_workers <= self.max_workers:
+            errors["desired_workers"] = (
+                f"desired_workers ({self.desired_workers}) must be between min_workers "
+                f"({self.min_workers}) and max_workers ({self.max_workers})"
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def memory(self) -> str:
+        return format_size(self.memory_bytes)
+
+    @property
+    def disk(self) -> str:
+        return format_size(self.disk_bytes)
+
+    @property
+    def request_topic(self) -> str:
+        return protocol.request_topic(self.name)
+
+    @property
+    def dlq_topic(self) -> str:
+        return protocol.dlq_topic(self.name)
+
+
+class DeploymentStatus(models.TextChoices):
+    PENDING = "pending"
+    ROLLING = "rolling"
+    ACTIVE = "active"
+    SUPERSEDED = "superseded"
+    FAILED = "failed"
+
+
+class Deployment(models.Model):
+    """One uploaded package version of a service; versions count up per service."""
+
+    Status = DeploymentStatus
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="deployments")
+    version = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    sha256 = models.CharField(
+        max_length=64,
+        validators=[RegexValidator(r"^[0-9a-f]{64}$", "a sha256 is 64 lowercase hex digits")],
+    )
+    size_bytes = models.BigIntegerField(validators=[MinValueValidator(1)])
+    manifest = models.JSONField(default=dict, blank=True)
+    artifact_url = models.CharField(max_length=1024)
+    message = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    failure_reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="deployments",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["service", "-version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["service", "version"], name="deployment_version_unique"
+            ),
+            models.CheckConstraint(condition=Q(version__gte=1), name="deployment_version_positive"),
+            models.CheckConstraint(
+                condition=Q(status__in=DeploymentStatus.values), name="deployment_status_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service.name} v{self.version}"
+
+
+class ApiToken(models.Model):
+    """A named bearer token of one user. Only the sha256 of the secret is stored: the
+    secrets are 256-bit random, so a fast hash is enough and keeps every request cheap."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="the secret's first characters")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API token"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "name"],
+                condition=Q(revoked_at__isnull=True),
+                name="apitoken_active_name_unique",
+                violation_error_code="unique",
+                violation_error_message="an active token has this name",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

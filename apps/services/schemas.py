@@ -1,0 +1,125 @@
+"""Input and output schemas of the services API. Inputs refuse unknown fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from ninja import Schema
+from pydantic import ConfigDict, PlainValidator, WithJsonSchema
+
+from apps.services.models import Service
+
+
+def _size_input(value: object) -> str | int:
+    # The service parses the size (memrun's parse_size); here only its JSON type counts.
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("expected a size such as '32Gi', or a number of bytes")
+    return value
+
+
+Size = Annotated[
+    str | int,
+    PlainValidator(_size_input),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer"}], "examples": ["32Gi"]}),
+]
+
+
+class ErrorOut(Schema):
+    message: str
+    details: dict[str, object]
+
+
+class ServiceIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    memory: Size = "4Gi"
+    disk: Size = "50Gi"
+    max_workers: int = 1
+    min_workers: int = 1
+    desired_workers: int | None = None
+    concurrency: int = 16
+    timeout_seconds: int = 300
+    sticky_key: str | None = None
+    partitions: int | None = None
+    provider: str = "local"
+    server_type: str = ""
+    location: str = ""
+
+
+class ServicePatch(Schema):
+    """Only the fields sent are changed. `partitions` is accepted only unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory: Size | None = None
+    disk: Size | None = None
+    max_workers: int | None = None
+    min_workers: int | None = None
+    desired_workers: int | None = None
+    concurrency: int | None = None
+    timeout_seconds: int | None = None
+    sticky_key: str | None = None
+    partitions: int | None = None
+    provider: str | None = None
+    server_type: str | None = None
+    location: str | None = None
+
+
+class ServiceOut(Schema):
+    name: str
+    memory: str
+    memory_bytes: int
+    disk: str
+    disk_bytes: int
+    min_workers: int
+    desired_workers: int
+    max_workers: int
+    concurrency: int
+    timeout_seconds: int
+    sticky_key: str | None
+    partitions: int
+    provider: str
+    server_type: str
+    location: str
+    request_topic: str
+    dlq_topic: str
+    created_at: datetime
+    updated_at: datetime
+
+    @staticmethod
+    def resolve_sticky_key(obj: Service) -> str | None:
+        return obj.sticky_key or None
+
+
+class TokenIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class TokenOut(Schema):
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
+class TokenCreatedOut(TokenOut):
+    secret: str
+
+
+class HealthComponentOut(Schema):
+    ok: bool
+    detail: str
+    elapsed_ms: float
+
+
+class HealthOut(Schema):
+    """The error shape too: 503 carries the same `message` and per-component `details`."""
+
+    ok: bool
+    message: str
+    details: dict[str, HealthComponentOut]

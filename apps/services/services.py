@@ -1,0 +1,309 @@
+"""Writes for services, deployments and API tokens. Every function validates with
+`full_clean` inside its transaction and raises DomainError for what the caller must fix."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from apps.services.credentials import (
+    API_TOKEN_PREFIX,
+    secret_hash,
+    secret_new,
+    secret_shown_part,
+)
+from apps.services.errors import DomainError, full_clean_or_raise
+from apps.services.models import (
+    DEFAULT_PARTITIONS,
+    DUPLICATE_NAME,
+    ApiToken,
+    Deployment,
+    Provider,
+    Service,
+)
+from apps.services.topics import topics_ensure
+from apps.workers.models import Worker
+from memrun._sizes import parse_size
+from memrun._sticky import StickyTemplate
+from memrun.errors import ConfigError
+
+# A token's last use is recorded at most this often, so that authenticating stays a
+# single indexed read on almost every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+# API field -> model field, where the API takes a size and the model keeps bytes.
+_MODEL_FIELDS = {"memory": "memory_bytes", "disk": "disk_bytes"}
+
+SERVICE_UPDATABLE = frozenset(
+    {
+        "memory",
+        "disk",
+        "min_workers",
+        "desired_workers",
+        "max_workers",
+        "concurrency",
+        "timeout_seconds",
+        "sticky_key",
+        "provider",
+        "server_type",
+        "location",
+    }
+)
+
+
+def service_create(
+    *,
+    name: str,
+    memory: str | int = "4Gi",
+    disk: str | int = "50Gi",
+    max_workers: int = 1,
+    min_workers: int = 1,
+    desired_workers: int | None = None,
+    concurrency: int = 16,
+    timeout_seconds: int = 300,
+    sticky_key: str | None = None,
+    partitions: int | None = None,
+    provider: str = Provider.LOCAL,
+    server_type: str = "",
+    location: str = "",
+) -> Service:
+    """Create a service and its Kafka topics.
+
+    `desired_workers` defaults to `min_workers`; `partitions` to 64, or `max_workers`
+    when that is larger. The topics are created inside the transaction, before the row
+    commits: a broker that is down is a 503 and leaves no service behind, and a commit
+    that fails after the topics exist leaves only topics that a retry reuses.
+    """
+    service = Service(
+        name=name,
+        max_workers=max_workers,
+        min_workers=min_workers,
+        desired_workers=min_workers if desired_workers is None else desired_workers,
+        concurrency=concurrency,
+        timeout_seconds=timeout_seconds,
+        partitions=max(DEFAULT_PARTITIONS, max_workers) if partitions is None else partitions,
+        provider=provider,
+        server_type=server_type,
+        location=location,
+    )
+    errors = _set_free_form(service, {"memory": memory, "disk": disk, "sticky_key": sticky_key})
+    try:
+        with transaction.atomic():
+            _service_clean(service, errors=errors)
+            service.save()
+            topics_ensure(service=service.name, partitions=service.partitions)
+    except IntegrityError:
+        # Lost a race with a concurrent create of the same name.
+        if Service.objects.filter(name=name).exists():
+            raise _duplicate_service(name) from None
+        raise
+    return service
+
+
+def service_update(*, service: Service, data: Mapping[str, Any]) -> Service:
+    """Change the fields in `data` (SERVICE_UPDATABLE). The name and the partition count
+    are fixed at creation: sending the current partition count is accepted."""
+    with transaction.atomic():
+        service = Service.objects.select_for_update().get(pk=service.pk)
+        if "partitions" in data and data["partitions"] != service.partitions:
+            raise DomainError(
+                f"partitions is fixed at creation ({service.partitions}) because a key's "
+                "partition, hence its worker, depends on it; create a new service to change it",
+                status=422,
+                details={"fields": {"partitions": ["cannot be changed after creation"]}},
+            )
+        unknown = sorted(set(data) - SERVICE_UPDATABLE - {"partitions"})
+        if unknown:
+            raise DomainError(
+                f"cannot update {', '.join(unknown)}; updatable: "
+                f"{', '.join(sorted(SERVICE_UPDATABLE))}",
+                status=422,
+                details={"fields": {field: ["cannot be updated"] for field in unknown}},
+            )
+        free_form = {key: data[key] for key in ("memory", "disk", "sticky_key") if key in data}
+        errors = _set_free_form(service, free_form)
+        for field in SERVICE_UPDATABLE - set(free_form):
+            if field in data:
+                setattr(service, field, data[field])
+        _service_clean(service, errors=errors)
+        service.save()
+    return service
+
+
+def service_delete(*, service: Service) -> None:
+    """Delete the service with its deployments and finished workers. Its Kafka topics are
+    kept: they may still hold requests and dead letters, and a service created again
+    under the same name and partition count picks them up.
+
+    Refused (409) while a worker still runs: scale to zero first, so that no machine is
+    left running without a service to bill it to.
+    """
+    with transaction.atomic():
+        service = Service.objects.select_for_update().get(pk=service.pk)
+        running = service.workers.exclude(state__in=Worker.FINISHED_STATES).count()
+        if running:
+            raise DomainError(
+                f"service {service.name} still has {running} running worker(s); set "
+                "min_workers and desired_workers to 0 and wait for them to stop, then delete",
+                status=409,
+                details={"running_workers": running},
+            )
+        service.delete()
+
+
+def deployment_create(
+    *,
+    service: Service,
+    sha256: str,
+    size_bytes: int,
+    artifact_url: str,
+    manifest: Mapping[str, Any] | None = None,
+    message: str = "",
+    created_by: AbstractBaseUser | None = None,
+) -> Deployment:
+    """Record a new package version of `service`, numbered one past its latest.
+
+    The service row is locked while the number is taken, so concurrent deploys of one
+    service get consecutive versions instead of colliding.
+    """
+    with transaction.atomic():
+        locked = Service.objects.select_for_update().get(pk=service.pk)
+        latest = locked.deployments.aggregate(latest=Max("version"))["latest"] or 0
+        deployment = Deployment(
+            service=locked,
+            version=latest + 1,
+            sha256=sha256,
+            size_bytes=size_bytes,
+            artifact_url=artifact_url,
+            manifest=dict(manifest or {}),
+            message=message,
+            created_by=created_by,
+        )
+        full_clean_or_raise(deployment, what="deployment")
+        deployment.save()
+    return deployment
+
+
+def apitoken_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str]:
+    """A new token for `user`; returns it with its secret, which is not stored anywhere."""
+    secret = secret_new(prefix=API_TOKEN_PREFIX)
+    token = ApiToken(
+        user=user,
+        name=name.strip(),
+        prefix=secret_shown_part(secret),
+        token_hash=secret_hash(secret),
+    )
+    with transaction.atomic():
+        if ApiToken.objects.filter(user=user, name=token.name, revoked_at__isnull=True).exists():
+            raise DomainError(
+                f"you already have an active token named {token.name!r}; revoke it first "
+                "or pick another name",
+                status=409,
+                details={"fields": {"name": ["an active token has this name"]}},
+            )
+        full_clean_or_raise(token, what="token")
+        token.save()
+    return token, secret
+
+
+def apitoken_revoke(*, token: ApiToken) -> ApiToken:
+    """Revoke `token` from now on; revoking twice keeps the first time."""
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+    return token
+
+
+def apitoken_authenticate(*, secret: str) -> AbstractBaseUser | None:
+    """The active user whose active token `secret` is, else None. Records the use."""
+    if not secret.startswith(API_TOKEN_PREFIX):
+        return None
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(token_hash=secret_hash(secret), revoked_at__isnull=True)
+        .first()
+    )
+    if token is None or not token.user.is_active:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.user
+
+
+def admin_user_ensure(*, username: str = "admin") -> tuple[AbstractBaseUser, str | None]:
+    """The superuser `username`, created on first use with a random password, which is
+    returned that one time (None when the user already existed)."""
+    user_model = get_user_model()
+    with transaction.atomic():
+        user = user_model.objects.filter(username=username).first()
+        if user is not None:
+            return user, None
+        password = secrets.token_urlsafe(12)
+        user = user_model.objects.create_superuser(username=username, email="", password=password)
+    return user, password
+
+
+def cli_token_ensure(*, user: AbstractBaseUser, path: Path, name: str = "cli") -> bool:
+    """Make `path` (mode 0600) hold a working API token of `user` for the CLI. A missing,
+    unreadable or revoked one is replaced, revoking the user's old token called `name`.
+    Returns whether a new token was written."""
+    try:
+        current = path.read_text().strip()
+    except OSError:
+        current = ""
+    if current and apitoken_authenticate(secret=current) is not None:
+        return False
+    for old in ApiToken.objects.filter(user=user, name=name, revoked_at__isnull=True):
+        apitoken_revoke(token=old)
+    _token, secret = apitoken_create(user=user, name=name)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+    temporary.replace(path)
+    return True
+
+
+def _set_free_form(service: Service, values: Mapping[str, Any]) -> dict[str, list[ValidationError]]:
+    """Parse sizes ("32Gi") and the sticky key template into `service` with memrun's own
+    parsers; return per-field errors for what did not parse."""
+    errors: dict[str, list[ValidationError]] = {}
+    for field in ("memory", "disk"):
+        if field in values:
+            try:
+                setattr(service, f"{field}_bytes", parse_size(values[field], field=field))
+            except ConfigError as exc:
+                errors[field] = [ValidationError(exc.message, code="invalid")]
+    if "sticky_key" in values:
+        raw = values["sticky_key"]
+        try:
+            service.sticky_key = str(StickyTemplate.parse(raw)) if raw else ""
+        except ConfigError as exc:
+            errors["sticky_key"] = [ValidationError(exc.message, code="invalid")]
+    return errors
+
+
+def _service_clean(service: Service, *, errors: dict[str, list[ValidationError]]) -> None:
+    # A field that failed to parse is left out of full_clean, or it would be reported twice.
+    exclude = [_MODEL_FIELDS.get(field, field) for field in errors]
+    full_clean_or_raise(service, what="service", errors=errors, exclude=exclude)
+
+
+def _duplicate_service(name: str) -> DomainError:
+    return DomainError(
+        f"invalid service: name: {DUPLICATE_NAME}",
+        status=409,
+        details={"fields": {"name": [DUPLICATE_NAME]}, "name": name},
+    )

@@ -1,0 +1,116 @@
+"""A service's Kafka topics: `memrun.requests.{name}` and `memrun.dlq.{name}`."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+from django.conf import settings
+
+from apps.services.errors import DomainError
+from memrun import _protocol as protocol
+
+logger = logging.getLogger(__name__)
+
+
+def kafka_admin(*, timeout_s: float) -> AdminClient:
+    timeout_ms = int(timeout_s * 1000)
+    return AdminClient(
+        {
+            "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+            "socket.connection.setup.timeout.ms": timeout_ms,
+            "socket.timeout.ms": timeout_ms,
+            "logger": logger,
+        }
+    )
+
+
+def topics_ensure(*, service: str, partitions: int) -> None:
+    """Create the service's request topic with `partitions` partitions, and its DLQ with as
+    many (a dead letter can keep its partition). Topics already there are fine when the
+    request topic has `partitions` partitions: a service re-created under an old name
+    reuses them.
+
+    DomainError 503 when the broker cannot be reached or refuses, 409 when the request
+    topic exists with another partition count.
+    """
+    timeout_s = settings.MEMRUN_KAFKA_TIMEOUT_S
+    admin = kafka_admin(timeout_s=timeout_s)
+    request_topic = protocol.request_topic(service)
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise _unreachable(exc) from None
+    current = existing.get(request_topic)
+    if current is not None and len(current.partitions) != partitions:
+        raise DomainError(
+            f"Kafka topic {request_topic} already exists with {len(current.partitions)} "
+            f"partitions, not {partitions}: create the service with "
+            f"partitions={len(current.partitions)}, or delete the topic first",
+            status=409,
+            details={
+                "fields": {"partitions": [f"the existing topic has {len(current.partitions)}"]},
+                "topic": request_topic,
+                "topic_partitions": len(current.partitions),
+            },
+        )
+    missing = [
+        NewTopic(topic, num_partitions=partitions, replication_factor=-1)
+        for topic in (request_topic, protocol.dlq_topic(service))
+        if topic not in existing
+    ]
+    if not missing:
+        return
+    futures = admin.create_topics(missing, request_timeout=timeout_s, operation_timeout=timeout_s)
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=timeout_s * 2)
+        except KafkaException as exc:
+            # Someone else created it meanwhile; the count was checked above.
+            if _code(exc) != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise _unreachable(exc, topic=topic) from None
+        except TimeoutError as exc:
+            raise _unreachable(exc, topic=topic) from None
+        logger.info("created Kafka topic %s with %d partitions", topic, partitions)
+    _wait_for_leaders(admin, [topic.topic for topic in missing], partitions, timeout_s)
+
+
+def _wait_for_leaders(
+    admin: AdminClient, topics: list[str], partitions: int, timeout_s: float
+) -> None:
+    """Return once every partition of `topics` has a leader, so the caller can produce at
+    once; after `timeout_s`, go on anyway (the producer waits for metadata itself)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            found = admin.list_topics(timeout=timeout_s).topics
+        except KafkaException:
+            break
+        if all(
+            topic in found
+            and len(found[topic].partitions) == partitions
+            and all(p.leader >= 0 for p in found[topic].partitions.values())
+            for topic in topics
+        ):
+            return
+        time.sleep(0.05)
+    logger.warning("Kafka topics %s have no leader yet; going on", ", ".join(topics))
+
+
+def _code(exc: KafkaException) -> int | None:
+    error = exc.args[0] if exc.args else None
+    return error.code() if isinstance(error, KafkaError) else None
+
+
+def _unreachable(exc: Exception, *, topic: str | None = None) -> DomainError:
+    error = exc.args[0] if exc.args else None
+    reason = error.str() if isinstance(error, KafkaError) else str(exc) or "timed out"
+    what = f"could not create topic {topic}" if topic else "is unreachable"
+    return DomainError(
+        f"Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS} {what} ({reason}); nothing was saved. "
+        "Start it with `bash scripts/services up` or set KAFKA_BOOTSTRAP_SERVERS, then retry",
+        status=503,
+        details={"kafka": settings.KAFKA_BOOTSTRAP_SERVERS, "reason": reason},
+    )

@@ -1,0 +1,160 @@
+"""`memrun up`: run the control plane on this machine.
+
+Checks that the database, Redis and Kafka answer, migrates, creates the admin user and the
+CLI token on first start, then runs gunicorn, a Celery worker and Celery beat as child
+processes until Ctrl-C or SIGTERM, which it forwards. Django runs only in the children:
+this module starts `python -m django ...` and never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from memrun._home import memrun_home
+from memrun.errors import MemrunError
+
+SETTINGS_MODULE = "memrun_site.settings"
+DEFAULT_BIND = "127.0.0.1:8000"
+STOP_GRACE_S = 30.0
+POLL_INTERVAL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Child:
+    name: str
+    argv: list[str]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "up",
+        help="run the control plane here (web, Celery worker and beat)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--bind", default=DEFAULT_BIND, help=f"address for the web server (default {DEFAULT_BIND})"
+    )
+    parser.add_argument(
+        "--web-workers", type=int, default=2, help="gunicorn worker processes (default 2)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def django_env() -> dict[str, str]:
+    """The environment of every Django child: one settings module and one MEMRUN_HOME."""
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
+    env["MEMRUN_HOME"] = str(memrun_home())
+    return env
+
+
+def manage(*args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run a Django management command in a child Python."""
+    return subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        env=django_env(),
+        text=True,
+        capture_output=capture,
+        check=False,
+    )
+
+
+def children(*, bind: str, web_workers: int) -> list[Child]:
+    module = [sys.executable, "-m"]
+    celery = [*module, "celery", "-A", "memrun_site"]
+    # Threads, because an invoke may hold its request open for many seconds.
+    web = (
+        f"gunicorn memrun_site.wsgi:application --bind {bind} --workers {web_workers} "
+        "--worker-class gthread --threads 16 --graceful-timeout 20 --access-logfile - "
+        "--no-control-socket"
+    )
+    return [
+        Child("web (gunicorn)", [*module, *web.split()]),
+        Child("Celery worker", [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2"]),
+        Child("Celery beat", [*celery, "beat", "--loglevel", "INFO"]),
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    _say(f"home {memrun_home()}")
+    preflight = manage("memrun_preflight", capture=True)
+    if preflight.returncode != 0:
+        raise MemrunError(command_error(preflight.stderr) or "the preflight check failed")
+    _say("migrating the database")
+    _check(manage("migrate", "--noinput", "-v", "0"), "migrate")
+    _check(manage("collectstatic", "--noinput", "-v", "0"), "collectstatic")
+    _check(manage("memrun_init"), "memrun_init")
+    return supervise(children(bind=args.bind, web_workers=args.web_workers), bind=args.bind)
+
+
+def supervise(plan: Sequence[Child], *, bind: str) -> int:
+    """Run `plan` until a signal (exit 0) or until one child exits on its own (exit 1)."""
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    running: list[tuple[Child, subprocess.Popen[bytes]]] = []
+    died: tuple[Child, int] | None = None
+    try:
+        for child in plan:
+            # Own session: Ctrl-C reaches only us, and each child gets exactly one SIGTERM.
+            running.append(
+                (child, subprocess.Popen(child.argv, env=django_env(), start_new_session=True))
+            )
+        _say(f"running at http://{bind}/  (admin: /admin/, API docs: /api/v1/docs); Ctrl-C stops")
+        while not received and died is None:
+            time.sleep(POLL_INTERVAL_S)
+            died = next(
+                ((child, code) for child, proc in running if (code := proc.poll()) is not None),
+                None,
+            )
+    finally:
+        _stop(running)
+    if died is not None:
+        child, code = died
+        _say(f"{child.name} exited unexpectedly with code {code}; stopped the others")
+        return 1
+    _say("stopped")
+    return 0
+
+
+def _stop(running: Sequence[tuple[Child, subprocess.Popen[bytes]]]) -> None:
+    """SIGTERM to each, then wait up to STOP_GRACE_S before SIGKILL."""
+    for _child, proc in running:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child, proc in running:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            _say(f"{child.name} did not stop within {STOP_GRACE_S:g}s; killing it")
+            proc.kill()
+            proc.wait()
+
+
+def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
+    if result.returncode != 0:
+        raise MemrunError(f"`manage.py {what}` failed with code {result.returncode}; see above")
+
+
+def command_error(stderr: str) -> str:
+    """A management command's CommandError text, without Django's prefix."""
+    return stderr.strip().removeprefix("CommandError: ")
+
+
+def _say(message: str) -> None:
+    print(f"memrun: {message}", flush=True)

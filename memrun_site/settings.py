@@ -1,0 +1,239 @@
+"""Settings of the memrun control plane, all read from the environment (12-factor).
+
+Every knob is an environment variable, read here once through the small typed helpers
+below; nothing else reads os.environ for Django. The defaults run a single-machine
+appliance (`memrun up`) against the development services (`bash scripts/services up`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from memrun._home import memrun_home
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def env_str(name: str, default: str) -> str:
+    """The variable's value, or `default` when it is unset or blank."""
+    return os.environ.get(name, "").strip() or default
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r}: write 1 or 0 (or true/false, yes/no, on/off)")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected a whole number") from None
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list; unset or blank gives `default`."""
+    raw = os.environ.get(name, "")
+    items = [item.strip() for item in raw.split(",") if item.strip()]
+    return items or default
+
+
+def _secret_key(home: Path) -> str:
+    """SECRET_KEY, else one generated on first use and kept in MEMRUN_HOME (mode 0600).
+
+    The key is written to a private temporary file and hard-linked into place, so two
+    processes starting at once agree on one key and nobody reads a half-written file.
+    """
+    given = os.environ.get("SECRET_KEY", "").strip()
+    if given:
+        return given
+    path = home / "secret-key"
+    if not path.exists():
+        temporary = home / f".secret-key.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    return path.read_text().strip()
+
+
+def _artifacts_url(raw: str) -> str:
+    """`s3://bucket/prefix`, or a folder given as a path or a file:// URL (made absolute)."""
+    scheme = urlsplit(raw).scheme
+    if scheme == "s3":
+        if not urlsplit(raw).netloc:
+            raise ImproperlyConfigured(
+                f"MEMRUN_ARTIFACTS_URL={raw!r}: name the bucket, e.g. s3://memrun/artifacts"
+            )
+        return raw.rstrip("/")
+    if scheme == "file":
+        return Path(urlsplit(raw).path).resolve().as_uri()
+    if scheme == "":
+        return Path(raw).expanduser().resolve().as_uri()
+    raise ImproperlyConfigured(
+        f"MEMRUN_ARTIFACTS_URL={raw!r}: use s3://bucket/prefix or a local folder"
+    )
+
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+MEMRUN_HOME = memrun_home()
+MEMRUN_HOME.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+SECRET_KEY = _secret_key(MEMRUN_HOME)
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Behind a TLS-terminating proxy (MEMRUN_HTTPS=1): trust its X-Forwarded-Proto, send
+# cookies only over HTTPS and pin browsers to HTTPS. The health check stays reachable
+# over plain HTTP for container and load-balancer probes.
+MEMRUN_HTTPS = env_bool("MEMRUN_HTTPS", False)
+if MEMRUN_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("MEMRUN_HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "ninja",
+    "apps.services",
+    "apps.workers",
+    "apps.provisioning",
+]
+
+MIDDLEWARE = [
+    "memrun_site.errors.ApiErrorShapeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "memrun_site.urls"
+WSGI_APPLICATION = "memrun_site.wsgi.application"
+LOGIN_URL = "admin:login"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{MEMRUN_HOME / 'memrun.sqlite3'}"),
+        conn_max_age=env_int("MEMRUN_DB_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # gunicorn, Celery and beat share the file: WAL lets readers run beside the writer,
+    # and IMMEDIATE transactions take the write lock up front instead of failing later.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+else:
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# Static files are collected into MEMRUN_HOME by `memrun up` (and the image's entrypoint)
+# and served by the appliance itself unless MEMRUN_SERVE_STATIC=0 (a proxy serves them).
+STATIC_URL = "static/"
+STATIC_ROOT = MEMRUN_HOME / "static"
+STATICFILES_DIRS = [path for path in [BASE_DIR / "static"] if path.is_dir()]
+MEMRUN_SERVE_STATIC = env_bool("MEMRUN_SERVE_STATIC", True)
+
+# Backing services.
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:16379/0")
+KAFKA_BOOTSTRAP_SERVERS = env_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+MEMRUN_KAFKA_TIMEOUT_S = 5.0
+MEMRUN_ARTIFACTS_URL = _artifacts_url(
+    env_str("MEMRUN_ARTIFACTS_URL", str(MEMRUN_HOME / "artifacts"))
+)
+MEMRUN_S3_ENDPOINT_URL = env_str("MEMRUN_S3_ENDPOINT_URL", "") or None
+
+# Celery: Redis is the broker; tasks record nothing, their effects live in the database.
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(MEMRUN_HOME / "celerybeat-schedule")
+# Beat writes its schedule file after every task it sends, which also makes the file's
+# age a liveness signal for the container health check.
+CELERY_BEAT_SYNC_EVERY = 1
+MEMRUN_RECONCILE_INTERVAL_S = 15.0
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {
+        "task": "apps.provisioning.tasks.reconcile",
+        "schedule": MEMRUN_RECONCILE_INTERVAL_S,
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["console"], "level": env_str("MEMRUN_LOG_LEVEL", "INFO").upper()},
+}

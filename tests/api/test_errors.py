@@ -1,0 +1,55 @@
+"""Every error of the API has one shape, {"message": str, "details": {...}}: domain errors,
+input validation, and what Django and ninja's router answer without raising."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+pytestmark = pytest.mark.django_db
+
+
+def assert_shape(body: dict) -> None:
+    assert set(body) == {"message", "details"}
+    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["details"], dict)
+
+
+def test_unknown_path_is_404(api_client: Client) -> None:
+    response = api_client.get("/api/v1/nothing-here")
+    assert response.status_code == 404
+    assert_shape(response.json())
+    assert "/api/v1/docs" in response.json()["message"]
+
+
+def test_wrong_method_is_405_with_the_allowed_ones(api_client: Client) -> None:
+    response = api_client.put("/api/v1/services", {}, content_type="application/json")
+    assert response.status_code == 405
+    assert_shape(response.json())
+    assert response.json()["details"]["allowed"] == ["GET", "POST"]
+    assert response["Allow"]
+
+
+def test_malformed_json_is_400(api_client: Client) -> None:
+    response = api_client.post("/api/v1/services", "{nope", content_type="application/json")
+    assert response.status_code == 400
+    assert_shape(response.json())
+
+
+def test_a_bad_query_value_is_422_naming_it(api_client: Client) -> None:
+    response = api_client.delete("/api/v1/tokens/not-a-number")
+    assert response.status_code == 422
+    assert_shape(response.json())
+    assert list(response.json()["details"]["fields"]) == ["token_id"]
+
+
+def test_pages_outside_the_api_keep_django_errors(client: Client) -> None:
+    response = client.get("/no-such-page/")
+    assert response.status_code == 404
+    assert not response["Content-Type"].startswith("application/json")
+
+
+def test_docs_and_schema_are_served(client: Client) -> None:
+    assert client.get("/api/v1/docs").status_code == 200
+    schema = client.get("/api/v1/openapi.json").json()
+    assert "/api/v1/services" in schema["paths"]

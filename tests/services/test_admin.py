@@ -1,0 +1,82 @@
+"""The admin lists every model with its columns and filters, and edits services through
+`service_update` (sizes written as "32Gi", partitions read-only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from apps.services.models import Service
+from apps.services.services import apitoken_create, deployment_create
+from apps.workers.services import worker_create
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client_(db: None) -> Client:
+    client = Client()
+    client.force_login(User.objects.create_superuser("root", "", "x"))
+    return client
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/services/service/",
+        "/admin/services/deployment/",
+        "/admin/services/apitoken/?revoked_at__isnull=True",
+        "/admin/workers/worker/?state__exact=provisioning",
+    ],
+)
+def test_changelists_render(
+    admin_client_: Client, service_factory: Callable[..., Service], user: User, url: str
+) -> None:
+    service = service_factory(memory="32Gi")
+    deployment = deployment_create(
+        service=service, sha256="c" * 64, size_bytes=2**20, artifact_url="file:///tmp/c"
+    )
+    worker_create(service=service, deployment=deployment, name=f"{service.name}-0")
+    apitoken_create(user=user, name="laptop")
+    response = admin_client_.get(url)
+    assert response.status_code == 200
+    assert service.name.encode() in response.content or b"laptop" in response.content
+
+
+def test_editing_a_service_goes_through_the_service_layer(
+    admin_client_: Client, service_factory: Callable[..., Service]
+) -> None:
+    service = service_factory(memory="8Gi", partitions=4)
+    url = f"/admin/services/service/{service.pk}/change/"
+    page = admin_client_.get(url)
+    assert b'value="8Gi"' in page.content
+    form = {
+        "memory": "16Gi",
+        "disk": "100Gi",
+        "min_workers": 1,
+        "desired_workers": 2,
+        "max_workers": 2,
+        "concurrency": 8,
+        "timeout_seconds": 60,
+        "sticky_key": "user_id",
+        "provider": "local",
+        "server_type": "",
+        "location": "",
+    }
+    response = admin_client_.post(url, form)
+    assert response.status_code == 302, response.content
+    service.refresh_from_db()
+    assert (service.memory, service.disk, service.max_workers) == ("16Gi", "100Gi", 2)
+
+    too_many = admin_client_.post(url, form | {"max_workers": 5, "desired_workers": 5})
+    assert too_many.status_code == 200
+    assert b"cannot exceed partitions" in too_many.content
+    bad_size = admin_client_.post(url, form | {"memory": "lots"})
+    assert b"is not a size" in bad_size.content
+
+
+def test_services_are_not_added_in_the_admin(admin_client_: Client) -> None:
+    assert admin_client_.get("/admin/services/service/add/").status_code == 403
