@@ -5,13 +5,15 @@ from __future__ import annotations
 from django.http import HttpRequest
 from ninja import Router, Status
 
-from apps.services import selectors, services
+from apps.services import invoke, selectors, services
+from apps.services.errors import DomainError
 from apps.services.health import health_check
 from apps.services.models import ApiToken, Service
 from apps.services.schemas import (
     ErrorOut,
     HealthComponentOut,
     HealthOut,
+    RequestOut,
     ServiceIn,
     ServiceOut,
     ServicePatch,
@@ -65,6 +67,69 @@ def services_update(request: HttpRequest, name: str, payload: ServicePatch) -> S
 def services_delete(request: HttpRequest, name: str) -> Status[None]:
     services.service_delete(service=selectors.service_get(name=name))
     return Status(204, None)
+
+
+MAX_WAIT_S = 300.0
+_INVOKE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+        "description": "the payload handed to the service's handler; its sticky key fields "
+        "pick the worker",
+    }
+}
+_INVOKE_RESPONSES = {
+    200: RequestOut,
+    202: RequestOut,
+    400: ErrorOut,
+    404: ErrorOut,
+    413: ErrorOut,
+    422: ErrorOut,
+    503: ErrorOut,
+}
+
+
+def _wait_seconds(wait: float) -> float:
+    if not 0 <= wait <= MAX_WAIT_S:
+        raise DomainError(
+            f"wait must be between 0 and {MAX_WAIT_S:g} seconds, got {wait:g}",
+            status=422,
+            details={"fields": {"wait": [f"between 0 and {MAX_WAIT_S:g}"]}},
+        )
+    return wait
+
+
+@router.post(
+    "/services/{name}/invoke",
+    response=_INVOKE_RESPONSES,
+    openapi_extra=_INVOKE_BODY,
+    tags=["invoke"],
+    summary="Run a payload through the service; wait up to `wait` seconds for its answer",
+)
+def services_invoke(request: HttpRequest, name: str, wait: float = 30.0) -> Status[dict]:
+    """200 with the outcome when it came within `wait` seconds, else 202 with the request
+    id to poll at GET /requests/{id}: an expired wait never loses the request."""
+    wait_s = _wait_seconds(wait)
+    service = selectors.service_get(name=name)
+    request_id = invoke.request_submit(
+        service=service.name,
+        sticky_template=service.sticky_key or None,
+        body=request.body,
+        timeout_seconds=service.timeout_seconds,
+    )
+    state = invoke.request_wait(request_id=request_id, wait_s=wait_s, known_pending=True)
+    return Status(200 if state.status == "done" else 202, state.to_api())
+
+
+@router.get(
+    "/requests/{request_id}",
+    response={200: RequestOut, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
+    tags=["invoke"],
+)
+def requests_get(request: HttpRequest, request_id: str, wait: float = 0.0) -> Status[dict]:
+    """The request's state; with `wait`, block up to that long for its outcome."""
+    state = invoke.request_wait(request_id=request_id, wait_s=_wait_seconds(wait))
+    return Status(200, state.to_api())
 
 
 @router.get("/tokens", response=list[TokenOut], tags=["tokens"])

@@ -123,3 +123,18 @@ class HealthOut(Schema):
     ok: bool
     message: str
     details: dict[str, HealthComponentOut]
+
+
+class RequestOut(Schema):
+    """A request's state: "queued" until a worker finished it, then "done" with the outcome
+    (`ok` and `result`, or `error` with its `type` and `message`)."""
+
+    request_id: str
+    status: str
+    ok: bool | None = None
+    result: object = None
+    error: dict[str, str] | None = None
+    worker: str | None = None
+    duration_ms: float | None = None
+    attempt: int | None = None
+    meta: dict[str, object] = {}

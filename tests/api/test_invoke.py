@@ -1,0 +1,148 @@
+"""Invoke end to end: the API routes by sticky key through the real Kafka to a real worker
+process and hands back its answer; the SDK Client does the same over HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from memrun import Client as MemrunClient
+from memrun import HandlerError, RequestTimeout
+from memrun._protocol import MAX_PAYLOAD_BYTES
+from tests.worker_daemon.harness import WorkerProcess, make_package, wait_for, worker_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def served(
+    api_client: Client,
+    service_name: Callable[[], str],
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> Iterator[str]:
+    """A service created through the API (so its topic exists) with one worker serving."""
+    name = service_name()
+    created = api_client.post(
+        "/api/v1/services",
+        {"name": name, "sticky_key": "user", "partitions": 4, "max_workers": 2},
+        content_type="application/json",
+    )
+    assert created.status_code == 201, created.content
+    package = make_package(tmp_path / "pkg", service=name)
+    env = worker_env(
+        service=name, bootstrap=kafka_bootstrap, redis_url=redis_url, cache_root=tmp_path / "c"
+    )
+    worker = WorkerProcess(
+        service=name, package=package, worker_id="w1", env=env, log_path=tmp_path / "w1.log"
+    )
+    try:
+        worker.wait_event("worker.assigned")
+        yield name
+    finally:
+        worker.stop()
+
+
+def invoke(client: Client, name: str, payload: object, wait: float = 30) -> tuple[int, dict]:
+    response = client.post(
+        f"/api/v1/services/{name}/invoke?wait={wait}",
+        json.dumps(payload),
+        content_type="application/json",
+    )
+    return response.status_code, response.json()
+
+
+def test_invoke_waits_for_the_workers_answer(api_client: Client, served: str) -> None:
+    status, body = invoke(api_client, served, {"user": "u1", "op": "echo", "n": 7})
+    assert status == 200, body
+    assert body["status"] == "done" and body["ok"] is True
+    assert body["result"]["echo"] == {"user": "u1", "op": "echo", "n": 7}
+    assert body["result"]["key"] == "u1"
+    assert body["worker"] == "w1"
+    assert body["attempt"] == 1
+    assert len(body["request_id"]) == 32
+
+
+def test_a_handler_error_comes_back_as_an_error_outcome(api_client: Client, served: str) -> None:
+    status, body = invoke(api_client, served, {"user": "u1", "op": "raise", "message": "boom"})
+    assert status == 200, body
+    assert body["ok"] is False
+    assert "boom" in body["error"]["message"]
+
+
+def test_submit_then_poll(api_client: Client, served: str) -> None:
+    status, body = invoke(api_client, served, {"user": "u2", "op": "echo"}, wait=0)
+    assert status == 202 and body["status"] == "queued"
+    request_id = body["request_id"]
+    polled = api_client.get(f"/api/v1/requests/{request_id}?wait=30").json()
+    assert polled["status"] == "done" and polled["result"]["key"] == "u2"
+    # The outcome stays readable by any number of readers.
+    again = api_client.get(f"/api/v1/requests/{request_id}").json()
+    assert again == polled
+
+
+def test_a_missing_sticky_field_is_a_422_naming_it(api_client: Client, served: str) -> None:
+    status, body = invoke(api_client, served, {"op": "echo"})
+    assert status == 422
+    assert "'user'" in body["message"]
+    assert body["details"]["field"] == "user"
+
+
+def test_an_oversized_payload_is_a_413(api_client: Client, served: str) -> None:
+    status, body = invoke(api_client, served, {"user": "u", "blob": "x" * MAX_PAYLOAD_BYTES})
+    assert status == 413
+    assert "limit" in body["message"]
+
+
+def test_bad_json_and_bad_wait_are_refused(api_client: Client, served: str) -> None:
+    response = api_client.post(
+        f"/api/v1/services/{served}/invoke", b"{not json", content_type="application/json"
+    )
+    assert response.status_code == 400 and "not valid JSON" in response.json()["message"]
+    status, body = invoke(api_client, served, {"user": "u"}, wait=-1)
+    assert status == 422 and "wait" in body["message"]
+
+
+def test_unknown_service_and_request_are_404(api_client: Client) -> None:
+    status, body = invoke(api_client, "no-such-service", {"user": "u"})
+    assert status == 404 and "no-such-service" in body["message"]
+    response = api_client.get("/api/v1/requests/0123456789abcdef0123456789abcdef")
+    assert response.status_code == 404
+
+
+def test_the_sdk_client_round_trips_over_http(
+    live_server, api_token, service_name, kafka_bootstrap, redis_url, tmp_path
+) -> None:
+    client = MemrunClient(live_server.url, api_token[1])
+    name = service_name()
+    api = Client(headers={"Authorization": f"Bearer {api_token[1]}"})
+    created = api.post(
+        "/api/v1/services", {"name": name, "sticky_key": "user"}, content_type="application/json"
+    )
+    assert created.status_code == 201, created.content
+    request_id = client.submit(name, {"user": "early", "op": "echo"})
+    package = make_package(tmp_path / "pkg", service=name)
+    env = worker_env(
+        service=name, bootstrap=kafka_bootstrap, redis_url=redis_url, cache_root=tmp_path / "c"
+    )
+    worker = WorkerProcess(
+        service=name, package=package, worker_id="w9", env=env, log_path=tmp_path / "w9.log"
+    )
+    try:
+        # Queued before any worker existed, served once one joined: nothing was lost.
+        early = wait_for(lambda: client.result(request_id, wait=5).done, what="early request")
+        assert early
+        assert client.result(request_id).result["key"] == "early"
+        assert client.invoke(name, {"user": "u", "op": "echo", "n": 1})["echo"]["n"] == 1
+        with pytest.raises(HandlerError, match="boom"):
+            client.invoke(name, {"user": "u", "op": "raise", "message": "boom"})
+    finally:
+        worker.stop()
+    with pytest.raises(RequestTimeout) as timed_out:
+        client.invoke(name, {"user": "u", "op": "echo"}, wait=0.2)
+    assert len(timed_out.value.details["request_id"]) == 32
