@@ -1,0 +1,72 @@
+"""Counters of the warm cache: hits and bytes per tier, misses, fetch time, errors."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from worker_daemon.cache.tiers import DISK, MEMORY, Tier
+
+
+class _TierCounts:
+    __slots__ = ("bytes", "hits")
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.bytes = 0
+
+
+class CacheStats:
+    """Thread-safe counters; `as_dict` is JSON-able for heartbeats. Tiers are told apart
+    by identity, not by hashing the enum, since a memory hit must cost next to nothing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._memory = _TierCounts()
+        self._disk = _TierCounts()
+        self._remote = _TierCounts()
+        self._fetches = 0
+        self._fetch_seconds_total = 0.0
+        self._fetch_seconds_max = 0.0
+        self._revalidations = 0
+        self._errors = 0
+
+    def served(self, tier: Tier, size_bytes: int) -> None:
+        if tier is MEMORY:
+            counts = self._memory
+        elif tier is DISK:
+            counts = self._disk
+        else:
+            counts = self._remote
+        with self._lock:
+            counts.hits += 1
+            counts.bytes += size_bytes
+
+    def fetched(self, seconds: float) -> None:
+        with self._lock:
+            self._fetches += 1
+            self._fetch_seconds_total += seconds
+            self._fetch_seconds_max = max(self._fetch_seconds_max, seconds)
+
+    def revalidated(self) -> None:
+        with self._lock:
+            self._revalidations += 1
+
+    def failed(self) -> None:
+        with self._lock:
+            self._errors += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            tiers = {"memory": self._memory, "disk": self._disk, "remote": self._remote}
+            return {
+                "requests": sum(c.hits for c in tiers.values()),
+                "hits": {"memory": self._memory.hits, "disk": self._disk.hits},
+                "misses": self._remote.hits,
+                "bytes": {name: c.bytes for name, c in tiers.items()},
+                "fetches": self._fetches,
+                "fetch_seconds_total": round(self._fetch_seconds_total, 6),
+                "fetch_seconds_max": round(self._fetch_seconds_max, 6),
+                "revalidations": self._revalidations,
+                "errors": self._errors,
+            }
