@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 # Kafka. `murmur2_random` is the Java client's default partitioner: kcat, a Java producer
@@ -78,11 +79,23 @@ class Outcome:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), default=str).encode()
+        # Shallow, not `asdict`: it deep-copies the result, the worker's costliest step
+        # per request. Nested dataclasses still become objects, through `_json_default`.
+        fields = {name: getattr(self, name) for name in _OUTCOME_FIELDS}
+        return json.dumps(fields, separators=(",", ":"), default=_json_default).encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Outcome:
         return cls(**json.loads(raw))
+
+
+_OUTCOME_FIELDS = tuple(f.name for f in dataclass_fields(Outcome))
+
+
+def _json_default(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return str(value)
 
 
 def encode_headers(

@@ -1,0 +1,239 @@
+"""The worker's HTTP client to the control plane (against a real server: pytest-django's
+live server), and the heartbeat thread that uses it (with a recording `send` and an
+injected clock)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memrun._packaging import build_package
+from memrun.errors import ConfigError
+from tests.worker_daemon.harness import HANDLERS, wait_for
+from worker_daemon.control_plane import (
+    ControlPlane,
+    ControlPlaneError,
+    CredentialRefused,
+    ProvisionedSettings,
+)
+from worker_daemon.heartbeat import Heartbeat, heartbeat_report
+from worker_daemon.logs import EventLog
+
+
+@pytest.fixture
+def registered(transactional_db: None, service_name: Callable[[], str], tmp_path: Path):
+    """(worker, credential, deployment) of a service whose package is a real artifact."""
+    from apps.services.artifacts import artifact_put
+    from apps.services.services import deployment_create, service_create
+    from apps.workers.services import worker_create
+
+    service = service_create(name=service_name(), partitions=1)
+    package = tmp_path / "package.tar.gz"
+    info = build_package(HANDLERS / "sync_ops.py", overrides={"name": service.name}, out=package)
+    url = artifact_put(path=package, key=f"deployments/{service.name}/{info.sha256}.tar.gz")
+    deployment = deployment_create(
+        service=service, sha256=info.sha256, size_bytes=info.size_bytes, artifact_url=url
+    )
+    worker, credential = worker_create(
+        service=service, deployment=deployment, name=f"{service.name}-w"
+    )
+    return worker, credential, deployment
+
+
+def test_heartbeats_and_the_drain_answer(live_server: Any, registered: Any) -> None:
+    from apps.workers.models import Worker
+    from apps.workers.services import worker_drain
+
+    worker, credential, deployment = registered
+    plane = ControlPlane(url=live_server.url, token=credential)
+    report = {"state": "ready", "in_flight": 1, "partitions": [0], "deployment_id": deployment.pk}
+    assert plane.heartbeat(worker.name, report) == "run"
+    assert Worker.objects.get(pk=worker.pk).state == "ready"
+
+    worker_drain(worker=worker, reason="test")
+    assert plane.heartbeat(worker.name, report) == "drain"
+    assert plane.heartbeat(worker.name, {"state": "stopped", "exit_code": 0}) == "drain"
+    with pytest.raises(CredentialRefused) as refused:
+        plane.heartbeat(worker.name, report)
+    assert refused.value.status == 401
+
+
+def test_another_workers_name_is_forbidden(live_server: Any, registered: Any) -> None:
+    _, credential, _ = registered
+    with pytest.raises(ControlPlaneError) as exc:
+        ControlPlane(url=live_server.url, token=credential).heartbeat(
+            "someone-else", {"state": "ready"}
+        )
+    assert exc.value.status == 403 and "another worker" in exc.value.message
+
+
+def test_an_unreachable_control_plane_is_an_error_not_a_crash() -> None:
+    plane = ControlPlane(url="http://127.0.0.1:1", token="mrw_x", timeout_s=2)
+    with pytest.raises(ControlPlaneError) as exc:
+        plane.heartbeat("w", {"state": "ready"})
+    assert exc.value.status == 0 and "cannot reach" in exc.value.message
+
+
+def test_the_package_is_streamed_and_its_sha256_verified(
+    live_server: Any, registered: Any, tmp_path: Path
+) -> None:
+    _, credential, deployment = registered
+    plane = ControlPlane(url=live_server.url, token=credential)
+    dest = tmp_path / "got" / "package.tar.gz"
+    sha256 = plane.fetch_package(deployment.pk, dest, expected_sha256=deployment.sha256)
+    assert sha256 == deployment.sha256 == hashlib.sha256(dest.read_bytes()).hexdigest()
+
+    other = tmp_path / "other.tar.gz"
+    with pytest.raises(ControlPlaneError) as exc:
+        plane.fetch_package(deployment.pk, other, expected_sha256="0" * 64)
+    assert "refusing it" in exc.value.message
+    assert not other.exists() and list(other.parent.glob(".other*")) == []
+
+
+def test_provisioned_settings_come_from_the_env() -> None:
+    env = {
+        "MEMRUN_URL": "http://cp:8000/",
+        "MEMRUN_WORKER_ID": "svc-v1-abc",
+        "MEMRUN_WORKER_TOKEN": "mrw_x",
+        "MEMRUN_SERVICE": "svc",
+        "MEMRUN_DEPLOYMENT_ID": "7",
+        "MEMRUN_HEARTBEAT_INTERVAL_S": "2.5",
+    }
+    settings = ProvisionedSettings.from_env(env)
+    assert settings.url == "http://cp:8000" and settings.deployment_id == 7
+    assert settings.heartbeat_interval_s == 2.5
+    assert settings.package_sha256 is None
+    with pytest.raises(ConfigError, match="MEMRUN_WORKER_TOKEN is not set"):
+        ProvisionedSettings.from_env({**env, "MEMRUN_WORKER_TOKEN": ""})
+    with pytest.raises(ConfigError, match="not a number"):
+        ProvisionedSettings.from_env({**env, "MEMRUN_DEPLOYMENT_ID": "seven"})
+
+
+# -- the heartbeat thread ----------------------------------------------------------------
+
+
+class Recorder:
+    """`send` for the heartbeat: records reports, answers what the test says."""
+
+    def __init__(self) -> None:
+        self.reports: list[dict[str, Any]] = []
+        self.answer: str | Exception = "run"
+        self.lock = threading.Lock()
+
+    def __call__(self, report: Mapping[str, Any]) -> str:
+        with self.lock:
+            self.reports.append(dict(report))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def states(self) -> list[str]:
+        with self.lock:
+            return [r["state"] for r in self.reports]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_heartbeat(send: Recorder, stats: dict[str, Any], clock: FakeClock, **kw: Any) -> Heartbeat:
+    return Heartbeat(
+        send=send,
+        stats=lambda: dict(stats),
+        log=EventLog(stream=open("/dev/null", "wb")),
+        interval_s=10.0,
+        check_interval_s=0.01,
+        clock=clock,
+        rng=lambda: 0.5,
+        extra={"deployment_id": 3},
+        **kw,
+    )
+
+
+def test_beats_at_once_on_every_state_change_and_then_every_interval() -> None:
+    send, clock, stats = Recorder(), FakeClock(), {"state": "initializing"}
+    heartbeat = make_heartbeat(send, stats, clock)
+    heartbeat.start()
+    try:
+        wait_for(lambda: send.states() == ["booting"], what="the first beat")
+        stats["state"] = "running"
+        wait_for(lambda: send.states() == ["booting", "ready"], what="the ready beat")
+        clock.now = 10.0
+        wait_for(lambda: send.states() == ["booting", "ready", "ready"], what="the 10 s beat")
+    finally:
+        heartbeat.stop(final={"state": "stopped", "exit_code": 0})
+    assert send.reports[-1] == {"state": "stopped", "exit_code": 0, "deployment_id": 3}
+    assert all(r["deployment_id"] == 3 for r in send.reports)
+
+
+def test_drain_is_passed_on_once_even_before_the_worker_exists() -> None:
+    send, clock, stats = Recorder(), FakeClock(), {"state": "starting"}
+    send.answer = "drain"
+    heartbeat = make_heartbeat(send, stats, clock)
+    heartbeat.start()
+    try:
+        wait_for(lambda: heartbeat.drain_requested, what="the drain answer")
+        drained: list[int] = []
+        heartbeat.attach(stats=lambda: {"state": "draining"}, on_drain=lambda: drained.append(1))
+        assert drained == [1]
+        wait_for(lambda: send.states() == ["booting", "draining"], what="the draining beat")
+        clock.now = 100.0
+        wait_for(lambda: len(send.reports) == 3, what="the next beat")
+        assert drained == [1]
+    finally:
+        heartbeat.stop()
+
+
+def test_a_refused_credential_ends_the_heartbeats() -> None:
+    send, clock, stats = Recorder(), FakeClock(), {"state": "running"}
+    send.answer = CredentialRefused("401", status=401)
+    refused: list[int] = []
+    heartbeat = make_heartbeat(send, stats, clock, on_refused=lambda: refused.append(1))
+    heartbeat.start()
+    wait_for(lambda: heartbeat.refused, what="the refusal")
+    heartbeat.stop(final={"state": "stopped"})
+    assert refused == [1] and len(send.reports) == 1
+
+
+def test_an_unreachable_control_plane_is_retried_at_the_next_beat() -> None:
+    send, clock, stats = Recorder(), FakeClock(), {"state": "running"}
+    send.answer = ControlPlaneError("cannot reach")
+    heartbeat = make_heartbeat(send, stats, clock)
+    heartbeat.start()
+    try:
+        wait_for(lambda: len(send.reports) == 1, what="a first attempt")
+        send.answer = "run"
+        clock.now = 11.0
+        wait_for(lambda: heartbeat.sent == 1, what="the next beat")
+    finally:
+        heartbeat.stop()
+
+
+def test_a_stats_snapshot_becomes_a_heartbeat_report() -> None:
+    stats = {
+        "worker": "w",
+        "state": "running",
+        "in_flight": 2,
+        "lag": 4,
+        "cache": {"bytes": 10},
+        "partitions": [{"partition": 3, "lag": 4}, {"partition": 1, "lag": 0}],
+        "handled": 9,
+    }
+    assert heartbeat_report(stats, deployment_id=1) == {
+        "state": "ready",
+        "in_flight": 2,
+        "lag": 4,
+        "cache": {"bytes": 10},
+        "partitions": [1, 3],
+        "stats": {"worker": "w", "handled": 9},
+        "deployment_id": 1,
+    }

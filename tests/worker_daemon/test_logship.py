@@ -1,0 +1,428 @@
+"""Log shipping from a worker: batches, capture of events, records and printed lines, a
+control plane that goes away and comes back, and the bound beyond which lines are dropped
+(and counted). A local HTTP server stands in for the control plane where it must stop and
+start; the real one (live_server) takes the lines end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from worker_daemon.logship import (
+    HttpLogTransport,
+    LogShipper,
+    LogShipping,
+    ShipSettings,
+)
+
+WAIT_S = 10.0
+FAST = ShipSettings(batch_lines=10, interval_s=0.05, backoff_min_s=0.01, backoff_max_s=0.05)
+
+
+class FakeControlPlane:
+    """An HTTP server that takes log batches on any path, and can be stopped and started
+    again on the same port. `status` is what it answers; `hold` keeps requests waiting."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[dict[str, Any]]] = []
+        self.paths: list[str] = []
+        self.headers: list[str] = []
+        self.status = 201
+        self.hold = threading.Event()
+        self.hold.set()
+        self.holding = threading.Event()
+        self._cond = threading.Condition()
+        self._server: ThreadingHTTPServer | None = None
+        self.port = 0
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return [line for batch in self.batches for line in batch]
+
+    def start(self) -> None:
+        plane = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if not plane.hold.is_set():
+                    plane.holding.set()
+                    plane.hold.wait(WAIT_S)
+                status = plane.status
+                if status == 201:
+                    with plane._cond:
+                        plane.batches.append(json.loads(body)["lines"])
+                        plane.paths.append(self.path)
+                        plane.headers.append(self.headers["Authorization"])
+                        plane._cond.notify_all()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(json.dumps({"message": f"answered {status}"}).encode())
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def stop(self) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+
+    def wait_for_lines(self, count: int) -> list[dict[str, Any]]:
+        with self._cond:
+            got = self._cond.wait_for(lambda: sum(map(len, self.batches)) >= count, timeout=WAIT_S)
+        assert got, f"the control plane got {len(self.lines)} lines, expected {count}"
+        return self.lines
+
+
+class Reports:
+    """The shipper's own reports, with a way to wait for one."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: str, /, **fields: Any) -> None:
+        with self._cond:
+            self.events.append((event, fields))
+            self._cond.notify_all()
+
+    def wait_for(self, event: str) -> dict[str, Any]:
+        with self._cond:
+            assert self._cond.wait_for(
+                lambda: any(name == event for name, _ in self.events), timeout=WAIT_S
+            ), f"no {event} report; got {self.events}"
+            return next(fields for name, fields in self.events if name == event)
+
+
+@pytest.fixture
+def plane() -> Iterator[FakeControlPlane]:
+    plane = FakeControlPlane()
+    yield plane
+    plane.hold.set()
+    if plane._server is not None:
+        plane.stop()
+
+
+@pytest.fixture
+def make_shipper(plane: FakeControlPlane) -> Iterator[Callable[..., tuple[LogShipper, Reports]]]:
+    shippers: list[LogShipper] = []
+
+    def make(settings: ShipSettings = FAST, start: bool = True) -> tuple[LogShipper, Reports]:
+        reports = Reports()
+        transport = HttpLogTransport(url=plane.url, worker_id="w-1", token="mrw_secret")
+        shipper = LogShipper(transport, settings, report=reports)
+        if start:
+            shipper.start()
+        shippers.append(shipper)
+        return shipper, reports
+
+    yield make
+    for shipper in shippers:
+        shipper.close(timeout_s=1)
+
+
+def put(shipper: LogShipper, *numbers: int) -> None:
+    for n in numbers:
+        shipper.put(ts=1_700_000_000 + n, level="info", event="log", message=f"line {n}")
+
+
+def numbers(lines: list[dict[str, Any]]) -> list[int]:
+    return [int(line["message"].split()[1]) for line in lines if line["event"] == "log"]
+
+
+def test_full_batches_go_at_once_and_flush_sends_the_rest(
+    plane: FakeControlPlane, make_shipper: Callable[..., tuple[LogShipper, Reports]]
+) -> None:
+    shipper, _ = make_shipper(ShipSettings(batch_lines=10, interval_s=3600))
+    put(shipper, *range(25))
+    plane.wait_for_lines(20)  # two full batches, without waiting for the interval
+    assert shipper.flush(WAIT_S)
+    assert [len(batch) for batch in plane.batches] == [10, 10, 5]
+    assert numbers(plane.lines) == list(range(25))
+    assert plane.paths[0] == "/api/v1/workers/w-1/logs"
+    assert plane.headers[0] == "Bearer mrw_secret"
+    assert plane.lines[0] == {
+        "ts": 1_700_000_000,
+        "level": "info",
+        "event": "log",
+        "request_id": "",
+        "message": "line 0",
+        "fields": {},
+    }
+    assert shipper.stats() == {
+        "sent_lines": 25,
+        "sent_batches": 3,
+        "failures": 0,
+        "dropped": 0,
+        "rejected_lines": 0,
+        "queued": 0,
+    }
+
+
+def test_a_part_batch_goes_after_the_interval(
+    plane: FakeControlPlane, make_shipper: Callable[..., tuple[LogShipper, Reports]]
+) -> None:
+    shipper, _ = make_shipper()
+    put(shipper, 1, 2, 3)
+    assert numbers(plane.wait_for_lines(3)) == [1, 2, 3]
+
+
+def test_batches_stay_under_the_byte_bound(
+    plane: FakeControlPlane, make_shipper: Callable[..., tuple[LogShipper, Reports]]
+) -> None:
+    shipper, _ = make_shipper(ShipSettings(batch_lines=500, batch_bytes=4096, interval_s=3600))
+    for n in range(20):
+        shipper.put(ts=0, level="info", event="log", message=f"line {n} " + "x" * 1000)
+    assert shipper.flush(WAIT_S)
+    assert numbers(plane.lines) == list(range(20))
+    assert all(len(json.dumps({"lines": batch})) <= 4096 for batch in plane.batches)
+    assert len(plane.batches) >= 5
+
+
+def test_nothing_is_lost_while_the_control_plane_is_away(
+    plane: FakeControlPlane, make_shipper: Callable[..., tuple[LogShipper, Reports]]
+) -> None:
+    shipper, reports = make_shipper(
+        ShipSettings(
+            batch_lines=10,
+            interval_s=0.05,
+            max_queue_lines=50,
+            backoff_min_s=0.01,
+            backoff_max_s=0.05,
+        )
+    )
+    put(shipper, *range(5))
+    plane.wait_for_lines(5)
+    plane.stop()
+    put(shipper, *range(5, 55))  # the queue's bound, plus the batch on its way
+    assert "Connection refused" in reports.wait_for("logship.unreachable")["error"]
+    plane.start()
+    assert shipper.flush(WAIT_S)
+    assert numbers(plane.lines) == list(range(55))
+    assert shipper.stats()["dropped"] == 0
+    assert shipper.stats()["failures"] >= 1
+    reports.wait_for("logship.recovered")
+
+
+def test_beyond_the_bound_the_oldest_go_and_are_counted(
+    plane: FakeControlPlane, make_shipper: Callable[..., tuple[LogShipper, Reports]]
+) -> None:
+    plane.stop()
+    shipper, reports = make_shipper(
+        ShipSettings(
+            batch_lines=5,
+            interval_s=0.01,
+            max_queue_lines=20,
+            backoff_min_s=0.01,
+            backoff_max_s=0.05,
+        )
+    )
+    put(shipper, 0)
+    reports.wait_for("logship.unreachable")  # line 0 is the batch held for retry
+    put(shipper, *range(1, 100))
+    plane.start()
+    assert shipper.flush(WAIT_S)
+
+    got = numbers(plane.lines)
+    (report,) = [line for line in plane.lines if line["event"] == "logship.dropped"]
+    dropped = report["fields"]["dropped"]
+    assert dropped == shipper.stats()["dropped"] == 79
+    assert got == [0, *range(80, 100)]
+    assert report["level"] == "warning"
+    assert "dropped 79 log lines" in report["message"]
+
+
+def test_the_hot_path_does_not_wait_for_a_stuck_control_plane(
+    plane: FakeControlPlane, make_shipper: Callable[..., tuple[LogShipper, Reports]]
+) -> None:
+    plane.hold.clear()
+    shipper, _ = make_shipper(ShipSettings(batch_lines=10, interval_s=0.01, max_queue_lines=100))
+    put(shipper, 0)
+    assert plane.holding.wait(WAIT_S)  # the sender is inside a request that hangs
+    done = threading.Event()
+
+    def log_a_lot() -> None:
+        put(shipper, *range(1, 1001))
+        done.set()
+
+    threading.Thread(target=log_a_lot, daemon=True).start()
+    assert done.wait(WAIT_S), "put() waited on the stuck control plane"
+    assert shipper.stats()["dropped"] == 1000 - 100
+    plane.hold.set()
+    assert shipper.flush(WAIT_S)
+
+
+def test_close_gives_up_within_its_timeout(
+    plane: FakeControlPlane, make_shipper: Callable[..., tuple[LogShipper, Reports]]
+) -> None:
+    plane.stop()
+    shipper, reports = make_shipper()
+    put(shipper, *range(3))
+    reports.wait_for("logship.unreachable")
+    started = time.monotonic()
+    assert shipper.close(timeout_s=0.3) is False
+    assert time.monotonic() - started < 2
+    assert shipper.stats()["queued"] == 3
+
+
+def test_a_refused_batch_is_dropped_and_reported_and_a_refused_credential_stops_shipping(
+    plane: FakeControlPlane, make_shipper: Callable[..., tuple[LogShipper, Reports]]
+) -> None:
+    shipper, reports = make_shipper()
+    plane.status = 422
+    put(shipper, 0)
+    rejected = reports.wait_for("logship.rejected")
+    assert rejected["status"] == 422 and "answered 422" in rejected["error"]
+    plane.status = 201
+    put(shipper, 1)
+    assert numbers(plane.wait_for_lines(1)) == [1]
+    assert shipper.stats()["rejected_lines"] == 1
+
+    plane.status = 401
+    put(shipper, 2)
+    assert reports.wait_for("logship.disabled")["status"] == 401
+    plane.status = 201
+    put(shipper, 3)
+    assert shipper.flush(WAIT_S)
+    assert numbers(plane.lines) == [1]
+
+
+@contextlib.contextmanager
+def fake_std_streams() -> Iterator[tuple[io.BytesIO, io.BytesIO]]:
+    """sys.stdout and sys.stderr over byte buffers the test can read (set in the test
+    itself: pytest's capture resets them between a fixture's setup and the test)."""
+    out, err = io.BytesIO(), io.BytesIO()
+    streams = [
+        io.TextIOWrapper(buffer, encoding="utf-8", write_through=True) for buffer in (out, err)
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stdout", streams[0])
+        patch.setattr(sys, "stderr", streams[1])
+        yield out, err
+    for stream in streams:
+        stream.detach()  # so that the buffers stay open to be read
+
+
+def test_capture_ships_events_records_and_printed_lines(plane: FakeControlPlane) -> None:
+    events = io.BytesIO()
+    root_handlers = list(logging.getLogger().handlers)
+    with fake_std_streams() as (out, err):
+        shipping = LogShipping(
+            HttpLogTransport(url=plane.url, worker_id="w-1", token="mrw_secret"),
+            FAST,
+            stream=events,
+            worker="w-1",
+            service="svc",
+        )
+        shipping.shipper.start()
+        shipping.capture()
+
+        shipping.log.event("request", request_id="r1", status="ok", duration_ms=1.5)
+        shipping.log.event("reply.error", error="redis down")
+        logging.getLogger("memrun.service.svc").warning(
+            "cache miss for %s", "k1", extra={"request_id": "r9", "key": "k1"}
+        )
+        print("hello from a handler")
+        print("oops", file=sys.stderr)
+
+        def partial_lines(tag: str) -> None:
+            for n in range(20):
+                print(f"{tag}-{n}", "part", end="")
+                print(" end")
+
+        threads = [threading.Thread(target=partial_lines, args=(tag,)) for tag in "ab"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert shipping.close()
+        assert sys.stdout.buffer is out and sys.stderr.buffer is err
+
+    assert logging.getLogger().handlers == root_handlers
+    lines = plane.lines
+    request, failure, record = lines[0], lines[1], lines[2]
+    assert (request["event"], request["level"], request["request_id"]) == ("request", "info", "r1")
+    assert request["fields"] == {"status": "ok", "duration_ms": 1.5}
+    assert (failure["level"], failure["fields"]) == ("error", {"error": "redis down"})
+    assert (record["event"], record["level"], record["message"]) == (
+        "log",
+        "warning",
+        "cache miss for k1",
+    )
+    assert record["request_id"] == "r9"
+    assert record["fields"] == {"logger": "memrun.service.svc", "key": "k1"}
+    printed = [(line["event"], line["level"], line["message"]) for line in lines[3:5]]
+    assert printed == [("stdout", "info", "hello from a handler"), ("stderr", "warning", "oops")]
+    # Lines printed in pieces by two threads at once come whole.
+    assert sorted(line["message"] for line in lines[5:]) == sorted(
+        f"{tag}-{n} part end" for tag in "ab" for n in range(20)
+    )
+    # The real streams still got everything; the events went to their own stream too.
+    assert out.getvalue().decode().startswith("hello from a handler\n")
+    assert err.getvalue() == b"oops\n"
+    assert json.loads(events.getvalue().splitlines()[0])["worker"] == "w-1"
+
+
+def test_shipping_is_off_without_the_provisioner_env() -> None:
+    env = {"MEMRUN_URL": "http://cp", "MEMRUN_WORKER_ID": "w-1", "MEMRUN_WORKER_TOKEN": "mrw_x"}
+    for missing in env:
+        assert LogShipping.from_env({k: v for k, v in env.items() if k != missing}) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_ships_to_the_real_control_plane(
+    live_server: Any,
+    service_name: Callable[[], str],
+) -> None:
+    from apps.services.services import service_create
+    from apps.workers.models import WorkerLogLine
+    from apps.workers.services import worker_create
+
+    service = service_create(name=service_name(), partitions=1)
+    worker, credential = worker_create(service=service, name=f"{service.name}-w1")
+    env = {
+        "MEMRUN_URL": live_server.url,
+        "MEMRUN_WORKER_ID": worker.name,
+        "MEMRUN_WORKER_TOKEN": credential,
+    }
+    shipping = LogShipping.from_env(
+        env, ShipSettings(batch_lines=100, interval_s=0.05), worker=worker.name
+    )
+    assert shipping is not None
+    with fake_std_streams():
+        shipping.capture()
+        for n in range(120):
+            shipping.log.event("request", request_id=f"r{n}", status="ok")
+            print(f"printed {n}")
+        assert shipping.close(timeout_s=WAIT_S)
+
+    assert shipping.shipper.stats()["sent_batches"] >= 3
+    stored = WorkerLogLine.objects.filter(worker=worker)
+    assert stored.count() == 240
+    assert stored.filter(event="request", request_id="r119").exists()
+    assert sorted(stored.filter(event="stdout").values_list("message", flat=True)) == sorted(
+        f"printed {n}" for n in range(120)
+    )

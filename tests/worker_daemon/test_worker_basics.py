@@ -1,0 +1,78 @@
+"""A worker serves requests end to end; a foreign producer's messages too."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+
+import redis
+from confluent_kafka.admin import AdminClient
+
+from memrun._protocol import outcome_key, reply_key
+from tests.worker_daemon.conftest import ServiceUnderTest
+from tests.worker_daemon.harness import (
+    WorkerProcess,
+    committed_offsets,
+    make_producer,
+    produce_requests,
+    wait_for,
+    wait_outcomes,
+)
+
+
+def test_a_request_is_served_and_its_caller_woken(
+    service_factory: Callable[..., ServiceUnderTest],
+    start_worker: Callable[..., WorkerProcess],
+    redis_client: redis.Redis,
+    kafka_admin: AdminClient,
+) -> None:
+    service = service_factory(partitions=2)
+    worker = start_worker(service, "a")
+    worker.wait_event("worker.assigned")
+    ids = produce_requests(
+        make_producer(service.bootstrap),
+        service.topic,
+        [(f"user-{i}", {"user": f"user-{i}", "op": "echo", "n": i}) for i in range(20)],
+    )
+    outcomes = wait_outcomes(redis_client, ids)
+    for i, request_id in enumerate(ids):
+        out = outcomes[request_id]
+        assert out.ok, out.error
+        assert out.result["echo"]["n"] == i
+        assert out.result["key"] == f"user-{i}"
+        assert out.worker == worker.worker_id
+        assert out.meta == {"tiers": []}
+        assert redis_client.lpop(reply_key(request_id)) == b"1"
+        assert redis_client.ttl(outcome_key(request_id)) > 0
+    wait_for(
+        lambda: sum(committed_offsets(kafka_admin, service.name, service.topic, 2).values()) == 20,
+        what="offsets of all 20 committed",
+    )
+
+
+def test_a_message_from_kcat_is_served_like_any_other(
+    service_factory: Callable[..., ServiceUnderTest],
+    start_worker: Callable[..., WorkerProcess],
+    redis_client: redis.Redis,
+) -> None:
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat is installed by scripts/install"
+    service = service_factory(partitions=1)
+    worker = start_worker(service, "a")
+    worker.wait_event("worker.assigned")
+    subprocess.run(
+        [kcat, "-P", "-b", service.bootstrap, "-t", service.topic, "-k", "user-7"],
+        input=b'{"user": "user-7", "op": "echo", "from": "kcat"}',
+        check=True,
+        timeout=30,
+    )
+    # No request-id header: the id is derived from where the message sits.
+    request_id = f"{service.topic}:0:0"
+    out = wait_outcomes(redis_client, [request_id])[request_id]
+    assert out.ok
+    assert out.result["echo"]["from"] == "kcat"
+    assert out.result["key"] == "user-7"
+    event = worker.wait_event("request", where=lambda e: e["request_id"] == request_id)
+    assert event["status"] == "ok"
+    assert event["partition"] == 0 and event["offset"] == 0 and event["key"] == "user-7"

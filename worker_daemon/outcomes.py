@@ -1,0 +1,135 @@
+"""Where outcomes go: Redis for the caller (stored many per round trip), the DLQ for failures.
+
+The outcome is stored with SET NX, and only a first store pushes the wake-up onto the
+reply list: one Lua script per outcome, many outcomes per pipelined round trip. A
+redelivered request whose outcome already exists was answered by the first writer;
+`OutcomeStore` also answers "does an outcome exist" for many ids in one round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from confluent_kafka import Producer
+from redis.exceptions import NoScriptError
+
+from memrun._protocol import dlq_topic, now_ms, outcome_key, reply_key
+from worker_daemon.decode import Request
+
+# KEYS: outcome, reply list. ARGV: outcome json, ttl seconds.
+REPLY_SCRIPT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+TRACEBACK_TAIL_CHARS = 4000
+
+
+class RedisLike(Protocol):
+    """The part of `redis.Redis` the outcome store uses."""
+
+    def script_load(self, script: str) -> Any: ...
+    def pipeline(self, transaction: bool = ...) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a request failed: shown to the caller (type, message) and kept in the DLQ."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    timed_out: bool = False
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> Failure:
+        tail = "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL_CHARS:]
+        return cls(type=type(exc).__name__, message=str(exc), traceback=tail)
+
+    @classmethod
+    def timeout(cls, timeout_s: float, *, before_start: bool = False) -> Failure:
+        message = (
+            "the request's deadline passed before it started"
+            if before_start
+            else f"the handler ran past its deadline ({timeout_s:.3g} s)"
+        )
+        return cls(type="HandlerTimeout", message=message, timed_out=True)
+
+    def public(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+class OutcomeStore:
+    """Batched outcome I/O on one Redis connection at a time (thread-safe client)."""
+
+    def __init__(self, redis: RedisLike, *, reply_ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl = str(reply_ttl_s)
+        self._sha: str | None = None
+
+    def exchange(
+        self, check_ids: list[str], stores: list[tuple[str, bytes]]
+    ) -> tuple[list[bool], list[bool]]:
+        """One round trip: which of `check_ids` have an outcome, and, for each
+        (request id, outcome json) of `stores`, whether it was stored (False: an outcome
+        was already there). Raises the client's errors; the caller retries."""
+        try:
+            return self._exchange(check_ids, stores)
+        except NoScriptError:  # Redis restarted or flushed its scripts
+            self._sha = None
+            return self._exchange(check_ids, stores)
+
+    def _exchange(
+        self, check_ids: list[str], stores: list[tuple[str, bytes]]
+    ) -> tuple[list[bool], list[bool]]:
+        if stores and self._sha is None:
+            self._sha = str(self._redis.script_load(REPLY_SCRIPT))
+        pipe = self._redis.pipeline(transaction=False)
+        for request_id in check_ids:
+            pipe.exists(outcome_key(request_id))
+        for request_id, body in stores:
+            pipe.evalsha(
+                self._sha, 2, outcome_key(request_id), reply_key(request_id), body, self._ttl
+            )
+        results = pipe.execute()
+        split = len(check_ids)
+        return [bool(r) for r in results[:split]], [bool(r) for r in results[split:]]
+
+
+class DeadLetters:
+    """Failed requests, with their payload and error, on `memrun.dlq.{service}`."""
+
+    def __init__(self, producer: Producer, *, service: str, worker_id: str) -> None:
+        self._producer = producer
+        self._topic = dlq_topic(service)
+        self._worker_id = worker_id
+
+    def send(self, request: Request, failure: Failure) -> None:
+        record = {
+            "request_id": request.request_id,
+            "key": request.key,
+            "payload": request.value.decode("utf-8", "replace"),
+            "error": {
+                "type": failure.type,
+                "message": failure.message,
+                "traceback": failure.traceback,
+                "timed_out": failure.timed_out,
+            },
+            "attempt": request.attempt,
+            "worker": self._worker_id,
+            "topic": request.topic,
+            "partition": request.partition,
+            "offset": request.offset,
+            "failed_ms": now_ms(),
+        }
+        self._producer.produce(
+            self._topic,
+            value=json.dumps(record, separators=(",", ":")).encode(),
+            key=request.key.encode() if request.key is not None else None,
+        )

@@ -1,0 +1,145 @@
+"""The reply stage: one thread doing all of a worker's Redis I/O, batched.
+
+Pool threads hand over answered jobs; the poll thread hands over jobs to check (may
+they have been answered before?). Each round takes everything waiting, up to
+`max_batch`, and sends it as one pipelined round trip, so a busy worker pays a fraction
+of a round trip per request and no pool thread ever waits on Redis. Answered jobs are
+then logged and reported to the poll thread; checked ones go to the pool, or, if an
+outcome exists, are reported done without running.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from worker_daemon.jobs import Completion, Job, Status
+from worker_daemon.logs import EventLog
+from worker_daemon.outcomes import OutcomeStore
+from worker_daemon.pipeline import decode_job
+
+MAX_RETRY_DELAY_S = 2.0
+
+
+class ReplyStage:
+    def __init__(
+        self,
+        *,
+        store: OutcomeStore,
+        completions: queue.SimpleQueue[Completion],
+        run: Callable[[Job], None],
+        give_up: threading.Event,
+        log: EventLog,
+        log_requests: bool,
+        max_batch: int = 256,
+    ) -> None:
+        self._store = store
+        self._completions = completions
+        self._run = run
+        self._give_up = give_up
+        self._log = log
+        self._log_requests = log_requests
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="memrun-replies", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, job: Job) -> None:
+        """An answered job (`body` set) to store, or a job to check before it runs."""
+        self._queue.put(job)
+
+    def stop(self, timeout_s: float) -> None:
+        """Finish what was handed over (or give up per `give_up`), then end the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    def _serve(self) -> None:
+        get, pending = self._queue.get, self._queue
+        while True:
+            first = get()
+            batch: list[Job] = []
+            stopping = first is None
+            if first is not None:
+                batch.append(first)
+            while not stopping and len(batch) < self._max_batch and not pending.empty():
+                job = pending.get_nowait()
+                if job is None:
+                    stopping = True
+                else:
+                    batch.append(job)
+            if batch:
+                try:
+                    self._round(batch)
+                except BaseException as exc:  # never lose the jobs' slots
+                    self._log.event("replies.error", error=repr(exc))
+                    for job in batch:
+                        self._completions.put((job, Status.UNDELIVERED))
+            if stopping:
+                return
+
+    def _round(self, batch: list[Job]) -> None:
+        checks = [job for job in batch if job.body is None]
+        answers = [job for job in batch if job.body is not None]
+        for job in checks:
+            if job.request is None:
+                decode_job(job)
+        found = self._exchange(
+            [job.request.request_id for job in checks if job.request],
+            [(job.request.request_id, job.body) for job in answers if job.request and job.body],
+        )
+        if found is None:  # gave up on Redis: run the checks (at least once), keep the rest
+            for job in checks:
+                self._run(job)
+            for job in answers:
+                if job.status is not Status.ABANDONED:  # its slot is still held
+                    self._completions.put((job, Status.UNDELIVERED))
+            return
+        existing, stored = found
+        for job, exists in zip(checks, existing, strict=True):
+            if exists:
+                self._log_request(job, Status.SKIPPED, duplicate=False)
+                self._completions.put((job, Status.SKIPPED))
+            else:
+                self._run(job)
+        for job, first in zip(answers, stored, strict=True):
+            self._log_request(job, job.status, duplicate=not first)
+            self._completions.put((job, job.status))
+
+    def _exchange(
+        self, check_ids: list[str], stores: list[tuple[str, bytes]]
+    ) -> tuple[list[bool], list[bool]] | None:
+        """Retried with backoff while Redis fails, until `give_up` (then None)."""
+        delay_s = 0.05
+        while True:
+            try:
+                return self._store.exchange(check_ids, stores)
+            except Exception as exc:
+                self._log.event("reply.error", error=repr(exc), batch=len(check_ids) + len(stores))
+                if self._give_up.wait(delay_s):
+                    return None
+                delay_s = min(delay_s * 2, MAX_RETRY_DELAY_S)
+
+    def _log_request(self, job: Job, status: Status, *, duplicate: bool) -> None:
+        failure = job.failure
+        if not self._log_requests and failure is None and status is not Status.SKIPPED:
+            return
+        request = job.request
+        assert request is not None
+        fields: dict[str, Any] = {
+            "request_id": request.request_id,
+            "key": request.key,
+            "partition": request.partition,
+            "offset": request.offset,
+            "duration_ms": round(job.duration_ms, 3),
+            "status": status.value,
+        }
+        if failure is not None:
+            fields["error_type"] = failure.type
+            fields["error"] = failure.message
+        if duplicate:
+            fields["duplicate"] = True
+        self._log.event("request", **fields)

@@ -1,0 +1,134 @@
+"""Worker settings: one frozen dataclass, built from the environment and CLI flags.
+
+Every tunable of the request path lives here, with its unit in its name. The environment
+variable of a field is `MEMRUN_` + the field name in upper case (`MEMRUN_GRACE_PERIOD_S`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memrun._protocol import REPLY_TTL_S
+from memrun._service import validate_service_name
+from memrun.errors import ConfigError
+
+ENV_PREFIX = "MEMRUN_"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How one worker process serves one service.
+
+    `worker_id` names the worker in logs, outcomes and DLQ records. A given id (from the
+    provisioner) is also the Kafka `group.instance.id` unless that is set ("" turns it
+    off): static membership, so a quick restart keeps the worker's partitions without a
+    rebalance. Without an id the worker is host-pid and its membership is dynamic.
+    """
+
+    service: str
+    package_path: Path
+    # The package's expected sha256 (a .tar.gz is refused if it differs).
+    package_sha256: str | None = None
+    # Extracted packages and dependency venvs live under here.
+    work_root: Path = Path("/var/lib/memrun/work")
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    worker_id: str = ""
+    group_instance_id: str | None = None
+    # None: the service's own `concurrency` / `timeout_seconds`.
+    concurrency: int | None = None
+    timeout_s: float | None = None
+    # Jobs queued in the pool beyond the running ones (None: as many as `concurrency`),
+    # so a thread that finishes starts its next job without waiting for the poll thread.
+    prefetch: int | None = None
+    grace_period_s: float = 30.0
+    revoke_wait_s: float = 5.0
+    commit_interval_s: float = 1.0
+    stats_interval_s: float = 10.0
+    poll_timeout_s: float = 0.1
+    # A full pool waits this long for a slot before pausing partitions: pausing drops
+    # librdkafka's prefetched messages, so pausing on every momentary full pool would
+    # refetch constantly under load.
+    pause_after_full_s: float = 0.05
+    # An async handler past its deadline is cancelled in its own loop; only if it
+    # ignores the cancellation this long is it abandoned like a sync handler.
+    async_cancel_grace_s: float = 1.0
+    reply_ttl_s: int = REPLY_TTL_S
+    # On SIGTERM leave the group, so partitions move at once. A crash, or exit 75, keeps
+    # the static membership: a restart within the session timeout gets them back.
+    leave_group_on_stop: bool = True
+    session_timeout_ms: int = 10_000
+    max_poll_interval_ms: int = 300_000
+    log_requests: bool = True
+
+    def __post_init__(self) -> None:
+        validate_service_name(self.service)
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
+        for name in ("grace_period_s", "commit_interval_s", "stats_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.worker_id:
+            object.__setattr__(self, "worker_id", f"{socket.gethostname()}-{os.getpid()}")
+        elif self.group_instance_id is None:
+            object.__setattr__(self, "group_instance_id", self.worker_id)
+        if self.group_instance_id == "":
+            object.__setattr__(self, "group_instance_id", None)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> WorkerSettings:
+        """Fields from `MEMRUN_*` variables; `overrides` (CLI flags) win when not None.
+
+        `KAFKA_BOOTSTRAP_SERVERS` and `REDIS_URL` (what `scripts/services env` prints) are
+        read when the `MEMRUN_` names are absent.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for item in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + item.name.upper())
+            if raw is None and item.name in _PLAIN_ENV:
+                raw = env.get(_PLAIN_ENV[item.name])
+            if raw is not None and raw != "":
+                values[item.name] = _parse(item.name, str(item.type), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        for required in ("service", "package_path"):
+            if required not in values:
+                raise ConfigError(
+                    f"{required} is required: pass --{required.split('_')[0]} or set "
+                    f"{ENV_PREFIX}{required.upper()}"
+                )
+        values["package_path"] = Path(values["package_path"])
+        return cls(**values)
+
+
+_PLAIN_ENV = {
+    "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "redis_url": "REDIS_URL",
+}
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+        if type_name == "bool":
+            if raw.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError(raw)
+            return raw.lower() in {"1", "true", "yes"}
+        if type_name.startswith("Path"):
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type_name.split(' ')[0]}"
+        ) from None
+    return raw
