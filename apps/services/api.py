@@ -1,19 +1,25 @@
-"""The services API: health, services, and the caller's own API tokens."""
+"""The services API: health, services, their deployments, and the caller's own API tokens."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest
-from ninja import Router, Status
+from typing import Any
 
-from apps.services import invoke, selectors, services
+from django.http import FileResponse, HttpRequest, HttpResponse
+from ninja import Query, Router, Status
+
+from apps.services import deployments, invoke, selectors, services, uploads
+from apps.services.artifacts import artifact_open
+from apps.services.auth import ApiTokenAuth, SessionCsrfAuth, api_auth
 from apps.services.errors import DomainError
 from apps.services.health import health_check
-from apps.services.models import ApiToken, Service
+from apps.services.models import ApiToken, Deployment, Service
 from apps.services.schemas import (
+    DeploymentOut,
     ErrorOut,
     HealthComponentOut,
     HealthOut,
     RequestOut,
+    RollbackIn,
     ServiceIn,
     ServiceOut,
     ServicePatch,
@@ -21,6 +27,8 @@ from apps.services.schemas import (
     TokenIn,
     TokenOut,
 )
+from apps.workers.auth import worker_auth
+from apps.workers.models import Worker
 
 router = Router(tags=["services"])
 
@@ -157,3 +165,147 @@ def tokens_create(request: HttpRequest, payload: TokenIn) -> Status[TokenCreated
 def tokens_revoke(request: HttpRequest, token_id: int) -> Status[None]:
     services.apitoken_revoke(token=selectors.apitoken_get(user=request.auth, token_id=token_id))
     return Status(204, None)
+
+
+class _UploadSessionAuth(SessionCsrfAuth):
+    """The browser's upload form. The CSRF check reads the form, so streaming to disk
+    under the size cap is set up before it."""
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Any:
+        if request.user.is_authenticated:
+            uploads.upload_prepare(request)
+        return super().authenticate(request, key)
+
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "a package built by `memrun deploy`, or a single handler .py that "
+        "the server packages itself",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [uploads.UPLOAD_FIELD],
+                    "properties": {
+                        uploads.UPLOAD_FIELD: {"type": "string", "format": "binary"},
+                        "message": {"type": "string"},
+                    },
+                }
+            },
+            "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+            "text/x-python": {"schema": {"type": "string"}},
+        },
+    }
+}
+_UPLOAD_RESPONSES = {
+    201: DeploymentOut,
+    **{status: ErrorOut for status in (400, 409, 411, 413, 415, 422, 503)},
+}
+
+
+@router.post(
+    "/services/{name}/deployments",
+    auth=[ApiTokenAuth(), _UploadSessionAuth()],
+    response=_UPLOAD_RESPONSES,
+    openapi_extra=_UPLOAD_BODY,
+    tags=["deployments"],
+    summary="Deploy a package or a handler .py; creates the service on its first deploy",
+)
+def deployments_create(request: HttpRequest, name: str, message: str = "") -> Status[Deployment]:
+    """The body is checked before anything is stored; every refusal is a 4xx whose
+    `details.reason` names the problem. Identical bytes make a new version (a redeploy)
+    but are stored once."""
+    deployments.service_name_check(name)
+    with uploads.upload_receive(request=request, message=message) as upload:
+        deployment = deployments.deployment_upload(
+            service_name=name, upload=upload, created_by=request.auth
+        )
+    return Status(201, deployment)
+
+
+@router.get(
+    "/services/{name}/deployments",
+    response={200: list[DeploymentOut], 404: ErrorOut, 422: ErrorOut},
+    tags=["deployments"],
+)
+def deployments_list(
+    request: HttpRequest, name: str, limit: int = Query(50, ge=1, le=500)
+) -> list[Deployment]:
+    """The service's deployments, newest first."""
+    service = selectors.service_get(name=name)
+    return list(selectors.deployment_list(service=service)[:limit])
+
+
+@router.get(
+    "/services/{name}/deployments/{version}",
+    response={200: DeploymentOut, 404: ErrorOut},
+    tags=["deployments"],
+)
+def deployments_get(request: HttpRequest, name: str, version: int) -> Deployment:
+    return selectors.deployment_get(service=selectors.service_get(name=name), version=version)
+
+
+@router.post(
+    "/services/{name}/rollback",
+    response={201: DeploymentOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut, 503: ErrorOut},
+    tags=["deployments"],
+    summary="Deploy an earlier version's package again, as a new version",
+)
+def deployments_rollback(
+    request: HttpRequest, name: str, payload: RollbackIn
+) -> Status[Deployment]:
+    deployment = deployments.deployment_rollback(
+        service=selectors.service_get(name=name),
+        version=payload.version,
+        message=payload.message,
+        created_by=request.auth,
+    )
+    return Status(201, deployment)
+
+
+def package_download_allowed(request: HttpRequest, deployment: Deployment) -> bool:
+    """Whether the caller may fetch `deployment`'s package: any user (token or session),
+    and a worker (its own credential) only the packages of its own service."""
+    caller = request.auth
+    if isinstance(caller, Worker):
+        return caller.service_id == deployment.service_id
+    return bool(getattr(caller, "is_authenticated", False))
+
+
+_PACKAGE_RESPONSE = {
+    "responses": {
+        200: {
+            "description": "the package's bytes; `X-Memrun-Sha256` is their sha256",
+            "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
+}
+
+
+@router.get(
+    "/deployments/{deployment_id}/package",
+    auth=[*api_auth, worker_auth],
+    response={403: ErrorOut, 404: ErrorOut, 503: ErrorOut},
+    openapi_extra=_PACKAGE_RESPONSE,
+    tags=["deployments"],
+)
+def deployments_package(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    """Stream the package archive of a deployment: for its service's workers (which
+    verify it against `X-Memrun-Sha256`) and for users."""
+    deployment = selectors.deployment_get_by_id(deployment_id=deployment_id)
+    if not package_download_allowed(request, deployment):
+        raise DomainError(
+            f"this credential may not fetch packages of {deployment.service.name}",
+            status=403,
+            details={"deployment_id": deployment_id},
+        )
+    response = FileResponse(
+        artifact_open(url=deployment.artifact_url),
+        content_type="application/gzip",
+        as_attachment=True,
+        filename=f"{deployment.service.name}-v{deployment.version}.tar.gz",
+    )
+    response["Content-Length"] = str(deployment.size_bytes)
+    response["X-Memrun-Sha256"] = deployment.sha256
+    return response

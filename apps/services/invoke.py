@@ -92,8 +92,14 @@ class _Clients:
     def redis(self) -> redis.Redis:
         with self._lock:
             if self._redis is None:
+                # No socket timeout: a BLPOP legitimately blocks for the caller's whole
+                # wait; connecting still fails fast when Redis is down.
                 self._redis = redis.Redis.from_url(
-                    settings.REDIS_URL, max_connections=256, health_check_interval=30
+                    settings.REDIS_URL,
+                    max_connections=256,
+                    health_check_interval=30,
+                    socket_timeout=None,
+                    socket_connect_timeout=5,
                 )
             return self._redis
 

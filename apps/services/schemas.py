@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
+from django.urls import reverse
 from ninja import Schema
 from pydantic import ConfigDict, PlainValidator, WithJsonSchema
 
-from apps.services.models import Service
+from apps.services.models import Deployment, Service
 
 
 def _size_input(value: object) -> str | int:
@@ -138,3 +139,67 @@ class RequestOut(Schema):
     duration_ms: float | None = None
     attempt: int | None = None
     meta: dict[str, object] = {}
+
+
+class DeploymentOut(Schema):
+    """One version of a service. `workers_ready` counts this version's ready workers;
+    `workers_desired` is the service's current target."""
+
+    id: int
+    service: str
+    version: int
+    status: str
+    failure_reason: str
+    sha256: str
+    size_bytes: int
+    message: str
+    entry: str | None
+    config: dict[str, object] | None
+    dependencies: list[str]
+    created_by: str | None
+    created_at: datetime
+    workers_ready: int
+    workers_desired: int
+    package_url: str
+
+    @staticmethod
+    def resolve_service(obj: Deployment) -> str:
+        return obj.service.name
+
+    @staticmethod
+    def resolve_entry(obj: Deployment) -> str | None:
+        return obj.manifest.get("entry")
+
+    @staticmethod
+    def resolve_config(obj: Deployment) -> dict[str, object] | None:
+        return obj.manifest.get("config")
+
+    @staticmethod
+    def resolve_dependencies(obj: Deployment) -> list[str]:
+        return list(obj.manifest.get("dependencies") or [])
+
+    @staticmethod
+    def resolve_created_by(obj: Deployment) -> str | None:
+        return obj.created_by.get_username() if obj.created_by else None
+
+    @staticmethod
+    def resolve_workers_ready(obj: Deployment) -> int:
+        return getattr(obj, "workers_ready", 0)
+
+    @staticmethod
+    def resolve_workers_desired(obj: Deployment) -> int:
+        return obj.service.desired_workers
+
+    @staticmethod
+    def resolve_package_url(obj: Deployment) -> str:
+        return reverse("api-v1:deployments_package", kwargs={"deployment_id": obj.pk})
+
+
+class RollbackIn(Schema):
+    """Deploy an earlier version again; without `version`, the one active before the
+    current active one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = None
+    message: str = ""

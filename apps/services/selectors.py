@@ -1,12 +1,13 @@
-"""Reads of services and API tokens."""
+"""Reads of services, their deployments, and API tokens."""
 
 from __future__ import annotations
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from apps.services.errors import DomainError
-from apps.services.models import ApiToken, Service
+from apps.services.models import ApiToken, Deployment, Service
+from apps.workers.models import WorkerState
 
 
 def service_list() -> QuerySet[Service]:
@@ -42,3 +43,49 @@ def apitoken_get(*, user: AbstractBaseUser, token_id: int) -> ApiToken:
             details={"token_id": token_id},
         )
     return token
+
+
+def deployment_list(*, service: Service) -> QuerySet[Deployment]:
+    """The service's deployments, newest first, each with `workers_ready`: its workers
+    in the ready state, counted in the same query."""
+    return (
+        Deployment.objects.filter(service=service)
+        .select_related("service", "created_by")
+        .annotate(workers_ready=Count("workers", filter=Q(workers__state=WorkerState.READY)))
+        .order_by("-version")
+    )
+
+
+def deployment_get(*, service: Service, version: int) -> Deployment:
+    """Version `version` of the service; DomainError 404 when there is none."""
+    deployment = deployment_list(service=service).filter(version=version).first()
+    if deployment is None:
+        raise DomainError(
+            f"{service.name} has no version {version}; list them with "
+            f"GET /api/v1/services/{service.name}/deployments",
+            status=404,
+            details={"service": service.name, "version": version},
+        )
+    return deployment
+
+
+def deployment_get_by_id(*, deployment_id: int) -> Deployment:
+    deployment = Deployment.objects.select_related("service").filter(pk=deployment_id).first()
+    if deployment is None:
+        raise DomainError(
+            f"no deployment with id {deployment_id}",
+            status=404,
+            details={"deployment_id": deployment_id},
+        )
+    return deployment
+
+
+def deployment_previous_active(*, service: Service) -> Deployment | None:
+    """The deployment that was active before the current active one (the newest one
+    superseded before it); with none active, the newest superseded one."""
+    deployments = deployment_list(service=service)
+    current = deployments.filter(status=Deployment.Status.ACTIVE).first()
+    earlier = deployments.filter(status=Deployment.Status.SUPERSEDED)
+    if current is not None:
+        earlier = earlier.filter(version__lt=current.version)
+    return earlier.first()

@@ -146,3 +146,15 @@ def test_the_sdk_client_round_trips_over_http(
     with pytest.raises(RequestTimeout) as timed_out:
         client.invoke(name, {"user": "u", "op": "echo"}, wait=0.2)
     assert len(timed_out.value.details["request_id"]) == 32
+
+
+def test_a_wait_longer_than_the_redis_client_timeout_still_gets_the_answer(
+    api_client: Client, served: str
+) -> None:
+    # The handler holds its slot for 6 s (its own BLPOP on a gate nobody opens): longer
+    # than redis-py's default socket timeout, which once turned such waits into 503s.
+    status, body = invoke(
+        api_client, served, {"user": "slow", "op": "block", "ns": served, "block_s": 6}
+    )
+    assert status == 200, body
+    assert body["result"] == {"released": False}

@@ -1,0 +1,94 @@
+"""`memrun status [NAME]`: each service's live version, ready workers and last deployment;
+with NAME, its recent deployments too."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from memrun._client import Client, Deployment
+from memrun.cli.deploy import human_bytes
+
+HISTORY = 10
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "status",
+        help="show services: live version, workers ready/desired, last deployment",
+        description="Without NAME, one line per service; with NAME, its recent deployments too.",
+    )
+    parser.add_argument("name", nargs="?", help="one service")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    client = Client()
+    services = [client.service(args.name)] if args.name else client.services()
+    if not services:
+        print("no services yet; deploy one with `memrun deploy handler.py`")
+        return 0
+    ready = Counter(
+        worker["service"] for worker in client.workers(args.name) if worker["state"] == "ready"
+    )
+    rows = [("SERVICE", "LIVE", "WORKERS", "LAST DEPLOYMENT")]
+    history: list[Deployment] = []
+    for service in services:
+        name = service["name"]
+        history = client.deployments(name, limit=HISTORY)
+        live = next((d for d in history if d.status == "active"), None)
+        rows.append(
+            (
+                name,
+                f"v{live.version}" if live else "-",
+                f"{ready[name]}/{service['desired_workers']}",
+                _describe(history[0]) if history else "never deployed",
+            )
+        )
+    _print_table(rows)
+    if args.name and history:
+        print()
+        _print_table(
+            [("VERSION", "STATUS", "WHEN", "BY", "SHA256", "SIZE", "MESSAGE")]
+            + [
+                (
+                    f"v{d.version}",
+                    d.status,
+                    _ago(d.created_at),
+                    d.created_by or "-",
+                    d.sha256[:12],
+                    human_bytes(d.size_bytes),
+                    d.failure_reason if d.status == "failed" else d.message,
+                )
+                for d in history
+            ]
+        )
+    return 0
+
+
+def _describe(deployment: Deployment) -> str:
+    text = f"v{deployment.version} {deployment.status} {_ago(deployment.created_at)}"
+    if deployment.created_by:
+        text += f" by {deployment.created_by}"
+    if deployment.status == "failed" and deployment.failure_reason:
+        text += f": {deployment.failure_reason}"
+    return text
+
+
+def _ago(timestamp: str) -> str:
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(timestamp)).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{max(int(seconds), 0)}s ago"
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
