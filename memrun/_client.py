@@ -1,13 +1,16 @@
-"""`Client`: call deployed services over the control plane's REST API (stdlib HTTP only)."""
+"""`Client`: deploy and call services over the control plane's REST API (stdlib HTTP only)."""
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from memrun._home import default_token, default_url
 from memrun.errors import ApiError, HandlerError, RequestTimeout
@@ -37,6 +40,40 @@ class RequestResult:
         return cls(**known)
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """One version of a service. `status` goes pending -> rolling -> active, or failed
+    (with `failure_reason`); an active one becomes superseded by the next."""
+
+    id: int
+    service: str
+    version: int
+    status: str
+    sha256: str
+    size_bytes: int
+    created_at: str
+    failure_reason: str = ""
+    message: str = ""
+    entry: str | None = None
+    created_by: str | None = None
+    workers_ready: int = 0
+    workers_desired: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """Whether the rollout is over: active, failed, or replaced before it went live."""
+        return self.status in ("active", "failed", "superseded")
+
+    @classmethod
+    def from_api(cls, body: dict[str, Any]) -> Deployment:
+        known = {name: body[name] for name in cls.__dataclass_fields__ if name in body}
+        return cls(**known)
+
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as `progress(bytes_sent, total_bytes)` while a package uploads."""
+
+
 class Client:
     """A memrun control plane at `url` (MEMRUN_URL), authenticated by `token` (MEMRUN_TOKEN
     or the local CLI token)."""
@@ -59,7 +96,7 @@ class Client:
 
     def invoke_request(self, service: str, payload: Any, *, wait: float = 30.0) -> RequestResult:
         """Like `invoke`, but return the whole `RequestResult` (worker, timings, status)."""
-        path = f"/api/v1/services/{urllib.parse.quote(service)}/invoke?wait={wait:g}"
+        path = f"{_service_path(service)}/invoke?wait={wait:g}"
         body = self._call("POST", path, payload, timeout_s=wait + self.timeout_s)
         return RequestResult.from_api(body)
 
@@ -72,27 +109,178 @@ class Client:
         path = f"/api/v1/requests/{urllib.parse.quote(request_id)}?wait={wait:g}"
         return RequestResult.from_api(self._call("GET", path, timeout_s=wait + self.timeout_s))
 
+    def deploy(
+        self,
+        service: str,
+        package: Path,
+        *,
+        message: str = "",
+        progress: ProgressCallback | None = None,
+    ) -> Deployment:
+        """Upload the package at `package` (a .tar.gz from `build_package`) as the next
+        version of `service`, which is created on its first deploy. The file is streamed,
+        never read into memory; `progress` hears how far it got."""
+        query = urllib.parse.urlencode({"message": message}) if message else ""
+        path = f"{_service_path(service)}/deployments" + (f"?{query}" if query else "")
+        with package.open("rb") as stream:
+            total = os.fstat(stream.fileno()).st_size
+            upload = _ProgressReader(stream, total, progress)
+            headers = {"Content-Type": "application/gzip", "Content-Length": str(total)}
+            return Deployment.from_api(
+                self._call("POST", path, upload=upload, headers=headers, timeout_s=self.timeout_s)
+            )
+
+    def deployments(self, service: str, *, limit: int = 20) -> list[Deployment]:
+        """The service's deployments, newest first."""
+        path = f"{_service_path(service)}/deployments?limit={limit}"
+        return [Deployment.from_api(item) for item in self._call_list("GET", path)]
+
+    def deployment(self, service: str, version: int) -> Deployment:
+        path = f"{_service_path(service)}/deployments/{version}"
+        return Deployment.from_api(self._call("GET", path, timeout_s=self.timeout_s))
+
+    def rollback(
+        self, service: str, *, version: int | None = None, message: str = ""
+    ) -> Deployment:
+        """Deploy `version`'s package again as a new version; by default the one that was
+        active before the current active one."""
+        payload = {"version": version, "message": message}
+        path = f"{_service_path(service)}/rollback"
+        return Deployment.from_api(self._call("POST", path, payload, timeout_s=self.timeout_s))
+
+    def services(self) -> list[dict[str, Any]]:
+        """Every service with its settings, by name."""
+        return self._call_list("GET", "/api/v1/services")
+
+    def service(self, service: str) -> dict[str, Any]:
+        return self._call("GET", _service_path(service), timeout_s=self.timeout_s)
+
+    def workers(self, service: str | None = None) -> list[dict[str, Any]]:
+        """All workers, or those of `service`, each with its `state`."""
+        query = f"?{urllib.parse.urlencode({'service': service})}" if service else ""
+        return self._call_list("GET", f"/api/v1/workers{query}")
+
+    def service_url(self, service: str) -> str:
+        """Where `service` is invoked over HTTP."""
+        return f"{self.url}{_service_path(service)}/invoke"
+
+    def _call_list(self, method: str, path: str) -> list[dict[str, Any]]:
+        return list(self._send(method, path, timeout_s=self.timeout_s))
+
     def _call(
-        self, method: str, path: str, payload: Any = None, *, timeout_s: float
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        *,
+        timeout_s: float,
+        upload: _ProgressReader | None = None,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Accept", "application/json")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
+        return dict(
+            self._send(method, path, payload, timeout_s=timeout_s, upload=upload, headers=headers)
+        )
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        *,
+        timeout_s: float,
+        upload: _ProgressReader | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """The JSON answer; ApiError with the control plane's message for any error."""
+        data: bytes | _ProgressReader | None = upload
+        request_headers = {"Accept": "application/json", **(headers or {})}
+        if payload is not None:
+            data = json.dumps(payload).encode()
+            request_headers["Content-Type"] = "application/json"
         if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
+            request_headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers=request_headers
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                body: dict[str, Any] = json.loads(response.read() or b"{}")
-                return body
+                return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             raise _api_error(exc) from None
         except urllib.error.URLError as exc:
+            if upload is not None and isinstance(exc.reason, _CLOSED_MIDWAY):
+                raise ApiError(
+                    f"memrun at {self.url} closed the connection during the upload "
+                    f"({exc.reason}); the package may be over its size limit",
+                    status=0,
+                ) from None
             raise ApiError(
                 f"cannot reach memrun at {self.url}: {exc.reason}; is `memrun up` running?",
                 status=0,
             ) from None
+
+    # -- running workers: scaling and the workers of a service --------------------------
+
+    def scale(self, service: str, workers: int) -> dict[str, Any]:
+        """Set how many workers `service` runs, within its min and max; returns the
+        service. ApiError (422) names the bound a count outside them crosses."""
+        path = f"{_service_path(service)}/scale"
+        return self._call("POST", path, {"workers": workers}, timeout_s=self.timeout_s)
+
+    def service_workers(
+        self, service: str, *, include_finished: bool = False
+    ) -> list[dict[str, Any]]:
+        """The running workers of `service` (with `include_finished`, the stopped and
+        dead ones too): state, liveness, version, heartbeat age, in-flight, partitions, lag."""
+        query = "?all=true" if include_finished else ""
+        return self._call_list("GET", f"{_service_path(service)}/workers{query}")
+
+    # -- worker logs: a service's lines, merged across its workers, page by page ---------
+
+    def logs(
+        self,
+        service: str,
+        *,
+        worker: str | None = None,
+        since: str | None = None,
+        request_id: str | None = None,
+        level: str | None = None,
+        limit: int = 100,
+    ) -> dict[str, Any]:
+        """A page of `service`'s log lines (only `worker`'s, if given), oldest first:
+        `{"lines": [...], "next_since": str, "more": bool}`. Without `since`, the newest
+        `limit`; with it (ISO 8601, epoch seconds, or a page's `next_since`), those after
+        it. Pass `next_since` back to follow; `more` says the next page is there already."""
+        filters = {"worker": worker, "since": since, "request_id": request_id, "level": level}
+        query = urllib.parse.urlencode(
+            {"limit": limit, **{name: value for name, value in filters.items() if value}}
+        )
+        return self._call("GET", f"{_service_path(service)}/logs?{query}", timeout_s=self.timeout_s)
+
+
+# The server closed the connection while the body was still going out: it answered early.
+_CLOSED_MIDWAY = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+class _ProgressReader:
+    """A file read in chunks by http.client, reporting each one to `progress`."""
+
+    def __init__(self, stream: BinaryIO, total: int, progress: ProgressCallback | None) -> None:
+        self._stream = stream
+        self._total = total
+        self._progress = progress
+        self._sent = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._sent += len(data)
+        if self._progress is not None and data:
+            self._progress(self._sent, self._total)
+        return data
+
+
+def _service_path(service: str) -> str:
+    return f"/api/v1/services/{urllib.parse.quote(service, safe='')}"
 
 
 def _api_error(exc: urllib.error.HTTPError) -> ApiError:

@@ -11,6 +11,7 @@ from ninja import NinjaAPI
 from apps.services.api import router as services_router
 from apps.services.auth import api_auth
 from apps.workers.api import router as workers_router
+from apps.workers.log_api import router as worker_logs_router
 from memrun_site.errors import install_error_handlers
 
 api = NinjaAPI(
@@ -24,3 +25,4 @@ api = NinjaAPI(
 install_error_handlers(api)
 api.add_router("/", services_router)
 api.add_router("/", workers_router)
+api.add_router("/", worker_logs_router)

@@ -218,13 +218,48 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(MEMRUN_HOME / "celerybeat-schedule")
 # Beat writes its schedule file after every task it sends, which also makes the file's
 # age a liveness signal for the container health check.
 CELERY_BEAT_SYNC_EVERY = 1
-MEMRUN_RECONCILE_INTERVAL_S = 15.0
+MEMRUN_RECONCILE_INTERVAL_S = 5.0
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {
         "task": "apps.provisioning.tasks.reconcile",
         "schedule": MEMRUN_RECONCILE_INTERVAL_S,
     },
 }
+
+# Worker logs (apps/workers/log_services.py): at most this many lines per worker and
+# nothing older, pruned on ingest about every MEMRUN_LOG_PRUNE_EVERY_LINES lines and swept
+# by beat.
+MEMRUN_LOG_MAX_LINES_PER_WORKER = env_int("MEMRUN_LOG_MAX_LINES_PER_WORKER", 10_000)
+MEMRUN_LOG_RETENTION_S = env_int("MEMRUN_LOG_RETENTION_S", 7 * 24 * 3600)
+MEMRUN_LOG_PRUNE_EVERY_LINES = 1000
+MEMRUN_LOG_PRUNE_INTERVAL_S = 600.0
+CELERY_BEAT_SCHEDULE["prune_worker_logs"] = {
+    "task": "apps.workers.tasks.prune_worker_logs",
+    "schedule": MEMRUN_LOG_PRUNE_INTERVAL_S,
+}
+
+# Workers. They reach the control plane at MEMRUN_CONTROL_PLANE_URL (`memrun up` sets it
+# from --bind). A new worker must report ready within the boot timeout (fetch, venv,
+# init handlers); a draining one gets the service's request timeout plus the grace.
+MEMRUN_CONTROL_PLANE_URL = env_str("MEMRUN_CONTROL_PLANE_URL", "http://127.0.0.1:8000")
+MEMRUN_WORKER_BOOT_TIMEOUT_S = float(env_int("MEMRUN_WORKER_BOOT_TIMEOUT_S", 600))
+MEMRUN_WORKER_DRAIN_GRACE_S = float(env_int("MEMRUN_WORKER_DRAIN_GRACE_S", 60))
+# Handed to every worker as is: the data path's S3 (never cloud or admin credentials, I8).
+MEMRUN_WORKER_S3_ENV = {
+    name: os.environ[name]
+    for name in (
+        "MEMRUN_S3_ENDPOINT_URL",
+        "MEMRUN_S3_BUCKET",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+    )
+    if os.environ.get(name, "").strip()
+}
+# Extra MEMRUN_* settings for every worker (tests shorten its timers here).
+MEMRUN_WORKER_EXTRA_ENV: dict[str, str] = {}
+# Start a service's reconcile as soon as a worker becomes ready or stops, besides beat.
+MEMRUN_RECONCILE_ON_EVENTS = env_bool("MEMRUN_RECONCILE_ON_EVENTS", True)
 
 LOGGING = {
     "version": 1,

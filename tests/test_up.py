@@ -158,7 +158,7 @@ def test_up_serves_the_api_and_the_admin_and_stops_on_sigterm(appliance: Applian
     assert again.returncode == 1 and "already have an active token" in again.stderr
 
     children = children_of(appliance.process.pid)
-    assert len(children) == 3
+    assert len(children) == 4  # web, Celery worker, beat, local supervisor
     appliance.process.send_signal(signal.SIGTERM)
     assert appliance.process.wait(timeout=STOP_TIMEOUT_S) == 0
     assert appliance.output().rstrip().endswith("memrun: stopped")

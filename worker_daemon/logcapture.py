@@ -147,7 +147,7 @@ def tee_stream(real: TextIO, on_line: Callable[[str], None]) -> TextIO:
 
 class LogShipping:
     """Shipping as a worker process runs it: `capture()` tees sys.stdout and sys.stderr
-    into the shipper (worker_daemon/logcapture.py), `close()` puts them back and sends
+    into the shipper, `close()` puts them back and sends
     what is queued, within `close_timeout_s`. The shipper's own trouble is reported as
     event lines on stdout, so they are shipped too once it recovers.
 

@@ -10,6 +10,7 @@ process exit code (0 stopped, 1 could not start, 75 restart me).
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from types import FrameType
 
 import redis
@@ -29,8 +30,15 @@ from worker_daemon.settings import WorkerSettings
 KAFKA_ADMIN_TIMEOUT_S = 30.0
 
 
-def run_worker(settings: WorkerSettings) -> int:
-    log = EventLog(worker=settings.worker_id, service=settings.service)
+def run_worker(
+    settings: WorkerSettings,
+    *,
+    log: EventLog | None = None,
+    on_worker: Callable[[Worker], None] | None = None,
+) -> int:
+    """`log` defaults to JSON lines on stdout; `on_worker` receives the Worker before it
+    runs (a provisioned worker's heartbeat reads its stats and may ask it to stop)."""
+    log = log or EventLog(worker=settings.worker_id, service=settings.service)
     configure_stdlib_logging(worker=settings.worker_id, service=settings.service)
     service = load_package(settings)
     try:
@@ -72,6 +80,8 @@ def run_worker(settings: WorkerSettings) -> int:
         producer=producer,
         log=log,
     )
+    if on_worker is not None:
+        on_worker(worker)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         worker.request_stop()

@@ -1,16 +1,38 @@
-"""Celery tasks of provisioning. The reconcile loop is scheduled by beat
-(settings.CELERY_BEAT_SCHEDULE); comparing desired and live workers comes with the
-provisioners."""
+"""Celery tasks of provisioning: thin wrappers over apps/provisioning/reconcile.py.
+
+`reconcile` runs every MEMRUN_RECONCILE_INTERVAL_S (beat, settings.CELERY_BEAT_SCHEDULE)
+over every service; `reconcile_service` runs one service at once, when something changed
+(a new deployment, a scale, a worker that became ready or stopped).
+"""
 
 from __future__ import annotations
 
 import logging
 
 from celery import shared_task
+from django.conf import settings
+
+from apps.provisioning import reconcile as reconciling
 
 logger = logging.getLogger(__name__)
 
 
 @shared_task(name="apps.provisioning.tasks.reconcile", ignore_result=True)
 def reconcile() -> None:
-    logger.info("reconcile: no provisioners are configured yet; nothing to do")
+    reconciling.reconcile_all()
+
+
+@shared_task(name="apps.provisioning.tasks.reconcile_service", ignore_result=True)
+def reconcile_service(service_id: int) -> None:
+    reconciling.reconcile_service(service_id=service_id)
+
+
+def reconcile_soon(*, service_id: int) -> None:
+    """Queue a pass over one service now (MEMRUN_RECONCILE_ON_EVENTS); beat's periodic
+    pass covers for a broker that is down, so that is only logged."""
+    if not settings.MEMRUN_RECONCILE_ON_EVENTS:
+        return
+    try:
+        reconcile_service.delay(service_id)
+    except Exception:
+        logger.warning("could not queue a reconcile of service %s", service_id, exc_info=True)

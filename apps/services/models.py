@@ -226,3 +226,22 @@ class ApiToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class DeploymentEvent(models.Model):
+    """One status change of a deployment: from where, to where, why, by whom, when.
+    `actor` is a username, or the part of memrun that decided ("reconcile")."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=16, choices=DeploymentStatus.choices, blank=True)
+    to_status = models.CharField(max_length=16, choices=DeploymentStatus.choices)
+    reason = models.TextField(blank=True)
+    actor = models.CharField(max_length=150)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["deployment", "at", "id"]
+        indexes = [models.Index(fields=["deployment", "at"], name="deploymentevent_deploy_at")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment}: {self.from_status or '-'} -> {self.to_status}"

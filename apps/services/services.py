@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from apps.services.models import (
     DUPLICATE_NAME,
     ApiToken,
     Deployment,
+    DeploymentEvent,
     Provider,
     Service,
 )
@@ -307,3 +308,37 @@ def _duplicate_service(name: str) -> DomainError:
         status=409,
         details={"fields": {"name": [DUPLICATE_NAME]}, "name": name},
     )
+
+
+def deployment_set_status(
+    *,
+    deployment: Deployment,
+    status: str,
+    actor: str,
+    reason: str = "",
+    failure_reason: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Move `deployment` to `status`, recording who (`actor`: a username, or "reconcile")
+    and why as a DeploymentEvent; `failure_reason` is kept on the deployment. False when
+    it already had that status."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        if locked.status == status:
+            return False
+        DeploymentEvent.objects.create(
+            deployment=locked,
+            from_status=locked.status,
+            to_status=status,
+            reason=reason,
+            actor=actor,
+            at=now,
+        )
+        locked.status = status
+        if failure_reason is not None:
+            locked.failure_reason = failure_reason
+        full_clean_or_raise(locked, what="deployment")
+        locked.save(update_fields=["status", "failure_reason"])
+    deployment.status, deployment.failure_reason = locked.status, locked.failure_reason
+    return True

@@ -5,7 +5,20 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from apps.workers.models import Worker
+from apps.workers.models import Worker, WorkerEvent
+
+
+class WorkerEventInline(admin.TabularInline):
+    """The worker's state changes, oldest first."""
+
+    model = WorkerEvent
+    fields = ["at", "from_state", "to_state", "reason"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(Worker)
@@ -23,6 +36,7 @@ class WorkerAdmin(admin.ModelAdmin):
     list_select_related = ["service", "deployment"]
     search_fields = ["name", "service__name", "address", "provider_ref"]
     exclude = ["credential_hash"]
+    inlines = [WorkerEventInline]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

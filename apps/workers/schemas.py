@@ -1,16 +1,21 @@
-"""Output schemas of the workers API."""
+"""Schemas of the workers API."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from ninja import Schema
+from django.utils import timezone
+from ninja import Field, Schema
 
+from apps.workers.liveness import heartbeat_age_s, liveness
 from apps.workers.models import Worker
 
 
 class WorkerOut(Schema):
+    """A worker as last reported. `liveness` is live, suspect (silent 30 s) or dead
+    (silent 60 s: reconcile replaces it); unknown before its first heartbeat."""
+
     name: str
     service: str
     deployment_version: int | None
@@ -18,7 +23,12 @@ class WorkerOut(Schema):
     provider_ref: str
     address: str
     state: str
+    liveness: str
     last_heartbeat_at: datetime | None
+    heartbeat_age_s: float | None
+    in_flight: int | None
+    partitions: list[int]
+    lag: int | None
     stats: dict[str, Any]
     created_at: datetime
 
@@ -29,3 +39,55 @@ class WorkerOut(Schema):
     @staticmethod
     def resolve_deployment_version(obj: Worker) -> int | None:
         return obj.deployment.version if obj.deployment else None
+
+    @staticmethod
+    def resolve_liveness(obj: Worker) -> str:
+        if obj.state in Worker.FINISHED_STATES:
+            return obj.state
+        return liveness(obj.last_heartbeat_at, timezone.now()).value
+
+    @staticmethod
+    def resolve_heartbeat_age_s(obj: Worker) -> float | None:
+        age = heartbeat_age_s(obj.last_heartbeat_at, timezone.now())
+        return None if age is None else round(age, 1)
+
+    @staticmethod
+    def resolve_in_flight(obj: Worker) -> int | None:
+        value = obj.stats.get("in_flight")
+        return value if isinstance(value, int) else None
+
+    @staticmethod
+    def resolve_partitions(obj: Worker) -> list[int]:
+        value = obj.stats.get("partitions")
+        return sorted(p for p in value if isinstance(p, int)) if isinstance(value, list) else []
+
+    @staticmethod
+    def resolve_lag(obj: Worker) -> int | None:
+        value = obj.stats.get("lag")
+        return value if isinstance(value, int) else None
+
+
+class HeartbeatIn(Schema):
+    """A worker's report of itself. Besides the fields named here, anything in `stats`
+    (counts, cache, partition details) is kept as reported."""
+
+    state: Literal["booting", "ready", "draining", "stopped"]
+    deployment_id: int | None = None
+    in_flight: int = Field(0, ge=0)
+    partitions: list[int] = []
+    lag: int | None = None
+    cache: dict[str, Any] = {}
+    exit_code: int | None = Field(None, description="with state stopped: the exit code")
+    error: str = Field("", description="with state stopped: why it could not run")
+    stats: dict[str, Any] = {}
+
+
+class HeartbeatOut(Schema):
+    action: Literal["run", "drain"] = Field(
+        description="run: carry on; drain: stop fetching, finish in-flight, commit, leave "
+        "the group, report stopped and exit 0"
+    )
+
+
+class ScaleIn(Schema):
+    workers: int = Field(ge=0, description="desired workers, within min_workers..max_workers")

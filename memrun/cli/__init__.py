@@ -18,6 +18,13 @@ SUBCOMMANDS = [
     "memrun.cli.worker",
     "memrun.cli.up",
     "memrun.cli.token",
+    "memrun.cli.deploy",
+    "memrun.cli.invoke",
+    "memrun.cli.status",
+    "memrun.cli.rollback",
+    "memrun.cli.scale",
+    "memrun.cli.workers",
+    "memrun.cli.logs",
 ]
 
 

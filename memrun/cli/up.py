@@ -1,9 +1,9 @@
 """`memrun up`: run the control plane on this machine.
 
 Checks that the database, Redis and Kafka answer, migrates, creates the admin user and the
-CLI token on first start, then runs gunicorn, a Celery worker and Celery beat as child
-processes until Ctrl-C or SIGTERM, which it forwards. Django runs only in the children:
-this module starts `python -m django ...` and never imports it.
+CLI token on first start, then runs gunicorn, a Celery worker, Celery beat and the local
+workers' supervisor as child processes until Ctrl-C or SIGTERM, which it forwards. Django
+runs only in the children: this module starts `python -m django ...` and never imports it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Child:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "up",
-        help="run the control plane here (web, Celery worker and beat)",
+        help="run the control plane here (web, Celery worker and beat, local workers)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -82,6 +82,8 @@ def children(*, bind: str, web_workers: int) -> list[Child]:
         Child("web (gunicorn)", [*module, *web.split()]),
         Child("Celery worker", [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2"]),
         Child("Celery beat", [*celery, "beat", "--loglevel", "INFO"]),
+        # Runs the local provisioner's workers: Celery's task processes come and go.
+        Child("local supervisor", [*module, "apps.provisioning.local_supervisor"]),
     ]
 
 
@@ -94,7 +96,17 @@ def run(args: argparse.Namespace) -> int:
     _check(manage("migrate", "--noinput", "-v", "0"), "migrate")
     _check(manage("collectstatic", "--noinput", "-v", "0"), "collectstatic")
     _check(manage("memrun_init"), "memrun_init")
+    # Local workers reach the control plane here unless told otherwise.
+    os.environ.setdefault("MEMRUN_CONTROL_PLANE_URL", control_plane_url(args.bind))
     return supervise(children(bind=args.bind, web_workers=args.web_workers), bind=args.bind)
+
+
+def control_plane_url(bind: str) -> str:
+    """The URL of the web server bound at `bind` (host:port), as seen from this machine."""
+    host, _, port = bind.rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
 
 
 def supervise(plan: Sequence[Child], *, bind: str) -> int:

@@ -1,4 +1,5 @@
-"""`memrun worker`: run one worker daemon for a service from an extracted package folder."""
+"""`memrun worker`: run one worker daemon for a service, from a package (--package) or
+from a deployment fetched from the control plane (--deployment, as provisioners start it)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--service", help="service name (MEMRUN_SERVICE)")
     parser.add_argument(
+        "--deployment",
+        type=int,
+        help="run this deployment's package, fetched from the control plane, and report "
+        "to it: what a provisioner starts (needs MEMRUN_URL, MEMRUN_WORKER_ID and "
+        "MEMRUN_WORKER_TOKEN); instead of --package",
+    )
+    parser.add_argument(
         "--package", type=Path, help="package .tar.gz or folder (MEMRUN_PACKAGE_PATH)"
     )
     parser.add_argument("--package-sha256", help="refuse a .tar.gz whose sha256 differs")
@@ -33,24 +41,61 @@ def register(subparsers: Any) -> None:
         "--grace-period-s", type=float, help="on SIGTERM, wait this long for in-flight work"
     )
     parser.add_argument("--stats-interval-s", type=float, help="log stats this often")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run_shipping_logs)
+
+
+def run_shipping_logs(args: argparse.Namespace) -> int:
+    """`run`, with this process's stdout and stderr also shipped to the control plane
+    when the provisioner set MEMRUN_URL, MEMRUN_WORKER_ID and MEMRUN_WORKER_TOKEN (see
+    worker_daemon/logcapture.py). It wraps everything, so every event log and log handler
+    the worker makes (the provisioned boot's too) writes through the capture."""
+    import contextlib
+    import os
+
+    from worker_daemon.logcapture import LogShipping
+
+    with LogShipping.from_env(os.environ) or contextlib.nullcontext():
+        return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
     from worker_daemon.main import run_worker
     from worker_daemon.settings import WorkerSettings
 
+    overrides = {
+        "work_root": args.work_root,
+        "kafka_bootstrap_servers": args.kafka_bootstrap_servers,
+        "redis_url": args.redis_url,
+        "concurrency": args.concurrency,
+        "timeout_s": args.timeout_s,
+        "grace_period_s": args.grace_period_s,
+        "stats_interval_s": args.stats_interval_s,
+    }
+    if args.deployment is not None:
+        return run_provisioned(args, overrides)
     settings = WorkerSettings.from_env(
         service=args.service,
         package_path=args.package,
         package_sha256=args.package_sha256,
-        work_root=args.work_root,
-        kafka_bootstrap_servers=args.kafka_bootstrap_servers,
-        redis_url=args.redis_url,
         worker_id=args.worker_id,
-        concurrency=args.concurrency,
-        timeout_s=args.timeout_s,
-        grace_period_s=args.grace_period_s,
-        stats_interval_s=args.stats_interval_s,
+        **overrides,
     )
     return run_worker(settings)
+
+
+def run_provisioned(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    """`--deployment ID`: fetch the package from the control plane and heartbeat to it."""
+    from memrun.errors import ConfigError
+    from worker_daemon.control_plane import ProvisionedSettings
+    from worker_daemon.main import run_worker
+    from worker_daemon.provisioned import run_provisioned_worker
+
+    if args.package is not None:
+        raise ConfigError("give --package or --deployment, not both")
+    settings = ProvisionedSettings.from_env(
+        service=args.service, deployment_id=args.deployment, worker_id=args.worker_id
+    )
+    worker_overrides = {k: v for k, v in overrides.items() if v is not None}
+    return run_provisioned_worker(
+        settings, run_worker=run_worker, worker_overrides=worker_overrides
+    )

@@ -237,3 +237,125 @@ def test_a_stats_snapshot_becomes_a_heartbeat_report() -> None:
         "stats": {"worker": "w", "handled": 9},
         "deployment_id": 1,
     }
+
+
+# -- the provisioned worker's flow, with a stub control plane and run_worker --------------
+
+
+class StubPlane(ControlPlane):
+    """Answers heartbeats from a script and "downloads" a fixed file."""
+
+    def __init__(self, answer: str | Exception = "run") -> None:
+        super().__init__(url="http://stub", token="mrw_stub")
+        self.reports: list[dict[str, Any]] = []
+        self.answer = answer
+
+    def heartbeat(self, worker_id: str, report: Mapping[str, Any]) -> str:
+        self.reports.append(dict(report))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+    def fetch_package(self, deployment_id: int, dest: Path, *, expected_sha256: str | None) -> str:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(b"package")
+        return hashlib.sha256(b"package").hexdigest()
+
+
+class StubWorker:
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+
+    def stats(self) -> dict[str, Any]:
+        return {"state": "draining" if self.stopped.is_set() else "running"}
+
+    def request_stop(self) -> None:
+        self.stopped.set()
+
+
+def provisioned() -> ProvisionedSettings:
+    return ProvisionedSettings(
+        url="http://stub",
+        worker_id="svc-v1-abc",
+        token="mrw_stub",
+        service="svc",
+        deployment_id=4,
+        package_sha256=None,
+        heartbeat_interval_s=0.05,
+    )
+
+
+def run(tmp_path: Path, plane: StubPlane, run_worker: Callable[..., int]) -> int:
+    from worker_daemon.provisioned import run_provisioned_worker
+
+    return run_provisioned_worker(
+        provisioned(),
+        run_worker=run_worker,
+        control_plane=plane,
+        worker_overrides={"work_root": tmp_path / "work"},
+    )
+
+
+def test_a_failed_init_is_reported_in_the_final_heartbeat(tmp_path: Path) -> None:
+    from worker_daemon.provisioned import _FailureTap
+
+    def init_fails(settings: Any, *, log: Any, on_worker: Any) -> int:
+        assert isinstance(log, _FailureTap)
+        assert settings.package_path == tmp_path / "work" / "downloads" / "deployment-4.tar.gz"
+        assert settings.worker_id == settings.group_instance_id == "svc-v1-abc"
+        log.event("worker.init_failed", error_type="ValueError", error="boom")
+        return 1
+
+    plane = StubPlane()
+    assert run(tmp_path, plane, init_fails) == 1
+    assert plane.reports[0]["state"] == "booting" and plane.reports[0]["deployment_id"] == 4
+    assert plane.reports[-1] == {
+        "state": "stopped",
+        "exit_code": 1,
+        "error": "an init handler failed: ValueError: boom",
+        "deployment_id": 4,
+    }
+
+
+def test_a_package_that_cannot_load_is_reported(tmp_path: Path) -> None:
+    from worker_daemon.package import ServiceLoadError
+
+    def import_fails(settings: Any, *, log: Any, on_worker: Any) -> int:
+        raise ServiceLoadError("importing handler.py failed: ImportError: no numpy")
+
+    plane = StubPlane()
+    assert run(tmp_path, plane, import_fails) == 1
+    final = plane.reports[-1]
+    assert final["state"] == "stopped" and final["exit_code"] == 1
+    assert final["error"] == "ServiceLoadError: importing handler.py failed: ImportError: no numpy"
+
+
+def test_drain_stops_the_worker_and_it_reports_stopped(tmp_path: Path) -> None:
+    def serve(settings: Any, *, log: Any, on_worker: Any) -> int:
+        worker = StubWorker()
+        on_worker(worker)
+        assert worker.stopped.wait(30), "the drain answer never reached the worker"
+        return 0
+
+    plane = StubPlane(answer="drain")
+    assert run(tmp_path, plane, serve) == 0
+    assert plane.reports[-1]["state"] == "stopped" and plane.reports[-1]["exit_code"] == 0
+
+
+def test_a_refused_credential_exits_77_without_a_final_heartbeat(tmp_path: Path) -> None:
+    def serve(settings: Any, *, log: Any, on_worker: Any) -> int:
+        raise AssertionError("must not start after a refusal")
+
+    plane = StubPlane(answer=CredentialRefused("401", status=401))
+    assert run(tmp_path, plane, serve) == 77
+    assert len(plane.reports) == 1
+
+
+def test_restart_me_leaves_the_worker_registered(tmp_path: Path) -> None:
+    def give_up(settings: Any, *, log: Any, on_worker: Any) -> int:
+        on_worker(StubWorker())
+        return 75
+
+    plane = StubPlane()
+    assert run(tmp_path, plane, give_up) == 75
+    assert all(r["state"] != "stopped" for r in plane.reports)

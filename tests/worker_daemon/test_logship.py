@@ -14,16 +14,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from worker_daemon.logship import (
-    HttpLogTransport,
-    LogShipper,
-    LogShipping,
-    ShipSettings,
-)
+from memrun import Client as MemrunClient
+from tests.worker_daemon.harness import WorkerProcess, make_package, worker_env
+from worker_daemon.logcapture import LogShipping
+from worker_daemon.logs import EventLog, JsonLogFormatter
+from worker_daemon.logship import HttpLogTransport, LogShipper, ShipSettings
 
 WAIT_S = 10.0
 FAST = ShipSettings(batch_lines=10, interval_s=0.05, backoff_min_s=0.01, backoff_max_s=0.05)
@@ -327,41 +327,40 @@ def fake_std_streams() -> Iterator[tuple[io.BytesIO, io.BytesIO]]:
 
 
 def test_capture_ships_events_records_and_printed_lines(plane: FakeControlPlane) -> None:
-    events = io.BytesIO()
-    root_handlers = list(logging.getLogger().handlers)
+    logger = logging.getLogger("memrun.service.svc")
     with fake_std_streams() as (out, err):
         shipping = LogShipping(
-            HttpLogTransport(url=plane.url, worker_id="w-1", token="mrw_secret"),
-            FAST,
-            stream=events,
-            worker="w-1",
-            service="svc",
+            HttpLogTransport(url=plane.url, worker_id="w-1", token="mrw_secret"), FAST
         )
         shipping.shipper.start()
         shipping.capture()
+        # Made after capture, as the worker makes them: they write through the tee.
+        log = EventLog(worker="w-1", service="svc")
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(JsonLogFormatter(worker="w-1", service="svc"))
+        logger.addHandler(handler)
+        try:
+            log.event("request", request_id="r1", status="ok", duration_ms=1.5)
+            log.event("reply.error", error="redis down")
+            logger.warning("cache miss for %s", "k1", extra={"request_id": "r9", "key": "k1"})
+            print("hello from a handler")
+            print("oops", file=sys.stderr)
 
-        shipping.log.event("request", request_id="r1", status="ok", duration_ms=1.5)
-        shipping.log.event("reply.error", error="redis down")
-        logging.getLogger("memrun.service.svc").warning(
-            "cache miss for %s", "k1", extra={"request_id": "r9", "key": "k1"}
-        )
-        print("hello from a handler")
-        print("oops", file=sys.stderr)
+            def partial_lines(tag: str) -> None:
+                for n in range(20):
+                    print(f"{tag}-{n}", "part", end="")
+                    print(" end")
 
-        def partial_lines(tag: str) -> None:
-            for n in range(20):
-                print(f"{tag}-{n}", "part", end="")
-                print(" end")
-
-        threads = [threading.Thread(target=partial_lines, args=(tag,)) for tag in "ab"]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+            threads = [threading.Thread(target=partial_lines, args=(tag,)) for tag in "ab"]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            logger.removeHandler(handler)
         assert shipping.close()
         assert sys.stdout.buffer is out and sys.stderr.buffer is err
 
-    assert logging.getLogger().handlers == root_handlers
     lines = plane.lines
     request, failure, record = lines[0], lines[1], lines[2]
     assert (request["event"], request["level"], request["request_id"]) == ("request", "info", "r1")
@@ -380,10 +379,11 @@ def test_capture_ships_events_records_and_printed_lines(plane: FakeControlPlane)
     assert sorted(line["message"] for line in lines[5:]) == sorted(
         f"{tag}-{n} part end" for tag in "ab" for n in range(20)
     )
-    # The real streams still got everything; the events went to their own stream too.
-    assert out.getvalue().decode().startswith("hello from a handler\n")
+    # The real streams still got everything.
+    printed_out = out.getvalue().decode().splitlines()
+    assert json.loads(printed_out[0])["worker"] == "w-1"
+    assert "hello from a handler" in printed_out
     assert err.getvalue() == b"oops\n"
-    assert json.loads(events.getvalue().splitlines()[0])["worker"] == "w-1"
 
 
 def test_shipping_is_off_without_the_provisioner_env() -> None:
@@ -408,14 +408,12 @@ def test_a_worker_ships_to_the_real_control_plane(
         "MEMRUN_WORKER_ID": worker.name,
         "MEMRUN_WORKER_TOKEN": credential,
     }
-    shipping = LogShipping.from_env(
-        env, ShipSettings(batch_lines=100, interval_s=0.05), worker=worker.name
-    )
-    assert shipping is not None
     with fake_std_streams():
-        shipping.capture()
+        shipping = LogShipping.from_env(env, ShipSettings(batch_lines=100, interval_s=0.05))
+        assert shipping is not None
+        log = EventLog(worker=worker.name, service=service.name)
         for n in range(120):
-            shipping.log.event("request", request_id=f"r{n}", status="ok")
+            log.event("request", request_id=f"r{n}", status="ok")
             print(f"printed {n}")
         assert shipping.close(timeout_s=WAIT_S)
 
@@ -426,3 +424,53 @@ def test_a_worker_ships_to_the_real_control_plane(
     assert sorted(stored.filter(event="stdout").values_list("message", flat=True)) == sorted(
         f"printed {n}" for n in range(120)
     )
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_provisioned_worker_process_ships_its_lines(
+    live_server: Any,
+    api_token: tuple[Any, str],
+    service_name: Callable[[], str],
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """`memrun worker` with the provisioner's env: the runtime's events, the handler's
+    printed lines and its `ctx.log` records reach the control plane, request id and all."""
+    from apps.services.services import service_create
+    from apps.workers.models import WorkerLogLine
+    from apps.workers.services import worker_create
+
+    service = service_create(name=service_name(), partitions=1)
+    worker, credential = worker_create(service=service, name=f"{service.name}-w1")
+    env = worker_env(
+        service=service.name, bootstrap=kafka_bootstrap, redis_url=redis_url, cache_root=tmp_path
+    )
+    env.update(
+        MEMRUN_URL=live_server.url, MEMRUN_WORKER_ID=worker.name, MEMRUN_WORKER_TOKEN=credential
+    )
+    process = WorkerProcess(
+        service=service.name,
+        package=make_package(tmp_path / "pkg", service=service.name, handler="log_ops.py"),
+        worker_id=worker.name,
+        env=env,
+        log_path=tmp_path / "worker.log",
+    )
+    try:
+        done = MemrunClient(live_server.url, api_token[1]).invoke_request(service.name, {}, wait=30)
+        assert done.ok, done
+    finally:
+        process.terminate()
+        assert process.proc.wait(WAIT_S * 3) == 0, process.log_path.read_text()[-4000:]
+
+    stored = WorkerLogLine.objects.filter(worker=worker)
+    rid = done.request_id
+    shipped = {(line.event, line.level, line.message) for line in stored.filter(request_id=rid)}
+    assert ("request", "info", "") in shipped
+    assert ("log", "warning", f"logged by {rid}") in shipped
+    printed = {(line.event, line.level) for line in stored.filter(message__endswith=rid)}
+    assert {("stdout", "info"), ("stderr", "warning")} <= printed
+    assert {"worker.starting", "worker.stopped"} <= set(stored.values_list("event", flat=True))
+    # What it shipped it also wrote to its own stdout, as before.
+    assert process.find("request", request_id=rid)

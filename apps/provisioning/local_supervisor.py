@@ -1,0 +1,291 @@
+"""The local supervisor: runs the local provisioner's workers as child processes.
+
+`memrun up` runs it as one more child (`python -m apps.provisioning.local_supervisor`),
+because Celery task processes come and go and cannot own long-lived workers. It is
+Django-free and knows nothing of services: it watches `{home}/local-workers/` and
+
+- starts `argv` for each new spec, with the spec's env over a few harmless basics (PATH,
+  HOME, locale: never the appliance's own secrets, I8), output to the worker's log;
+- restarts a worker that exits with an error or is killed, with a growing backoff; a
+  clean exit (0) or a refused credential (77) is final;
+- on a spec's removal sends SIGTERM, then SIGKILL after `stop_grace_s`, and then removes
+  the worker's cache and packages (its log stays);
+- writes each worker's status (pid, state, restarts, last exit code, log tail) next to
+  its spec, for the provisioner's `list`.
+On SIGTERM it stops every worker the same way and exits 0. Workers also get SIGTERM if
+the supervisor itself dies (Linux parent-death signal), so none is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from apps.provisioning.local_layout import (
+    LocalLayout,
+    LocalWorkerSpec,
+    LocalWorkerStatus,
+    read_json,
+    read_log_tail,
+    write_json_atomic,
+)
+from memrun._home import memrun_home
+
+# Exit codes after which a worker is not restarted: it stopped as asked (0), or the
+# control plane no longer knows its credential (77, EX_NOPERM).
+FINAL_EXIT_CODES = frozenset({0, 77})
+BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "VIRTUAL_ENV")
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    stop_grace_s: float = 20.0
+    restart_backoff_s: float = 1.0
+    restart_backoff_max_s: float = 30.0
+    poll_interval_s: float = 0.2
+
+
+Spawn = Callable[[Sequence[str], Mapping[str, str], IO[bytes], Path], "subprocess.Popen[bytes]"]
+
+
+def spawn_process(
+    argv: Sequence[str], env: Mapping[str, str], log: IO[bytes], cwd: Path
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        list(argv),
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _Child:
+    """One supervised worker: its spec, its current process, and what is known of it."""
+
+    def __init__(self, spec: LocalWorkerSpec) -> None:
+        self.spec = spec
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log: IO[bytes] | None = None
+        self.status = LocalWorkerStatus(name=spec.name, state="starting")
+        self.restart_at: float | None = None
+        self.kill_at: float | None = None
+
+
+class LocalSupervisor:
+    """Call `tick()` repeatedly (or `run(stopping)`); `stop_all()` at the end."""
+
+    def __init__(
+        self,
+        layout: LocalLayout,
+        *,
+        settings: SupervisorSettings = SupervisorSettings(),
+        spawn: Spawn = spawn_process,
+        base_env: Mapping[str, str] = os.environ,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        say: Callable[[str], None] = lambda message: print(message, flush=True),
+    ) -> None:
+        self.layout = layout
+        self.settings = settings
+        self._spawn = spawn
+        self._base_env = {key: base_env[key] for key in BASE_ENV if key in base_env}
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._say = say
+        self._children: dict[str, _Child] = {}
+
+    def tick(self) -> None:
+        wanted = set(self.layout.spec_names())
+        for name in sorted(wanted - set(self._children)):
+            spec = self._read_spec(name)
+            if spec is not None:
+                self._children[name] = _Child(spec)
+                self._start(self._children[name])
+        for name, child in list(self._children.items()):
+            self._reap(child, wanted=name in wanted)
+            if name in wanted:
+                if child.restart_at is not None and self._clock() >= child.restart_at:
+                    self._start(child)
+            elif self._stop(child):
+                self._forget(name)
+                del self._children[name]
+        for name in set(self.layout.status_names()) - set(self._children) - wanted:
+            self.layout.status_path(name).unlink(missing_ok=True)
+
+    def run(self, stopping: threading.Event) -> int:
+        self._say(f"memrun-supervisor: watching {self.layout.specs_dir}")
+        while not stopping.is_set():
+            self.tick()
+            stopping.wait(self.settings.poll_interval_s)
+        self.stop_all()
+        self._say("memrun-supervisor: stopped")
+        return 0
+
+    def stop_all(self) -> None:
+        """SIGTERM to every worker, then SIGKILL to those still running after the grace."""
+        for child in self._children.values():
+            self._terminate(child)
+        deadline = self._clock() + self.settings.stop_grace_s
+        for child in self._children.values():
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(deadline - self._clock(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+            self._reap(child, wanted=False)
+        for name in self._children:
+            self.layout.status_path(name).unlink(missing_ok=True)
+        self._children.clear()
+
+    def pid_of(self, name: str) -> int | None:
+        child = self._children.get(name)
+        return child.proc.pid if child is not None and child.proc is not None else None
+
+    def _read_spec(self, name: str) -> LocalWorkerSpec | None:
+        data = read_json(self.layout.spec_path(name))
+        if data is None:
+            return None  # written atomically, so only a bad file stays unreadable
+        try:
+            return LocalWorkerSpec.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._say(f"memrun-supervisor: ignoring the spec of {name}: {exc!r}")
+            return None
+
+    def _start(self, child: _Child) -> None:
+        name = child.spec.name
+        folder = self.layout.worker_dir(name)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        child.log = self.layout.log_path(name).open("ab")
+        restarts = child.status.restarts + (1 if child.proc is not None else 0)
+        try:
+            child.proc = self._spawn(
+                child.spec.argv, self._base_env | child.spec.env, child.log, folder
+            )
+        except OSError as exc:
+            child.log.close()
+            child.log = None
+            child.proc = None
+            self._say(f"memrun-supervisor: cannot start {name}: {exc}")
+            child.restart_at = self._clock() + self.settings.restart_backoff_max_s
+            self._write(child, replace(child.status, state="backoff", log_tail=str(exc)))
+            return
+        child.restart_at = None
+        self._say(f"memrun-supervisor: started {name} (pid {child.proc.pid})")
+        self._write(
+            child,
+            replace(
+                child.status,
+                state="running",
+                pid=child.proc.pid,
+                started_at=self._wall_clock(),
+                restarts=restarts,
+            ),
+        )
+
+    def _reap(self, child: _Child, *, wanted: bool) -> None:
+        """Record an exit; schedule a restart when `wanted` and the exit was not final."""
+        if child.proc is None or child.status.state in ("exited", "backoff"):
+            return
+        code = child.proc.poll()
+        if code is None:
+            return
+        if child.log is not None:
+            child.log.close()
+            child.log = None
+        final = code in FINAL_EXIT_CODES or not wanted
+        if not final:
+            backoff = min(
+                self.settings.restart_backoff_s * 2 ** min(child.status.restarts, 16),
+                self.settings.restart_backoff_max_s,
+            )
+            child.restart_at = self._clock() + backoff
+        self._say(f"memrun-supervisor: {child.spec.name} exited with code {code}")
+        self._write(
+            child,
+            replace(
+                child.status,
+                state="exited" if final else "backoff",
+                exit_code=code,
+                exited_at=self._wall_clock(),
+                log_tail=read_log_tail(self.layout.log_path(child.spec.name)),
+            ),
+        )
+
+    def _stop(self, child: _Child) -> bool:
+        """Move an unwanted worker towards stopped; True once its process is gone."""
+        child.restart_at = None
+        if child.proc is None or child.proc.poll() is not None:
+            self._reap(child, wanted=False)
+            return True
+        if child.kill_at is None:
+            self._terminate(child)
+        elif self._clock() >= child.kill_at:
+            self._say(f"memrun-supervisor: {child.spec.name} ignored SIGTERM; killing it")
+            child.proc.kill()
+        return False
+
+    def _forget(self, name: str) -> None:
+        """A stopped worker's cache and packages go (they can be large); its log stays."""
+        self.layout.status_path(name).unlink(missing_ok=True)
+        for folder in ("cache", "work"):
+            shutil.rmtree(self.layout.worker_dir(name) / folder, ignore_errors=True)
+
+    def _terminate(self, child: _Child) -> None:
+        if child.proc is None or child.proc.poll() is not None or child.kill_at is not None:
+            return
+        child.proc.send_signal(signal.SIGTERM)
+        child.kill_at = self._clock() + self.settings.stop_grace_s
+        self._write(child, replace(child.status, state="stopping"))
+
+    def _write(self, child: _Child, status: LocalWorkerStatus) -> None:
+        child.status = status
+        if self.layout.spec_path(child.spec.name).exists() or status.state == "stopping":
+            write_json_atomic(self.layout.status_path(child.spec.name), status.to_dict())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m apps.provisioning.local_supervisor", description=__doc__
+    )
+    parser.add_argument("--home", type=Path, help="MEMRUN_HOME (default: the usual lookup)")
+    parser.add_argument("--stop-grace-s", type=float, default=SupervisorSettings.stop_grace_s)
+    args = parser.parse_args(argv)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    layout = LocalLayout(args.home.resolve() if args.home else memrun_home())
+    supervisor = LocalSupervisor(
+        layout, settings=SupervisorSettings(stop_grace_s=args.stop_grace_s)
+    )
+    return supervisor.run(stopping)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The provisioner interface: create, destroy and list the machines or processes that run
+workers. Backends are registered by provider name (apps/provisioning/provisioners/__init__.py);
+reconcile decides, a provisioner only carries it out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One worker to start. `env` is the worker daemon's whole configuration (MEMRUN_URL,
+    MEMRUN_WORKER_TOKEN, ...): it holds the worker's own credential and nothing more
+    privileged (I8). `labels` (service, worker, deployment) are what `list` filters by."""
+
+    name: str
+    service: str
+    deployment_id: int
+    env: dict[str, str]
+    labels: dict[str, str] = field(default_factory=dict)
+    memory_bytes: int = 0
+    disk_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class LiveWorker:
+    """A worker as its backend sees it. `running` is False once its process or machine
+    has exited; `exit_code`, `restarts` and `log_tail` say how it went, where known."""
+
+    name: str
+    ref: str
+    labels: dict[str, str]
+    running: bool
+    exit_code: int | None = None
+    restarts: int = 0
+    log_tail: str = ""
+
+
+class Provisioner(Protocol):
+    """Contract of a backend. Every method is idempotent: creating a worker that exists,
+    or destroying one that is gone, is not an error."""
+
+    def create(self, spec: WorkerSpec) -> str:
+        """Start the worker; returns its ref (a process name, a server id)."""
+        ...
+
+    def destroy(self, ref: str) -> None:
+        """Stop the worker gracefully (SIGTERM, then a kill after a grace period) and
+        free everything it held."""
+        ...
+
+    def list(self, labels: dict[str, str]) -> list[LiveWorker]:
+        """The workers whose labels include all of `labels`."""
+        ...

@@ -1,0 +1,198 @@
+"""Reconcile one service: load what is, plan (apps/provisioning/plan.py), carry it out.
+
+The service row is locked (select_for_update) for the whole pass, so concurrent passes
+(beat, a deploy, a heartbeat) never both create the same worker. Database changes commit
+together; the provisioner's create and destroy run after the commit (on_commit), so a
+rolled-back pass starts nothing, and what a failed create leaves behind (a worker row
+that never boots, or a process without a row) the next pass cleans up.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.provisioning import plan as p
+from apps.provisioning.provisioners import LiveWorker, Provisioner, provisioner_for
+from apps.provisioning.specs import worker_spec_build
+from apps.services.models import Deployment, Service
+from apps.services.services import deployment_set_status
+from apps.workers.models import Worker
+from apps.workers.services import (
+    worker_create,
+    worker_drain,
+    worker_mark_dead,
+    worker_mark_stopped,
+    worker_set_provider_ref,
+)
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "reconcile"
+LOG_TAIL_MAX_CHARS = 8000
+
+
+def reconcile_service(
+    *,
+    service_id: int,
+    now: datetime | None = None,
+    provisioner: Provisioner | None = None,
+) -> list[p.Action]:
+    """One pass over the service `service_id`; returns the actions taken ([] when the
+    service is gone)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        service = Service.objects.select_for_update().filter(pk=service_id).first()
+        if service is None:
+            return []
+        backend = provisioner or provisioner_for(service.provider)
+        deployments = {
+            d.pk: d
+            for d in service.deployments.filter(
+                status__in=[p.PENDING, p.ROLLING, p.ACTIVE]
+            ).order_by("-version")
+        }
+        rolling = [pk for pk, d in deployments.items() if d.status != p.ACTIVE]
+        workers = {
+            w.name: w
+            for w in service.workers.filter(
+                ~Q(state__in=Worker.FINISHED_STATES) | Q(deployment_id__in=rolling)
+            ).order_by("created_at")
+        }
+        live = {lw.name: lw for lw in backend.list({"service": service.name})}
+        actions = p.plan_service(
+            service=p.ServiceView(
+                service.name, service.desired_workers, service.min_workers, service.max_workers
+            ),
+            deployments=[p.DeploymentView(d.pk, d.version, d.status) for d in deployments.values()],
+            workers=[_worker_view(w) for w in workers.values()],
+            processes=[
+                p.ProcessView(lw.name, lw.running, lw.exit_code, lw.log_tail)
+                for lw in live.values()
+            ],
+            now=now,
+            policy=p.Policy(
+                boot_timeout_s=settings.MEMRUN_WORKER_BOOT_TIMEOUT_S,
+                drain_grace_s=service.timeout_seconds + settings.MEMRUN_WORKER_DRAIN_GRACE_S,
+            ),
+        )
+        for action in actions:
+            _apply(action, service, deployments, workers, live, backend, now)
+    if actions:
+        logger.info("reconcile %s: %s", service.name, "; ".join(map(_describe, actions)))
+    return actions
+
+
+def reconcile_all(*, now: datetime | None = None) -> dict[str, list[p.Action]]:
+    """One pass over every service; a failing service is logged and skipped."""
+    done: dict[str, list[p.Action]] = {}
+    for service_id, name in Service.objects.order_by("name").values_list("pk", "name"):
+        try:
+            done[name] = reconcile_service(service_id=service_id, now=now)
+        except Exception:
+            logger.exception("reconcile of service %s failed; the next pass retries", name)
+    return done
+
+
+def _worker_view(worker: Worker) -> p.WorkerView:
+    exit_code = worker.stats.get("exit_code") if isinstance(worker.stats, dict) else None
+    return p.WorkerView(
+        name=worker.name,
+        deployment_id=worker.deployment_id,
+        state=worker.state,
+        created_at=worker.created_at,
+        state_changed_at=worker.state_changed_at or worker.created_at,
+        last_heartbeat_at=worker.last_heartbeat_at,
+        ready_at=worker.ready_at,
+        exit_code=exit_code if isinstance(exit_code, int) else None,
+        error=str(worker.stats.get("error") or "") if isinstance(worker.stats, dict) else "",
+    )
+
+
+def _apply(
+    action: p.Action,
+    service: Service,
+    deployments: dict[int, Deployment],
+    workers: dict[str, Worker],
+    live: dict[str, LiveWorker],
+    backend: Provisioner,
+    now: datetime,
+) -> None:
+    match action:
+        case p.CreateWorker(deployment_id):
+            _create(service, deployments[deployment_id], backend, now)
+        case p.MarkDead(name, reason):
+            worker_mark_dead(worker=workers[name], reason=reason, now=now)
+        case p.MarkStopped(name, reason):
+            worker_mark_stopped(worker=workers[name], reason=reason, now=now)
+        case p.Drain(name, reason):
+            worker_drain(worker=workers[name], reason=reason, now=now)
+        case p.Destroy(name):
+            ref = live[name].ref if name in live else (workers[name].provider_ref or name)
+            transaction.on_commit(functools.partial(backend.destroy, ref), robust=True)
+        case p.StartRollout(deployment_id):
+            deployment_set_status(
+                deployment=deployments[deployment_id],
+                status=p.ROLLING,
+                actor=ACTOR,
+                reason="starting new-version workers",
+                now=now,
+            )
+        case p.FailDeployment(deployment_id, reason, log_tail):
+            tail = log_tail[-LOG_TAIL_MAX_CHARS:]
+            deployment_set_status(
+                deployment=deployments[deployment_id],
+                status=p.FAILED,
+                actor=ACTOR,
+                reason=reason,
+                failure_reason=f"{reason}\n\nlog tail:\n{tail}" if tail else reason,
+                now=now,
+            )
+        case p.ActivateDeployment(deployment_id, supersede):
+            target = deployments[deployment_id]
+            for old in supersede:
+                deployment_set_status(
+                    deployment=deployments[old],
+                    status=p.SUPERSEDED,
+                    actor=ACTOR,
+                    reason=f"replaced by v{target.version}",
+                    now=now,
+                )
+            deployment_set_status(
+                deployment=target,
+                status=p.ACTIVE,
+                actor=ACTOR,
+                reason="every desired worker is ready",
+                now=now,
+            )
+
+
+def _create(service: Service, deployment: Deployment, backend: Provisioner, now: datetime) -> None:
+    worker, credential = worker_create(
+        service=service,
+        deployment=deployment,
+        name=f"{service.name}-v{deployment.version}-{secrets.token_hex(3)}",
+        provider=service.provider,
+        now=now,
+    )
+    spec = worker_spec_build(
+        worker=worker, credential=credential, service=service, deployment=deployment
+    )
+
+    def start() -> None:
+        worker_set_provider_ref(worker=worker, provider_ref=backend.create(spec))
+
+    transaction.on_commit(start, robust=True)
+
+
+def _describe(action: p.Action) -> str:
+    """A log line's worth: FailDeployment's log tail is left out."""
+    values = (str(v).splitlines()[0][:200] if str(v) else "''" for v in vars(action).values())
+    return f"{type(action).__name__}({', '.join(values)})"

@@ -1,0 +1,42 @@
+"""Writes of provisioning: scaling a service (its reconcile then starts or drains workers)."""
+
+from __future__ import annotations
+
+import functools
+
+from django.db import transaction
+
+from apps.provisioning.tasks import reconcile_soon
+from apps.services.errors import DomainError
+from apps.services.models import Service
+
+
+def service_scale(*, service: Service, workers: int) -> Service:
+    """Set the service's desired worker count, within its min_workers..max_workers; a
+    count outside is a 422 that names the bound."""
+    with transaction.atomic():
+        locked = Service.objects.select_for_update().get(pk=service.pk)
+        if workers < locked.min_workers:
+            bound = f"min_workers ({locked.min_workers})"
+        elif workers > locked.max_workers:
+            bound = f"max_workers ({locked.max_workers})"
+        else:
+            bound = ""
+        if bound:
+            raise DomainError(
+                f"{locked.name} cannot run {workers} worker(s): that is outside its bounds, "
+                f"{bound}; change the bounds in the handler's MemoryService(...) and deploy",
+                status=422,
+                details={
+                    "fields": {
+                        "workers": [f"between {locked.min_workers} and {locked.max_workers}"]
+                    },
+                    "min_workers": locked.min_workers,
+                    "max_workers": locked.max_workers,
+                },
+            )
+        if locked.desired_workers != workers:
+            locked.desired_workers = workers
+            locked.save(update_fields=["desired_workers", "updated_at"])
+            transaction.on_commit(functools.partial(reconcile_soon, service_id=locked.pk))
+    return locked

@@ -1,0 +1,41 @@
+"""What a new worker is told: its WorkerSpec, whatever the backend."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from apps.provisioning.provisioners import WorkerSpec
+from apps.services.models import Deployment, Service
+from apps.workers.models import Worker
+
+
+def worker_spec_build(
+    *, worker: Worker, credential: str, service: Service, deployment: Deployment
+) -> WorkerSpec:
+    """The spec of `worker`: the env of its daemon (see worker_daemon/control_plane.py)
+    carries its own credential, the brokers and the data path's S3, and nothing else."""
+    env = {
+        "MEMRUN_URL": settings.MEMRUN_CONTROL_PLANE_URL,
+        "MEMRUN_WORKER_ID": worker.name,
+        "MEMRUN_WORKER_TOKEN": credential,
+        "MEMRUN_SERVICE": service.name,
+        "MEMRUN_DEPLOYMENT_ID": str(deployment.pk),
+        "MEMRUN_PACKAGE_SHA256": deployment.sha256,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.KAFKA_BOOTSTRAP_SERVERS,
+        "REDIS_URL": settings.REDIS_URL,
+        **settings.MEMRUN_WORKER_S3_ENV,
+        **settings.MEMRUN_WORKER_EXTRA_ENV,
+    }
+    return WorkerSpec(
+        name=worker.name,
+        service=service.name,
+        deployment_id=deployment.pk,
+        env=env,
+        labels={
+            "service": service.name,
+            "worker": worker.name,
+            "deployment": str(deployment.pk),
+        },
+        memory_bytes=service.memory_bytes,
+        disk_bytes=service.disk_bytes,
+    )

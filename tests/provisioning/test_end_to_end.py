@@ -1,0 +1,257 @@
+"""Running workers end to end, with real processes: the live control plane (pytest-django's
+live server), the local supervisor as `memrun up` runs it, `memrun worker --deployment`
+processes that fetch an uploaded package and heartbeat, Kafka and Redis. Reconcile runs
+when the test calls it and on worker events (Celery eager); time is never slept, the test
+waits on conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from memrun._packaging import build_package
+from tests.worker_daemon.harness import wait_for, wait_outcomes
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+HANDLERS = Path(__file__).parent / "handlers"
+REPO = Path(__file__).resolve().parents[2]
+BOOT_TIMEOUT_S = 120.0
+
+
+@pytest.fixture
+def home(tmp_path: Path, settings: Any, live_server: Any) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    settings.MEMRUN_HOME = home
+    settings.MEMRUN_ARTIFACTS_URL = (home / "artifacts").as_uri()
+    settings.MEMRUN_CONTROL_PLANE_URL = live_server.url
+    settings.MEMRUN_RECONCILE_ON_EVENTS = True
+    settings.MEMRUN_WORKER_EXTRA_ENV = {
+        "MEMRUN_HEARTBEAT_INTERVAL_S": "1",
+        "MEMRUN_SESSION_TIMEOUT_MS": "6000",
+        "MEMRUN_GRACE_PERIOD_S": "20",
+    }
+    return home
+
+
+@pytest.fixture
+def eager_celery() -> Iterator[None]:
+    """Tasks run where they are queued: the rollout a deploy starts, the reconcile a
+    heartbeat wakes. Nothing goes to the shared Redis broker."""
+    from memrun_site.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = before
+
+
+@pytest.fixture
+def supervisor(home: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The local supervisor, run the way `memrun up` runs it."""
+    log = (home / "supervisor.log").open("wb")
+    argv = [sys.executable, "-m", "apps.provisioning.local_supervisor", "--home", str(home)]
+    process = subprocess.Popen(
+        [*argv, "--stop-grace-s", "5"],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield process
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+    log.close()
+
+
+class Scenario:
+    def __init__(self, name: str, home: Path, tmp: Path, redis: Any) -> None:
+        self.name = name
+        self.home = home
+        self.tmp = tmp
+        self.redis = redis
+
+    @property
+    def service(self) -> Any:
+        from apps.services.models import Service
+
+        return Service.objects.get(name=self.name)
+
+    def deploy(self, handler: str) -> Any:
+        """Upload a package built from `handler`, as `memrun deploy` would."""
+        from apps.services.deployments import deployment_upload
+        from apps.services.uploads import Upload
+
+        package = self.tmp / f"{handler}.tar.gz"
+        build_package(HANDLERS / handler, overrides={"name": self.name}, out=package)
+        upload = Upload(package, package.stat().st_size, package.name, False, "")
+        return deployment_upload(service_name=self.name, upload=upload)
+
+    def status(self, deployment: Any) -> str:
+        deployment.refresh_from_db()
+        return str(deployment.status)
+
+    def reconcile(self, *, now: Any = None) -> list[Any]:
+        from apps.provisioning.reconcile import reconcile_service
+
+        return reconcile_service(service_id=self.service.pk, now=now)
+
+    def until(self, condition: Callable[[], Any], what: str) -> Any:
+        """Reconcile until `condition` holds."""
+
+        def reconciled() -> Any:
+            self.reconcile()
+            return condition()
+
+        return wait_for(reconciled, timeout_s=BOOT_TIMEOUT_S, what=what)
+
+    def workers(self, state: str | None = None, version: int | None = None) -> list[Any]:
+        from apps.workers.models import Worker
+
+        workers = Worker.objects.filter(service__name=self.name).select_related("deployment")
+        if state:
+            workers = workers.filter(state=state)
+        if version:
+            workers = workers.filter(deployment__version=version)
+        return list(workers.order_by("name"))
+
+    def log_of(self, worker: str) -> str:
+        path = self.home / "workers" / worker / "worker.log"
+        return path.read_text() if path.exists() else ""
+
+    def submit(self, users: range) -> list[str]:
+        from apps.services.invoke import request_submit
+
+        return [
+            request_submit(
+                service=self.name,
+                sticky_template="user",
+                body=json.dumps({"user": user}).encode(),
+                timeout_seconds=120,
+            )
+            for user in users
+        ]
+
+    def outcomes(self, request_ids: list[str]) -> list[Any]:
+        """The outcomes, read where the workers write them (the wait is the harness's)."""
+        found = wait_outcomes(self.redis, request_ids, timeout_s=BOOT_TIMEOUT_S)
+        return [found[i] for i in request_ids]
+
+
+@pytest.fixture
+def scenario(
+    home: Path,
+    supervisor: subprocess.Popen[bytes],
+    eager_celery: None,
+    service_name: Callable[[], str],
+    tmp_path: Path,
+    redis_client: Any,
+) -> Scenario:
+    return Scenario(service_name(), home, tmp_path, redis_client)
+
+
+def test_deploy_invoke_scale_and_replace_dead_workers(scenario: Scenario) -> None:
+    v1 = scenario.deploy("echo.py")
+    scenario.until(lambda: scenario.status(v1) == "active", "v1 to be live")
+    assert len(scenario.workers("ready")) == 1
+    [first] = scenario.outcomes(scenario.submit(range(1)))
+    assert first.ok and first.result["worker"] == scenario.workers("ready")[0].name
+
+    # 1 -> 3 -> 1 while requests keep coming: every one is answered.
+    from apps.provisioning.services import service_scale
+
+    ids = scenario.submit(range(0, 100))
+    service_scale(service=scenario.service, workers=3)
+    ids += scenario.submit(range(100, 200))
+    scenario.until(
+        lambda: (
+            len(ready := scenario.workers("ready")) == 3
+            and all(w.stats.get("partitions") for w in ready)
+        ),
+        "three ready workers, each with partitions",
+    )
+    ids += scenario.submit(range(200, 300))
+    service_scale(service=scenario.service, workers=1)
+    ids += scenario.submit(range(300, 400))
+    scenario.until(
+        lambda: len(scenario.workers("stopped")) == 2 and len(scenario.workers("ready")) == 1,
+        "two drained workers",
+    )
+    outcomes = scenario.outcomes(ids)
+    assert all(o is not None and o.ok for o in outcomes)
+    assert len({o.result["worker"] for o in outcomes}) >= 2
+    for drained in scenario.workers("stopped"):
+        assert '"event":"worker.stopped"' in scenario.log_of(drained.name)
+
+    # kill -9: the supervisor restarts it under the same name, and it serves again.
+    [survivor] = scenario.workers("ready")
+    status = json.loads(
+        (scenario.home / "local-workers" / f"{survivor.name}.status.json").read_text()
+    )
+    os.kill(status["pid"], signal.SIGKILL)
+
+    def restarted() -> dict[str, Any] | None:
+        path = scenario.home / "local-workers" / f"{survivor.name}.status.json"
+        now = json.loads(path.read_text())
+        return now if now["restarts"] == 1 and now["state"] == "running" else None
+
+    restarted_status = wait_for(restarted, timeout_s=60, what="the supervisor's restart")
+    assert restarted_status["exit_code"] == -signal.SIGKILL
+    [answer] = scenario.outcomes(scenario.submit(range(1)))
+    assert answer.ok and answer.result["worker"] == survivor.name
+
+    # Silent for 60 s (frozen, so it cannot heartbeat; its clock moved on): dead and replaced.
+    from apps.workers.models import Worker
+
+    os.kill(restarted_status["pid"], signal.SIGSTOP)
+    Worker.objects.filter(pk=survivor.pk).update(
+        last_heartbeat_at=timezone.now() - timedelta(seconds=61)
+    )
+    scenario.reconcile()
+    survivor.refresh_from_db()
+    assert survivor.state == "dead" and survivor.events.last().reason.startswith("no heartbeat")
+    scenario.until(
+        lambda: [w.name for w in scenario.workers("ready")] not in ([], [survivor.name]),
+        "a replacement",
+    )
+    [replacement] = scenario.workers("ready")
+    assert replacement.name != survivor.name
+    [answer] = scenario.outcomes(scenario.submit(range(1)))
+    assert answer.ok and answer.result["worker"] == replacement.name
+    wait_for(
+        lambda: (
+            not (scenario.home / "local-workers" / f"{survivor.name}.json").exists()
+            and not Path(f"/proc/{restarted_status['pid']}/cmdline").exists()
+        ),
+        timeout_s=60,
+        what="the dead worker's process to go",
+    )
+
+
+def test_a_broken_version_fails_and_the_old_one_keeps_serving(scenario: Scenario) -> None:
+    v1 = scenario.deploy("echo.py")
+    scenario.until(lambda: scenario.status(v1) == "active", "v1 to be live")
+    v2 = scenario.deploy("broken_init.py")
+    scenario.until(lambda: scenario.status(v2) == "failed", "v2 to fail")
+    assert "before it was ready" in v2.failure_reason
+    assert "ValueError: boom: the database is not there" in v2.failure_reason
+    assert "log tail:" in v2.failure_reason
+    v1.refresh_from_db()
+    assert v1.status == "active"
+    assert [w.deployment.version for w in scenario.workers("ready")] == [1]
+    assert all(w.state in ("stopped", "dead") for w in scenario.workers(version=2))
+
+    [answer] = scenario.outcomes(scenario.submit(range(1)))
+    assert answer.ok and answer.result["version"] == 1
+    # Reconcile leaves it at that: no v2 worker is started again.
+    assert not any(type(a).__name__ == "CreateWorker" for a in scenario.reconcile())

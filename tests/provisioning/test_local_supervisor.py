@@ -1,0 +1,186 @@
+"""The local backend: the provisioner writes and removes specs, the supervisor runs them as
+real processes, restarts the ones that die, and stops the ones whose spec went. The
+supervisor runs in this process and is ticked by the test, which waits on conditions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apps.provisioning.local_layout import (
+    LocalLayout,
+    LocalWorkerSpec,
+    read_json,
+    write_json_atomic,
+)
+from apps.provisioning.local_supervisor import LocalSupervisor, SupervisorSettings
+from apps.provisioning.provisioners import WorkerSpec
+from apps.provisioning.provisioners.local import LocalProvisioner
+from tests.worker_daemon.harness import MEMRUN, make_package, wait_for
+
+FAST = SupervisorSettings(stop_grace_s=10.0, restart_backoff_s=0.05, restart_backoff_max_s=0.2)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def supervisor(home: Path) -> Iterator[LocalSupervisor]:
+    running = LocalSupervisor(
+        LocalLayout(home), settings=FAST, base_env={**os.environ, "SECRET_KEY": "s3cret"}
+    )
+    yield running
+    running.stop_all()
+
+
+def python(code: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", code, *args]
+
+
+def add_spec(
+    home: Path, name: str, argv: list[str], env: dict[str, str] | None = None, service: str = "svc"
+) -> None:
+    spec = LocalWorkerSpec(name=name, argv=argv, env=env or {}, labels={"service": service})
+    write_json_atomic(
+        LocalLayout(home).spec_path(name),
+        {"name": spec.name, "argv": spec.argv, "env": spec.env, "labels": spec.labels},
+    )
+
+
+def status(home: Path, name: str) -> dict[str, Any]:
+    return read_json(LocalLayout(home).status_path(name)) or {}
+
+
+def until(supervisor: LocalSupervisor, condition: Callable[[], Any], what: str) -> Any:
+    def ticked() -> Any:
+        supervisor.tick()
+        return condition()
+
+    return wait_for(ticked, timeout_s=60, what=what)
+
+
+def test_a_worker_gets_its_spec_env_and_not_the_appliances(
+    home: Path, supervisor: LocalSupervisor, tmp_path: Path
+) -> None:
+    out = tmp_path / "env.json"
+    dump = "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
+    add_spec(home, "w-env", python(dump, str(out)), {"MEMRUN_WORKER_TOKEN": "mrw_x"})
+    until(supervisor, lambda: status(home, "w-env").get("state") == "exited", "a clean exit")
+
+    env = json.loads(out.read_text())
+    assert env["MEMRUN_WORKER_TOKEN"] == "mrw_x" and env["PATH"] == os.environ["PATH"]
+    assert "SECRET_KEY" not in env and "DATABASE_URL" not in env
+    # A clean exit is final: no restart.
+    for _ in range(5):
+        supervisor.tick()
+    assert status(home, "w-env")["restarts"] == 0 and status(home, "w-env")["exit_code"] == 0
+
+
+def test_a_failing_worker_is_restarted_and_its_exit_and_log_recorded(
+    home: Path, supervisor: LocalSupervisor
+) -> None:
+    add_spec(home, "w-crash", python("print('init failed: boom', flush=True); raise SystemExit(3)"))
+    until(supervisor, lambda: status(home, "w-crash").get("restarts", 0) >= 2, "two restarts")
+    until(supervisor, lambda: status(home, "w-crash").get("exit_code") == 3, "the exit code")
+
+    [live] = LocalProvisioner(home).list({"service": "svc"})
+    assert live.name == "w-crash" and live.exit_code == 3 and live.restarts >= 2
+    assert "init failed: boom" in live.log_tail
+    assert LocalProvisioner(home).list({"service": "other"}) == []
+
+
+def test_a_refused_credential_is_not_restarted(home: Path, supervisor: LocalSupervisor) -> None:
+    add_spec(home, "w-refused", python("raise SystemExit(77)"))
+    until(supervisor, lambda: status(home, "w-refused").get("state") == "exited", "the exit")
+    assert status(home, "w-refused")["restarts"] == 0
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(home: Path) -> None:
+    supervisor = LocalSupervisor(LocalLayout(home), settings=SupervisorSettings(stop_grace_s=0.5))
+    stubborn = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\n"
+        "while True: time.sleep(1)\n"
+    )
+    add_spec(home, "w-stubborn", python(stubborn))
+    log = LocalLayout(home).log_path("w-stubborn")
+    until(supervisor, lambda: log.exists() and "ready" in log.read_text(), "the process")
+    pid = supervisor.pid_of("w-stubborn")
+    LocalProvisioner(home).destroy("w-stubborn")
+    until(supervisor, lambda: supervisor.pid_of("w-stubborn") is None, "the kill")
+    assert (
+        not Path(f"/proc/{pid}").exists()
+        or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    )
+    assert not LocalLayout(home).status_path("w-stubborn").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_real_memrun_workers_are_started_restarted_and_stopped(
+    home: Path,
+    supervisor: LocalSupervisor,
+    service_factory: Callable[..., Any],
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    service = service_factory(partitions=2)
+    package = make_package(tmp_path / "package", service=service.name)
+    provisioner = LocalProvisioner(home)
+    layout = LocalLayout(home)
+    env = {
+        "MEMRUN_SERVICE": service.name,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "REDIS_URL": redis_url,
+        "MEMRUN_SESSION_TIMEOUT_MS": "6000",
+    }
+    name = f"{service.name}-w1"
+    # The provisioner's own spec runs `memrun worker --deployment`; this one serves a
+    # package folder, so that only the supervisor is under test here.
+    provisioner.create(WorkerSpec(name=name, service=service.name, deployment_id=1, env=env))
+    spec = read_json(layout.spec_path(name))
+    assert spec is not None and spec["argv"][-4:] == [
+        "--service",
+        service.name,
+        "--deployment",
+        "1",
+    ]
+    assert spec["env"]["MEMRUN_CACHE_ROOT"] == str(layout.worker_dir(name) / "cache")
+    assert oct(layout.spec_path(name).stat().st_mode & 0o777) == "0o600"
+    argv = [str(MEMRUN), "worker", "--service", service.name, "--package", str(package)]
+    add_spec(home, name, argv, {**spec["env"], "MEMRUN_WORKER_ID": name}, service.name)
+
+    def log_has(event: str, count: int = 1) -> bool:
+        path = layout.log_path(name)
+        return path.exists() and path.read_text().count(f'"event":"{event}"') >= count
+
+    until(supervisor, lambda: log_has("worker.assigned"), "the worker to join its group")
+    first = supervisor.pid_of(name)
+    assert first is not None and layout.worker_dir(name).joinpath("cache").is_dir()
+
+    os.kill(first, signal.SIGKILL)
+    until(supervisor, lambda: status(home, name).get("restarts") == 1, "the restart")
+    assert status(home, name)["exit_code"] == -signal.SIGKILL
+    until(supervisor, lambda: log_has("worker.assigned", 2), "the restarted worker to join")
+    second = supervisor.pid_of(name)
+    assert second not in (None, first)
+    [live] = provisioner.list({"service": service.name})
+    assert live.running and live.restarts == 1
+
+    provisioner.destroy(name)
+    until(supervisor, lambda: supervisor.pid_of(name) is None, "the worker to stop")
+    assert log_has("worker.stopped")  # SIGTERM: a clean drain, not a kill
+    assert provisioner.list({"service": service.name}) == []
+    assert not layout.worker_dir(name).joinpath("cache").exists()
+    assert layout.log_path(name).exists()
