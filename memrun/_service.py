@@ -141,6 +141,18 @@ class MemoryService:
 
         return register
 
+    def apply_config(self, config: ServiceConfig) -> None:
+        """Adopt `config`, the deployed settings (the code's merged with `memrun deploy`'s
+        flags, which win), keeping the registered handlers."""
+        self.name = validate_service_name(config.name)
+        self.memory_bytes = config.memory_bytes
+        self.disk_bytes = config.disk_bytes
+        self.max_workers = config.max_workers
+        self.min_workers = config.min_workers
+        self.concurrency = config.concurrency
+        self.timeout_seconds = config.timeout_seconds
+        self.sticky_key = config.sticky_key
+
     def config(self) -> ServiceConfig:
         return ServiceConfig(
             name=self.name,

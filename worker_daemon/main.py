@@ -98,13 +98,16 @@ def run_worker(
 
 def load_package(settings: WorkerSettings) -> MemoryService:
     """The service in `settings.package_path` (a .tar.gz or a folder), with its PEP 723
-    dependencies installed; it must be the service this worker was started for."""
+    dependencies installed, configured as deployed (the manifest's config: the code's
+    merged with the deploy flags); it must be the service this worker was started for."""
     prepared = prepare(
         settings.package_path,
         work_root=settings.work_root,
         expected_sha256=settings.package_sha256,
     )
     service = load_service(prepared)
+    if prepared.manifest is not None:
+        service.apply_config(prepared.manifest.config)
     if service.name != settings.service:
         raise ServiceLoadError(
             f"the package declares service {service.name!r}, but this worker serves "

@@ -140,3 +140,16 @@ def test_conflicting_sticky_keys_are_refused():
 def test_bad_service_definitions_fail_with_the_field(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         MemoryService(**kwargs)
+
+
+def test_apply_config_adopts_the_deployed_settings_and_keeps_the_handlers():
+    svc = MemoryService("code-name", concurrency=4)
+
+    @svc.handler(sticky_key="user_id")
+    def handle(ctx, req):
+        return None
+
+    deployed = MemoryService("deployed-name", memory="8Gi", concurrency=2, sticky_key="org")
+    svc.apply_config(deployed.config())
+    assert svc.config() == deployed.config()
+    assert svc.request_handler is not None and svc.request_handler.fn is handle

@@ -87,13 +87,15 @@ class Scenario:
 
         return Service.objects.get(name=self.name)
 
-    def deploy(self, handler: str) -> Any:
-        """Upload a package built from `handler`, as `memrun deploy` would."""
+    def deploy(self, handler: str | Path) -> Any:
+        """Upload a package built from `handler` (a file in handlers/, or a path), as
+        `memrun deploy --name` would."""
         from apps.services.deployments import deployment_upload
         from apps.services.uploads import Upload
 
-        package = self.tmp / f"{handler}.tar.gz"
-        build_package(HANDLERS / handler, overrides={"name": self.name}, out=package)
+        source = handler if isinstance(handler, Path) else HANDLERS / handler
+        package = self.tmp / f"{source.name}-{len(list(self.tmp.glob('*.tar.gz')))}.tar.gz"
+        build_package(source, overrides={"name": self.name}, out=package)
         upload = Upload(package, package.stat().st_size, package.name, False, "")
         return deployment_upload(service_name=self.name, upload=upload)
 
@@ -130,17 +132,17 @@ class Scenario:
         return path.read_text() if path.exists() else ""
 
     def submit(self, users: range) -> list[str]:
+        return [self.submit_payload({"user": user}, sticky_template="user") for user in users]
+
+    def submit_payload(self, payload: dict[str, Any], *, sticky_template: str) -> str:
         from apps.services.invoke import request_submit
 
-        return [
-            request_submit(
-                service=self.name,
-                sticky_template="user",
-                body=json.dumps({"user": user}).encode(),
-                timeout_seconds=120,
-            )
-            for user in users
-        ]
+        return request_submit(
+            service=self.name,
+            sticky_template=sticky_template,
+            body=json.dumps(payload).encode(),
+            timeout_seconds=120,
+        )
 
     def outcomes(self, request_ids: list[str]) -> list[Any]:
         """The outcomes, read where the workers write them (the wait is the harness's)."""
@@ -255,3 +257,52 @@ def test_a_broken_version_fails_and_the_old_one_keeps_serving(scenario: Scenario
     assert answer.ok and answer.result["version"] == 1
     # Reconcile leaves it at that: no v2 worker is started again.
     assert not any(type(a).__name__ == "CreateWorker" for a in scenario.reconcile())
+
+
+def test_version_two_takes_over_with_no_failed_request(scenario: Scenario) -> None:
+    v1 = scenario.deploy("echo.py")
+    scenario.until(lambda: scenario.status(v1) == "active", "v1 to be live")
+    v2_source = scenario.tmp / "echo_v2.py"
+    v2_source.write_text((HANDLERS / "echo.py").read_text().replace('"version": 1', '"version": 2'))
+    ids = scenario.submit(range(0, 100))
+    v2 = scenario.deploy(v2_source)
+    batch = iter(range(100, 10_000, 10))
+
+    def taken_over() -> bool:
+        # Traffic keeps coming during the whole rollout.
+        start = next(batch)
+        ids.extend(scenario.submit(range(start, start + 10)))
+        return scenario.status(v2) == "active" and all(
+            w.state == "stopped" for w in scenario.workers(version=1)
+        )
+
+    scenario.until(taken_over, "v2 to take over from v1")
+    after = scenario.submit(range(0, 50))
+    outcomes = scenario.outcomes(ids + after)
+    assert all(o is not None and o.ok for o in outcomes)
+    assert {o.result["version"] for o in outcomes[: len(ids)]} <= {1, 2}
+    assert {o.result["version"] for o in outcomes[len(ids) :]} == {2}
+    v1.refresh_from_db()
+    assert v1.status == "superseded"
+
+
+def test_the_readme_example_serves_from_s3_then_from_memory(
+    scenario: Scenario, s3_client: Any, s3_settings: Any, unique_name: str
+) -> None:
+    from examples.warm_lookup.make_dataset import make_csv
+
+    bucket = s3_settings.bucket
+    key = f"tests/{unique_name}/sales.csv"
+    s3_client.put_object(Bucket=bucket, Key=key, Body=make_csv(1000))
+    deployment = scenario.deploy(REPO / "examples" / "warm_lookup" / "handler.py")
+    scenario.until(lambda: scenario.status(deployment) == "active", "the example to be live")
+    payload = {"user_id": 7, "dataset_id": "sales", "dataset_url": f"s3://{bucket}/{key}"}
+    answers = []
+    for _ in range(2):
+        request_id = scenario.submit_payload(payload, sticky_template="user_id:dataset_id")
+        [outcome] = scenario.outcomes([request_id])
+        assert outcome.ok, outcome.error
+        answers.append(outcome.result)
+    assert [a["served_from"] for a in answers] == ["remote", "memory"]
+    assert answers[0]["rows"] == 1000 and answers[0]["sum"] == answers[1]["sum"]
+    assert answers[0]["worker"] == answers[1]["worker"]

@@ -24,8 +24,8 @@ import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from memrun import MemoryService
 from memrun._manifest import Manifest
+from memrun._packaging import resolve_service
 from memrun._protocol import (
     PARTITIONER,
     Outcome,
@@ -56,14 +56,15 @@ def wait_for(condition: Callable[[], T], *, timeout_s: float = 30.0, what: str =
 
 
 def make_package(dest: Path, *, service: str, handler: str = "sync_ops.py") -> Path:
-    """A package folder: the handler file as handler.py and a valid manifest.json."""
+    """A package folder: the handler file as handler.py and a valid manifest.json whose
+    config is the handler's own, read the way `memrun deploy` reads it."""
     dest.mkdir(parents=True)
     shutil.copy(HANDLERS / handler, dest / "handler.py")
     digest = hashlib.sha256((dest / "handler.py").read_bytes()).hexdigest()
     manifest = Manifest(
         service=service,
         entry="handler.py",
-        config=MemoryService(service).config(),
+        config=resolve_service(HANDLERS / handler, {"name": service})[0].config(),
         dependencies=(),
         requires_python=None,
         files={"handler.py": digest},

@@ -163,11 +163,17 @@ def test_the_package_must_declare_the_service_the_worker_serves(tmp_path: Path) 
     package = make_package(tmp_path / "pkg", service="loader-test")
     settings = WorkerSettings(service="loader-test", package_path=package, work_root=tmp_path)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MEMRUN_SERVICE", "loader-test")
-        assert load_package(settings).name == "loader-test"
+        # The code names another service and other limits: the deployed manifest (the
+        # code's config merged with `memrun deploy`'s flags) is what the worker runs.
         patch.setenv("MEMRUN_SERVICE", "renamed")
-        with pytest.raises(ServiceLoadError, match="declares service 'renamed'"):
-            load_package(settings)
+        manifest = json.loads((package / "manifest.json").read_text())
+        manifest["config"]["concurrency"] = 2
+        (package / "manifest.json").write_text(json.dumps(manifest))
+        loaded = load_package(settings)
+        assert (loaded.name, loaded.concurrency, loaded.timeout_seconds) == ("loader-test", 2, 30)
+        other = WorkerSettings(service="other-svc", package_path=package, work_root=tmp_path)
+        with pytest.raises(ServiceLoadError, match="declares service 'loader-test'"):
+            load_package(other)
     missing = WorkerSettings(service="x-y", package_path=tmp_path / "nope", work_root=tmp_path)
     with pytest.raises(ServiceLoadError, match="does not exist"):
         load_package(missing)
