@@ -52,6 +52,10 @@ class LocalLayout:
     def status_path(self, name: str) -> Path:
         return self.specs_dir / f"{check_name(name)}{STATUS_SUFFIX}"
 
+    def drain_path(self, name: str) -> Path:
+        """Present while the worker should drain: finish its work and exit, not restart."""
+        return self.specs_dir / f"{check_name(name)}.drain"
+
     def worker_dir(self, name: str) -> Path:
         return self.home / WORKERS_DIR / check_name(name)
 

@@ -8,6 +8,7 @@ Django-free and knows nothing of services: it watches `{home}/local-workers/` an
   HOME, locale: never the appliance's own secrets, I8), output to the worker's log;
 - restarts a worker that exits with an error or is killed, with a growing backoff; a
   clean exit (0) or a refused credential (77) is final;
+- on a drain marker (`{name}.drain`) sends SIGTERM once and does not restart it;
 - on a spec's removal sends SIGTERM, then SIGKILL after `stop_grace_s`, and then removes
   the worker's cache and packages (its log stays);
 - writes each worker's status (pid, state, restarts, last exit code, log tail) next to
@@ -90,6 +91,7 @@ class _Child:
         self.status = LocalWorkerStatus(name=spec.name, state="starting")
         self.restart_at: float | None = None
         self.kill_at: float | None = None
+        self.draining = False
 
 
 class LocalSupervisor:
@@ -123,7 +125,9 @@ class LocalSupervisor:
                 self._children[name] = _Child(spec)
                 self._start(self._children[name])
         for name, child in list(self._children.items()):
-            self._reap(child, wanted=name in wanted)
+            if name in wanted and not child.draining and self.layout.drain_path(name).exists():
+                self._drain(child)
+            self._reap(child, wanted=name in wanted and not child.draining)
             if name in wanted:
                 if child.restart_at is not None and self._clock() >= child.restart_at:
                     self._start(child)
@@ -246,6 +250,16 @@ class LocalSupervisor:
             self._say(f"memrun-supervisor: {child.spec.name} ignored SIGTERM; killing it")
             child.proc.kill()
         return False
+
+    def _drain(self, child: _Child) -> None:
+        """SIGTERM without a kill deadline: the worker finishes its in-flight work within
+        its own grace period, commits and exits; whatever its exit, it is not restarted."""
+        child.draining = True
+        child.restart_at = None
+        if child.proc is not None and child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+            self._say(f"memrun-supervisor: draining {child.spec.name}")
+            self._write(child, replace(child.status, state="draining"))
 
     def _forget(self, name: str) -> None:
         """A stopped worker's cache and packages go (they can be large); its log stays."""

@@ -134,6 +134,8 @@ def _apply(
             worker_mark_stopped(worker=workers[name], reason=reason, now=now)
         case p.Drain(name, reason):
             worker_drain(worker=workers[name], reason=reason, now=now)
+            ref = live[name].ref if name in live else (workers[name].provider_ref or name)
+            transaction.on_commit(functools.partial(backend.drain, ref), robust=True)
         case p.Destroy(name):
             ref = live[name].ref if name in live else (workers[name].provider_ref or name)
             transaction.on_commit(functools.partial(backend.destroy, ref), robust=True)

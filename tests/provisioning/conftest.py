@@ -17,11 +17,15 @@ class RecordingProvisioner:
 
     specs: dict[str, WorkerSpec] = field(default_factory=dict)
     destroyed: list[str] = field(default_factory=list)
+    drained: list[str] = field(default_factory=list)
     exited: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def create(self, spec: WorkerSpec) -> str:
         self.specs[spec.name] = spec
         return f"ref-{spec.name}"
+
+    def drain(self, ref: str) -> None:
+        self.drained.append(ref)
 
     def destroy(self, ref: str) -> None:
         self.destroyed.append(ref)

@@ -125,6 +125,29 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(home: Path) -> 
     assert not LocalLayout(home).status_path("w-stubborn").exists()
 
 
+def test_a_drained_worker_gets_sigterm_at_once_and_is_not_restarted(
+    home: Path, supervisor: LocalSupervisor
+) -> None:
+    # Exits 3 on SIGTERM: even a non-zero exit of a draining worker is final.
+    graceful = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))\n"
+        "print('ready', flush=True)\n"
+        "while True: time.sleep(1)\n"
+    )
+    add_spec(home, "w-drain", python(graceful))
+    log = LocalLayout(home).log_path("w-drain")
+    until(supervisor, lambda: log.exists() and "ready" in log.read_text(), "the process")
+    LocalProvisioner(home).drain("w-drain")
+    until(supervisor, lambda: status(home, "w-drain").get("state") == "exited", "the drain")
+    for _ in range(5):
+        supervisor.tick()
+    assert status(home, "w-drain")["exit_code"] == 3
+    assert status(home, "w-drain")["restarts"] == 0
+    LocalProvisioner(home).destroy("w-drain")
+    assert not LocalLayout(home).drain_path("w-drain").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_real_memrun_workers_are_started_restarted_and_stopped(

@@ -121,6 +121,9 @@ def test_a_rolling_deploy_drains_old_workers_only_as_new_ones_are_ready(
     worker_heartbeat(worker=second_new, state="booting", stats={}, now=clock.now)
     reconcile(service, provisioner, clock)
     assert count(service, 1, "draining") == 1 and count(service, 1, "ready") == 1
+    # Told at once through its provisioner, not only at its next heartbeat.
+    [draining] = service.workers.filter(deployment=v1, state="draining")
+    assert provisioner.drained == [f"ref-{draining.name}"]
     answers = heartbeat_all(service, clock, deployment=v1)
     assert sorted(answers.values()) == ["drain", "run"]
 

@@ -45,6 +45,12 @@ class Provisioner(Protocol):
         """Start the worker; returns its ref (a process name, a server id)."""
         ...
 
+    def drain(self, ref: str) -> None:
+        """Ask the worker to stop taking work now and exit once its in-flight work is done
+        (for a process: SIGTERM). The heartbeat's "drain" answer says the same, but only
+        at the worker's next heartbeat; this makes a rolling deploy hand over at once."""
+        ...
+
     def destroy(self, ref: str) -> None:
         """Stop the worker gracefully (SIGTERM, then a kill after a grace period) and
         free everything it held."""

@@ -54,8 +54,13 @@ class LocalProvisioner:
         )
         return spec.name
 
+    def drain(self, ref: str) -> None:
+        if self.layout.spec_path(ref).exists():
+            self.layout.drain_path(ref).touch()
+
     def destroy(self, ref: str) -> None:
         self.layout.spec_path(ref).unlink(missing_ok=True)
+        self.layout.drain_path(ref).unlink(missing_ok=True)
 
     def list(self, labels: dict[str, str]) -> list[LiveWorker]:
         found = []
