@@ -16,7 +16,6 @@ Never run as a test. Targets: p50 <= Celery's and <= 5 ms, p99 <= 25 ms; dispatc
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -40,8 +39,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from memrun import MemoryService  # noqa: E402
-from memrun._manifest import Manifest  # noqa: E402
+from memrun._packaging import build_package  # noqa: E402
 from memrun._protocol import (  # noqa: E402
     PARTITIONER,
     consumer_group,
@@ -128,21 +126,9 @@ class Env:
             timeout_s=30,
             what="topic leaders",
         )
-        package = self.tmp / name
-        package.mkdir()
-        (package / "handler.py").write_text(HANDLER)
-        digest = hashlib.sha256(HANDLER.encode()).hexdigest()
-        manifest = Manifest(
-            service=name,
-            entry="handler.py",
-            config=MemoryService(name).config(),
-            dependencies=(),
-            requires_python=None,
-            files={"handler.py": digest},
-            memrun_version="0.1.0",
-            created_at=datetime.now(UTC).isoformat(),
-        )
-        (package / "manifest.json").write_bytes(manifest.to_json())
+        handler = self.tmp / f"{name}.py"
+        handler.write_text(HANDLER)
+        build_package(handler, overrides={"name": name}, out=self.tmp / f"{name}.tar.gz")
         return name
 
     def start_memrun(self, service: str) -> subprocess.Popen[bytes]:
@@ -160,7 +146,7 @@ class Env:
                 "--service",
                 service,
                 "--package",
-                str(self.tmp / service),
+                str(self.tmp / f"{service}.tar.gz"),
                 "--worker-id",
                 f"{service}-w",
             ],
