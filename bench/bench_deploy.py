@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from examples.warm_lookup.make_dataset import make_csv  # noqa: E402
 from memrun import Client  # noqa: E402
-from memrun._packaging import build_package  # noqa: E402
+from memrun.packaging import build_package  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "warm_lookup" / "handler.py"
 

@@ -39,8 +39,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from memrun._packaging import build_package  # noqa: E402
-from memrun._protocol import (  # noqa: E402
+from memrun.packaging import build_package  # noqa: E402
+from memrun.wire.protocol import (  # noqa: E402
     PARTITIONER,
     consumer_group,
     dlq_topic,

@@ -1,8 +1,7 @@
 """memrun: serverless warm memory. Declare a `MemoryService`, deploy it, call it."""
 
 from memrun._client import Client, RequestResult
-from memrun._context import RequestContext, WorkerContext
-from memrun._service import MemoryService, ServiceConfig
+from memrun.context import RequestContext, WorkerContext
 from memrun.errors import (
     ApiError,
     ConfigError,
@@ -11,6 +10,8 @@ from memrun.errors import (
     RequestTimeout,
     StickyKeyError,
 )
+from memrun.service import MemoryService
+from memrun.wire import ServiceConfig
 
 __version__ = "0.1.0"
 

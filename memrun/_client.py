@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from memrun._home import default_token, default_url
 from memrun.errors import ApiError, HandlerError, RequestTimeout
+from memrun.home import default_token, default_url
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memrun._manifest import is_requirement
-from memrun._service import MemoryService
-from memrun._sizes import parse_size
-from memrun._sticky import StickyTemplate
 from memrun.errors import ConfigError
+from memrun.service import MemoryService
+from memrun.wire.manifest import is_requirement
+from memrun.wire.sizes import parse_size
+from memrun.wire.sticky import StickyTemplate
 
 SERVICE_ARGUMENTS = (
     "name",

@@ -33,9 +33,7 @@ class RequestTimeout(MemrunError):
 class ApiError(MemrunError):
     """The control plane answered with an error; `status` is the HTTP status."""
 
-    def __init__(
-        self, message: str, *, status: int, details: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, message: str, *, status: int, details: dict[str, Any] | None = None) -> None:
         super().__init__(message, details=details)
         self.status = status
 
@@ -43,8 +41,6 @@ class ApiError(MemrunError):
 class PackageRejected(MemrunError, ValueError):
     """A handler package is unsafe or malformed; `reason` is a short code, the message says why."""
 
-    def __init__(
-        self, reason: str, message: str, *, details: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, reason: str, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message, details={"reason": reason, **(details or {})})
         self.reason = reason

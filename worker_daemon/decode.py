@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from memrun._protocol import (
+from memrun.wire.protocol import (
     HEADER_ATTEMPT,
     HEADER_DEADLINE_MS,
     HEADER_REQUEST_ID,

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
-from memrun._service import HandlerSpec
+from memrun.service import HandlerSpec
 
 J = TypeVar("J")
 _log = logging.getLogger(__name__)

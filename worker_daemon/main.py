@@ -18,9 +18,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from memrun._protocol import dlq_topic
-from memrun._service import MemoryService
 from memrun.errors import MemrunError
+from memrun.service import MemoryService
+from memrun.wire.protocol import dlq_topic
 from worker_daemon.cache import CacheSettings, WarmCache
 from worker_daemon.logs import EventLog, configure_stdlib_logging
 from worker_daemon.package import ServiceLoadError, load_service, prepare

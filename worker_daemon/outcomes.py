@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from confluent_kafka import Producer
 from redis.exceptions import NoScriptError
 
-from memrun._protocol import dlq_topic, now_ms, outcome_key, reply_key
+from memrun.wire.protocol import dlq_topic, now_ms, outcome_key, reply_key
 from worker_daemon.decode import Request
 
 # KEYS: outcome, reply list. ARGV: outcome json, ttl seconds.

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from memrun._context import RequestContext, WorkerContext
-from memrun._protocol import Outcome, now_ms
-from memrun._service import HandlerSpec
+from memrun.context import RequestContext, WorkerContext
+from memrun.service import HandlerSpec
+from memrun.wire.protocol import Outcome, now_ms
 from worker_daemon.decode import Request, decode_request
 from worker_daemon.executor import Deadlines, HandlerTimeout, Lane, run_handler
 from worker_daemon.jobs import Completion, Job, Status

@@ -24,9 +24,9 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from memrun._context import DataCache, WorkerContext
-from memrun._protocol import consumer_group, request_topic
-from memrun._service import MemoryService
+from memrun.context import DataCache, WorkerContext
+from memrun.service import MemoryService
+from memrun.wire.protocol import consumer_group, request_topic
 from worker_daemon.consumer import EXIT_FAILED, EXIT_OK, EXIT_RESTART, ConsumeLoop
 from worker_daemon.executor import Deadlines, HandlerPool
 from worker_daemon.jobs import Completion, Job

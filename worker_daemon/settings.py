@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memrun._protocol import REPLY_TTL_S
-from memrun._service import validate_service_name
 from memrun.errors import ConfigError
+from memrun.wire import validate_service_name
+from memrun.wire.protocol import REPLY_TTL_S
 
 ENV_PREFIX = "MEMRUN_"
 

@@ -42,7 +42,7 @@ from apps.provisioning.local_layout import (
     read_log_tail,
     write_json_atomic,
 )
-from memrun._home import memrun_home
+from memrun.home import memrun_home
 
 # Exit codes after which a worker is not restarted: it stopped as asked (0), or the
 # control plane no longer knows its credential (77, EX_NOPERM).

@@ -17,8 +17,8 @@ from django.http import HttpRequest
 from apps.services.errors import DomainError
 from apps.services.models import ApiToken, Deployment, Service
 from apps.services.services import SERVICE_UPDATABLE, apitoken_revoke, service_update
-from memrun._sizes import format_size, parse_size
 from memrun.errors import ConfigError
+from memrun.wire.sizes import format_size, parse_size
 
 
 class ServiceChangeForm(forms.ModelForm):

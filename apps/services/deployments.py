@@ -24,11 +24,10 @@ from apps.services.errors import DomainError
 from apps.services.models import Deployment, Service
 from apps.services.services import deployment_create, service_create, service_update
 from apps.services.uploads import Upload, package_max_bytes, uploads_dir
-from memrun._archive import Manifest, PackageLimits, inspect_package
-from memrun._packaging import build_package
-from memrun._service import ServiceConfig, validate_service_name
-from memrun._tarstream import open_tar
 from memrun.errors import ConfigError, PackageRejected
+from memrun.packaging import build_package
+from memrun.wire import ServiceConfig, validate_service_name
+from memrun.wire.archive import Manifest, PackageLimits, inspect_package, open_tar
 
 MESSAGE_MAX_CHARS = 2000
 # The entry module is compiled in the web process: bound what that may cost.

@@ -17,9 +17,9 @@ from confluent_kafka import KafkaError, Message, Producer
 from django.conf import settings
 
 from apps.services.errors import DomainError
-from memrun import _protocol as protocol
-from memrun._sticky import StickyTemplate
 from memrun.errors import StickyKeyError
+from memrun.wire import protocol
+from memrun.wire.sticky import StickyTemplate
 
 _DELIVERY_TIMEOUT_S = 10.0
 

@@ -12,11 +12,10 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import F, Q
 
-from memrun import _protocol as protocol
-from memrun._service import validate_service_name
-from memrun._sizes import format_size
-from memrun._sticky import StickyTemplate
 from memrun.errors import ConfigError
+from memrun.wire import protocol, validate_service_name
+from memrun.wire.sizes import format_size
+from memrun.wire.sticky import StickyTemplate
 
 DEFAULT_PARTITIONS = 64
 DUPLICATE_NAME = "a service with this name already exists; pick another"

@@ -35,9 +35,9 @@ from apps.services.models import (
 )
 from apps.services.topics import topics_ensure
 from apps.workers.models import Worker
-from memrun._sizes import parse_size
-from memrun._sticky import StickyTemplate
 from memrun.errors import ConfigError
+from memrun.wire.sizes import parse_size
+from memrun.wire.sticky import StickyTemplate
 
 # A token's last use is recorded at most this often, so that authenticating stays a
 # single indexed read on almost every request.

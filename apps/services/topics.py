@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
 
 from apps.services.errors import DomainError
-from memrun import _protocol as protocol
+from memrun.wire import protocol
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from django.http import HttpRequest
 from django.http.multipartparser import MultiPartParserError
 
 from apps.services.errors import DomainError
-from memrun._archive import DEFAULT_LIMITS
+from memrun.wire.archive import DEFAULT_LIMITS
 
 UPLOAD_FIELD = "package"
 PACKAGE_TYPES = frozenset({"application/gzip", "application/x-gzip", "application/octet-stream"})

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from memrun._client import Client
-from memrun._packaging import build_package
 from memrun.errors import ConfigError, MemrunError
+from memrun.packaging import build_package
 
 POLL_INTERVAL_S = 1.0
 ROLLOUT_TIMEOUT_S = 900.0

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from memrun._home import memrun_home
 from memrun.errors import MemrunError
+from memrun.home import memrun_home
 
 SETTINGS_MODULE = "memrun_site.settings"
 DEFAULT_BIND = "127.0.0.1:8000"

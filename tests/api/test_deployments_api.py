@@ -13,7 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from apps.services.models import Deployment, Service
-from memrun._packaging import build_package
+from memrun.packaging import build_package
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

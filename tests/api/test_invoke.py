@@ -12,7 +12,7 @@ from django.test import Client
 
 from memrun import Client as MemrunClient
 from memrun import HandlerError, RequestTimeout
-from memrun._protocol import MAX_PAYLOAD_BYTES
+from memrun.wire.protocol import MAX_PAYLOAD_BYTES
 from tests.worker_daemon.harness import WorkerProcess, make_package, wait_for, worker_env
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from memrun._archive import (
+from memrun.errors import MemrunError, PackageRejected
+from memrun.wire.archive import (
     DEFAULT_LIMITS,
     PackageLimits,
     extract_package,
     inspect_package,
     read_manifest,
 )
-from memrun.errors import MemrunError, PackageRejected
 
 HANDLER = b"""from memrun import MemoryService
 
@@ -522,7 +522,7 @@ def test_bomb_stops_at_the_inflated_cap(
 MEASURE = """
 import resource, sys, time
 from pathlib import Path
-from memrun._archive import inspect_package
+from memrun.wire.archive import inspect_package
 from memrun.errors import PackageRejected
 before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.monotonic()

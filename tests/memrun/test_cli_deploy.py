@@ -200,7 +200,7 @@ def test_status_and_rollback(
 def test_the_client_reports_upload_progress(
     control_plane: list[int], service_name: Callable[[], str], tmp_path: Path
 ) -> None:
-    from memrun._packaging import build_package
+    from memrun.packaging import build_package
 
     name = service_name()
     handler = write_handler(tmp_path, name)
@@ -231,7 +231,7 @@ def test_a_refusal_from_the_server_is_one_line(
 def test_an_upload_over_the_servers_cap_is_a_clear_error(
     control_plane: list[int], settings: Any, service_name: Callable[[], str], tmp_path: Path
 ) -> None:
-    from memrun._packaging import build_package
+    from memrun.packaging import build_package
 
     settings.MEMRUN_PACKAGE_MAX_BYTES = 4096
     name = service_name()

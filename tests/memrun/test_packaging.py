@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from memrun._archive import extract_package, inspect_package
 from memrun._handler_source import read_script_metadata, resolve_service
-from memrun._packaging import build_package
 from memrun.errors import ConfigError
+from memrun.packaging import build_package
+from memrun.wire.archive import extract_package, inspect_package
 
 HANDLER = """# /// script
 # requires-python = ">=3.11"

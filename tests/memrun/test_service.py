@@ -3,8 +3,8 @@
 import pytest
 
 from memrun import ConfigError, MemoryService, StickyKeyError
-from memrun._sizes import format_size, parse_size
-from memrun._sticky import StickyTemplate
+from memrun.wire.sizes import format_size, parse_size
+from memrun.wire.sticky import StickyTemplate
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from memrun._packaging import build_package
+from memrun.packaging import build_package
 from tests.worker_daemon.harness import wait_for, wait_outcomes
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

@@ -13,7 +13,7 @@ from apps.services.models import Service
 from apps.services.services import service_create, service_delete, service_update
 from apps.workers.models import Worker
 from apps.workers.services import worker_create
-from memrun import _protocol as protocol
+from memrun.wire import protocol
 
 pytestmark = pytest.mark.django_db
 

@@ -12,7 +12,7 @@ import redis
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from memrun._protocol import dlq_topic, request_topic
+from memrun.wire.protocol import dlq_topic, request_topic
 from tests.fixtures.services import KAFKA_TIMEOUT_S, wait_for_topic_leaders
 from tests.worker_daemon.harness import WorkerProcess, make_package, worker_env
 

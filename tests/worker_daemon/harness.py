@@ -24,9 +24,9 @@ import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from memrun._manifest import Manifest
-from memrun._packaging import resolve_service
-from memrun._protocol import (
+from memrun.packaging import resolve_service
+from memrun.wire.manifest import Manifest
+from memrun.wire.protocol import (
     PARTITIONER,
     Outcome,
     consumer_group,

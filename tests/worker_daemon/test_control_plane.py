@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from memrun._packaging import build_package
 from memrun.errors import ConfigError
+from memrun.packaging import build_package
 from tests.worker_daemon.harness import HANDLERS, wait_for
 from worker_daemon.control_plane import (
     ControlPlane,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from memrun._service import HandlerSpec
+from memrun.service import HandlerSpec
 from worker_daemon.executor import Deadlines, HandlerPool, HandlerTimeout, Lane, run_handler
 
 WAIT_S = 10.0

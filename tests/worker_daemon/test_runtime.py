@@ -13,8 +13,8 @@ import redis
 from confluent_kafka import Producer
 
 from memrun import MemoryService
-from memrun._context import WorkerContext
-from memrun._protocol import request_topic
+from memrun.context import WorkerContext
+from memrun.wire.protocol import request_topic
 from tests.worker_daemon.conftest import ServiceUnderTest
 from tests.worker_daemon.harness import (
     make_package,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from memrun._protocol import encode_headers, now_ms
 from memrun.errors import ConfigError
+from memrun.wire.protocol import encode_headers, now_ms
 from worker_daemon.decode import decode_request
 from worker_daemon.settings import WorkerSettings
 

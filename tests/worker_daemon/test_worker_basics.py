@@ -9,7 +9,7 @@ from collections.abc import Callable
 import redis
 from confluent_kafka.admin import AdminClient
 
-from memrun._protocol import outcome_key, reply_key
+from memrun.wire.protocol import outcome_key, reply_key
 from tests.worker_daemon.conftest import ServiceUnderTest
 from tests.worker_daemon.harness import (
     WorkerProcess,

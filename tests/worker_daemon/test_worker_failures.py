@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import redis
 
-from memrun._protocol import encode_headers, new_request_id, now_ms
+from memrun.wire.protocol import encode_headers, new_request_id, now_ms
 from tests.worker_daemon.conftest import ServiceUnderTest
 from tests.worker_daemon.harness import (
     WorkerProcess,

@@ -7,10 +7,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from memrun._archive import extract_package, read_manifest
 from memrun._handler_source import read_script_metadata
-from memrun._manifest import MANIFEST_NAME, Manifest
 from memrun.errors import PackageRejected
+from memrun.wire.archive import extract_package, read_manifest
+from memrun.wire.manifest import MANIFEST_NAME, Manifest
 from worker_daemon.package._python import python_satisfies
 from worker_daemon.package._venv import ensure_venv
 from worker_daemon.package.errors import DependencyError, ServiceLoadError

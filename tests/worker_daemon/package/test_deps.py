@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from memrun._packaging import build_package
+from memrun.packaging import build_package
 from worker_daemon.package import DependencyError, _venv, load_service, prepare
 from worker_daemon.package._venv import VENV_MARKER, ensure_venv
 

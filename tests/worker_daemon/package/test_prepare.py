@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from memrun import MemoryService
-from memrun._archive import inspect_package
-from memrun._packaging import build_package
 from memrun.errors import PackageRejected
+from memrun.packaging import build_package
+from memrun.wire.archive import inspect_package
 from worker_daemon.package import (
     DependencyError,
     ServiceLoadError,

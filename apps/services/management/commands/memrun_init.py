@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from apps.services.services import admin_user_ensure, cli_token_ensure
-from memrun._home import CLI_TOKEN_FILE
+from memrun.home import CLI_TOKEN_FILE
 
 
 class Command(BaseCommand):

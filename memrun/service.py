@@ -3,50 +3,15 @@
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from memrun._sizes import parse_size
-from memrun._sticky import StickyTemplate
 from memrun.errors import ConfigError
+from memrun.wire.config import ServiceConfig, service_config_build, validate_service_name
+from memrun.wire.sticky import StickyTemplate
 
 F = TypeVar("F", bound=Callable[..., Any])
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
-
-
-def validate_service_name(name: object) -> str:
-    """Service names become Kafka topics, group ids, folders and URLs: keep them plain."""
-    if not isinstance(name, str) or not _NAME.match(name) or "--" in name:
-        raise ConfigError(
-            f"service name {name!r} is not valid: use 2-63 lowercase letters, digits and "
-            "single '-', starting with a letter, e.g. 'matrix-qa'"
-        )
-    return name
-
-
-def _positive_int(value: object, field: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{field} must be a whole number >= {minimum}, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    """A validated service definition, in plain units (bytes, seconds)."""
-
-    name: str
-    memory_bytes: int
-    disk_bytes: int
-    max_workers: int
-    min_workers: int
-    concurrency: int
-    timeout_seconds: int
-    sticky_key: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -76,6 +41,15 @@ class MemoryService:
     the payload fields whose values pick the partition, hence the worker.
     """
 
+    name: str
+    memory_bytes: int
+    disk_bytes: int
+    max_workers: int
+    min_workers: int
+    concurrency: int
+    timeout_seconds: int
+    sticky_key: str | None
+
     def __init__(
         self,
         name: str,
@@ -88,18 +62,18 @@ class MemoryService:
         timeout_seconds: int = 300,
         sticky_key: str | None = None,
     ) -> None:
-        self.name = validate_service_name(name)
-        self.memory_bytes = parse_size(memory, field="memory")
-        self.disk_bytes = parse_size(disk, field="disk")
-        self.max_workers = _positive_int(max_workers, "max_workers")
-        self.min_workers = _positive_int(min_workers, "min_workers", minimum=0)
-        if self.min_workers > self.max_workers:
-            raise ConfigError(
-                f"min_workers ({min_workers}) cannot exceed max_workers ({max_workers})"
+        self.apply_config(
+            service_config_build(
+                name,
+                memory=memory,
+                disk=disk,
+                max_workers=max_workers,
+                min_workers=min_workers,
+                concurrency=concurrency,
+                timeout_seconds=timeout_seconds,
+                sticky_key=sticky_key,
             )
-        self.concurrency = _positive_int(concurrency, "concurrency")
-        self.timeout_seconds = _positive_int(timeout_seconds, "timeout_seconds")
-        self.sticky_key = str(StickyTemplate.parse(sticky_key)) if sticky_key else None
+        )
         self.init_handlers: list[HandlerSpec] = []
         self.request_handler: HandlerSpec | None = None
 

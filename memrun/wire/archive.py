@@ -2,7 +2,7 @@
 
 Used by the control plane on upload (`inspect_package`) and by workers (`extract_package`).
 Nothing is written outside a fresh temporary folder, renamed into place only once every
-member and the manifest have passed; see `memrun._tarstream` for the format checks.
+member and the manifest have passed; see `memrun.wire._tarstream` for the format checks.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from memrun._manifest import MANIFEST_NAME, Manifest
-from memrun._tarstream import DEFAULT_LIMITS, Member, PackageLimits, open_tar, shown_name
 from memrun.errors import PackageRejected
+from memrun.wire._tarstream import DEFAULT_LIMITS, Member, PackageLimits, open_tar, shown_name
+from memrun.wire.manifest import MANIFEST_NAME, Manifest
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -25,6 +25,7 @@ __all__ = [
     "PackageLimits",
     "extract_package",
     "inspect_package",
+    "open_tar",
     "read_manifest",
 ]
 

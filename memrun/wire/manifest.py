@@ -9,8 +9,8 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from memrun._service import MemoryService, ServiceConfig
 from memrun.errors import ConfigError, PackageRejected
+from memrun.wire.config import ServiceConfig, service_config_build
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -80,7 +80,7 @@ def _service_config(value: object, service: str) -> ServiceConfig:
     if not isinstance(value, dict) or sorted(value) != sorted(_CONFIG_KEYS):
         raise _invalid(f"'config' must be an object with the keys {', '.join(_CONFIG_KEYS)}")
     try:
-        config = MemoryService(
+        config = service_config_build(
             value["name"],
             memory=value["memory_bytes"],
             disk=value["disk_bytes"],
@@ -89,7 +89,7 @@ def _service_config(value: object, service: str) -> ServiceConfig:
             concurrency=value["concurrency"],
             timeout_seconds=value["timeout_seconds"],
             sticky_key=value["sticky_key"],
-        ).config()
+        )
     except ConfigError as exc:
         raise _invalid(f"'config' is not valid: {exc.message}") from None
     if config.name != service:

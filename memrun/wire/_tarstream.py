@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from memrun._manifest import member_name_problem
 from memrun.errors import PackageRejected
+from memrun.wire.manifest import member_name_problem
 
 _BLOCK = 512
 _CHUNK = 64 * 1024

@@ -143,9 +143,7 @@ class RequestContext(WorkerContext):
         self.deadline_ms = deadline_ms
         self.tiers: list[str] = []
         self.logger = worker.logger.getChild("request")
-        self.log = logging.LoggerAdapter(
-            self.logger, {"request_id": request_id, "key": key}
-        )
+        self.log = logging.LoggerAdapter(self.logger, {"request_id": request_id, "key": key})
 
     def _fetch(
         self,

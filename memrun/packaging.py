@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import memrun
-from memrun._archive import DEFAULT_LIMITS, PackageLimits
 from memrun._handler_source import read_script_metadata, resolve_service
-from memrun._manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, member_name_problem
 from memrun.errors import ConfigError, PackageRejected
+from memrun.wire.archive import DEFAULT_LIMITS, PackageLimits
+from memrun.wire.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, member_name_problem
 
 _CHUNK = 64 * 1024
 
