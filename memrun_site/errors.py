@@ -12,7 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import functools
 
 from django.db import transaction
 
+from apps.common.errors import DomainError
 from apps.provisioning.tasks import reconcile_soon
-from apps.services.errors import DomainError
 from apps.services.models import Service
 
 

@@ -14,7 +14,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from apps.services.models import ApiToken, Deployment, Service
 from apps.services.services import SERVICE_UPDATABLE, apitoken_revoke, service_update
 from memrun.errors import ConfigError

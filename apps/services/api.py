@@ -7,10 +7,10 @@ from typing import Any
 from django.http import FileResponse, HttpRequest, HttpResponse
 from ninja import Query, Router, Status
 
+from apps.common.errors import DomainError
 from apps.services import deployments, invoke, selectors, services, uploads
 from apps.services.artifacts import artifact_open
 from apps.services.auth import ApiTokenAuth, SessionCsrfAuth, api_auth
-from apps.services.errors import DomainError
 from apps.services.health import health_check
 from apps.services.models import ApiToken, Deployment, Service
 from apps.services.schemas import (

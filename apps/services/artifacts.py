@@ -22,7 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -18,9 +18,9 @@ from typing import Any
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 
+from apps.common.errors import DomainError
 from apps.services import selectors
 from apps.services.artifacts import artifact_put
-from apps.services.errors import DomainError
 from apps.services.models import Deployment, Service
 from apps.services.services import deployment_create, service_create, service_update
 from apps.services.uploads import Upload, package_max_bytes, uploads_dir

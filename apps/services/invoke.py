@@ -16,7 +16,7 @@ import redis
 from confluent_kafka import KafkaError, Message, Producer
 from django.conf import settings
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from memrun.errors import StickyKeyError
 from memrun.wire import protocol
 from memrun.wire.sticky import StickyTemplate

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Count, Q, QuerySet
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from apps.services.models import ApiToken, Deployment, Service
 from apps.workers.models import WorkerState
 

@@ -17,13 +17,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from apps.services.credentials import (
+from apps.common.credentials import (
     API_TOKEN_PREFIX,
     secret_hash,
     secret_new,
     secret_shown_part,
 )
-from apps.services.errors import DomainError, full_clean_or_raise
+from apps.common.errors import DomainError, full_clean_or_raise
 from apps.services.models import (
     DEFAULT_PARTITIONS,
     DUPLICATE_NAME,

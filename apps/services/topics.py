@@ -9,7 +9,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from memrun.wire import protocol
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from django.core.files.uploadhandler import FileUploadHandler
 from django.http import HttpRequest
 from django.http.multipartparser import MultiPartParserError
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from memrun.wire.archive import DEFAULT_LIMITS
 
 UPLOAD_FIELD = "package"

@@ -13,8 +13,8 @@ from typing import Any
 from django.http import HttpRequest
 from ninja.security import HttpBearer
 
-from apps.services.credentials import WORKER_TOKEN_PREFIX
-from apps.services.errors import DomainError
+from apps.common.credentials import WORKER_TOKEN_PREFIX
+from apps.common.errors import DomainError
 from apps.services.models import Service
 from apps.workers.models import Worker
 from apps.workers.selectors import worker_get_by_credential

@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from ninja import Query, Router, Status
 from ninja.errors import ValidationError
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from apps.services.schemas import ErrorOut
 from apps.services.selectors import service_get
 from apps.workers import log_selectors, log_services

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.db.models import F, Max, Q, QuerySet
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from apps.services.models import Service
 from apps.workers.models import LogLevel, Worker, WorkerLogLine
 

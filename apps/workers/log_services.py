@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from apps.workers.models import Worker, WorkerLogLine
 
 # What one POST may carry (the API refuses a larger body before reading it); the

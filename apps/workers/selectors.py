@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from apps.services.credentials import secret_hash
+from apps.common.credentials import secret_hash
 from apps.services.models import Service
 from apps.workers.models import Worker
 

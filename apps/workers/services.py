@@ -11,8 +11,8 @@ from typing import Any, Literal
 from django.db import transaction
 from django.utils import timezone
 
-from apps.services.credentials import WORKER_TOKEN_PREFIX, secret_hash, secret_new
-from apps.services.errors import DomainError, full_clean_or_raise
+from apps.common.credentials import WORKER_TOKEN_PREFIX, secret_hash, secret_new
+from apps.common.errors import DomainError, full_clean_or_raise
 from apps.services.models import Deployment, Provider, Service
 from apps.workers.models import Worker, WorkerEvent, WorkerState
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from apps.common.errors import DomainError
 from apps.provisioning import tasks
 from apps.services.artifacts import artifact_open, artifact_presigned_url, artifact_put
 from apps.services.deployments import deployment_rollback, deployment_upload
-from apps.services.errors import DomainError
 from apps.services.models import Deployment, Service
 from apps.services.selectors import deployment_previous_active
 from apps.services.services import deployment_create

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from apps.services.models import Service
 from apps.services.services import service_create, service_delete, service_update
 from apps.workers.models import Worker

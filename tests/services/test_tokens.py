@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import User
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from apps.services.models import ApiToken
 from apps.services.services import (
     LAST_USED_RESOLUTION,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from apps.services.models import Service
 from apps.workers.log_selectors import LogCursor, LogPage, log_cursor_parse, worker_log_page
 from apps.workers.log_services import LogLineData, worker_log_ingest, worker_logs_prune

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from django.test import Client
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from apps.services.models import Service
 from apps.services.services import apitoken_authenticate, deployment_create
 from apps.workers.models import Worker

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from django.conf import settings
 
+from apps.common.errors import DomainError
 from apps.provisioning.provisioners.base import LiveWorker, Provisioner, WorkerSpec
 from apps.provisioning.provisioners.local import LocalProvisioner
-from apps.services.errors import DomainError
 
 __all__ = ["LiveWorker", "Provisioner", "WorkerSpec", "provisioner_for"]
 

@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from apps.services.errors import DomainError
+from apps.common.errors import DomainError
 from apps.services.services import apitoken_create
 
 
