@@ -114,6 +114,9 @@ class LocalWorkerStatus:
     name: str
     state: str
     pid: int | None = None
+    # The process's start time in clock ticks since boot (/proc/{pid}/stat): with `pid`
+    # it names one process, since a pid alone may be reused after it exits.
+    pid_start_ticks: int | None = None
     started_at: float | None = None
     restarts: int = 0
     exit_code: int | None = None
@@ -127,6 +130,20 @@ class LocalWorkerStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot); None if there is no such
+    process, or it has exited and waits to be reaped (a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: split after it.
+    fields = stat.rpartition(")")[2].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
 
 
 def write_json_atomic(path: Path, data: dict[str, Any], *, mode: int = 0o600) -> None:

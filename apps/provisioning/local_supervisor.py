@@ -11,16 +11,22 @@ Django-free and knows nothing of services: it watches `{home}/local-workers/` an
 - on a drain marker (`{name}.drain`) sends SIGTERM once and does not restart it;
 - on a spec's removal sends SIGTERM, then SIGKILL after `stop_grace_s`, and then removes
   the worker's cache and packages (its log stays);
-- writes each worker's status (pid, state, restarts, last exit code, log tail) next to
-  its spec, for the provisioner's `list`.
-On SIGTERM it stops every worker the same way and exits 0. Workers also get SIGTERM if
-the supervisor itself dies (Linux parent-death signal), so none is left behind.
+- writes each worker's status (pid and process start time, state, restarts, last exit
+  code, log tail) next to its spec, for the provisioner's `list` and for its successor.
+On SIGTERM it stops every worker the same way and exits 0.
+
+Workers outlive a supervisor that dies without stopping them (SIGKILL, a crash): they keep
+serving, warm. A new supervisor ADOPTS each worker whose recorded pid still runs with the
+recorded start time (a pid alone may have been reused), rather than starting a duplicate
+that would join the same consumer group; an adopted worker whose spec went is stopped.
+An adopted process is not this supervisor's child, so its exit code is unknown: its death
+counts as a crash (restarted), except while it drains or after its spec went.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import contextlib
 import os
 import shutil
 import signal
@@ -38,6 +44,7 @@ from apps.provisioning.local_layout import (
     LocalLayout,
     LocalWorkerSpec,
     LocalWorkerStatus,
+    process_start_ticks,
     read_json,
     read_log_tail,
     write_json_atomic,
@@ -48,7 +55,6 @@ from memrun.home import memrun_home
 # control plane no longer knows its credential (77, EX_NOPERM).
 FINAL_EXIT_CODES = frozenset({0, 77})
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "VIRTUAL_ENV")
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -73,12 +79,45 @@ def spawn_process(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+class _Adopted:
+    """A worker process started by an earlier supervisor, named by pid and start time.
+    Not our child: it can be signalled and watched through /proc, not waited for."""
+
+    def __init__(self, pid: int, start_ticks: int) -> None:
+        self.pid = pid
+        self.start_ticks = start_ticks
+
+    def alive(self) -> bool:
+        return process_start_ticks(self.pid) == self.start_ticks
+
+    def send_signal(self, signum: int) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.05)
+
+
+Process = subprocess.Popen[bytes] | _Adopted
+
+
+def _exit_of(proc: Process) -> tuple[bool, int | None]:
+    """(exited, exit code); an adopted process's exit code is not known to us."""
+    if isinstance(proc, _Adopted):
+        return not proc.alive(), None
+    code = proc.poll()
+    return code is not None, code
 
 
 class _Child:
@@ -86,7 +125,7 @@ class _Child:
 
     def __init__(self, spec: LocalWorkerSpec) -> None:
         self.spec = spec
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Process | None = None
         self.log: IO[bytes] | None = None
         self.status = LocalWorkerStatus(name=spec.name, state="starting")
         self.restart_at: float | None = None
@@ -122,8 +161,14 @@ class LocalSupervisor:
         for name in sorted(wanted - set(self._children)):
             spec = self._read_spec(name)
             if spec is not None:
-                self._children[name] = _Child(spec)
-                self._start(self._children[name])
+                self._children[name] = child = _Child(spec)
+                if not self._adopt(child):
+                    self._start(child)
+        for name in sorted(set(self.layout.status_names()) - set(self._children) - wanted):
+            # A predecessor's worker whose spec went while no supervisor ran: stop it.
+            orphan = _Child(LocalWorkerSpec(name=name, argv=[], env={}))
+            if self._adopt(orphan):
+                self._children[name] = orphan
         for name, child in list(self._children.items()):
             if name in wanted and not child.draining and self.layout.drain_path(name).exists():
                 self._drain(child)
@@ -163,6 +208,27 @@ class LocalSupervisor:
         for name in self._children:
             self.layout.status_path(name).unlink(missing_ok=True)
         self._children.clear()
+
+    def _adopt(self, child: _Child) -> bool:
+        """Take over the worker a predecessor left running, or its final exit; True if
+        there is nothing to start."""
+        data = read_json(self.layout.status_path(child.spec.name))
+        if data is None:
+            return False
+        previous = LocalWorkerStatus.from_dict(data)
+        if previous.state == "exited":
+            child.status = previous  # a final exit stays final across supervisors
+            return True
+        if previous.pid is None or previous.pid_start_ticks is None:
+            return False
+        proc = _Adopted(previous.pid, previous.pid_start_ticks)
+        if not proc.alive():
+            return False
+        child.proc = proc
+        child.status = previous
+        child.draining = previous.state == "draining"
+        self._say(f"memrun-supervisor: adopted {child.spec.name} (pid {proc.pid})")
+        return True
 
     def pid_of(self, name: str) -> int | None:
         child = self._children.get(name)
@@ -204,6 +270,7 @@ class LocalSupervisor:
                 child.status,
                 state="running",
                 pid=child.proc.pid,
+                pid_start_ticks=process_start_ticks(child.proc.pid),
                 started_at=self._wall_clock(),
                 restarts=restarts,
             ),
@@ -213,8 +280,8 @@ class LocalSupervisor:
         """Record an exit; schedule a restart when `wanted` and the exit was not final."""
         if child.proc is None or child.status.state in ("exited", "backoff"):
             return
-        code = child.proc.poll()
-        if code is None:
+        exited, code = _exit_of(child.proc)
+        if not exited:
             return
         if child.log is not None:
             child.log.close()
@@ -226,7 +293,8 @@ class LocalSupervisor:
                 self.settings.restart_backoff_max_s,
             )
             child.restart_at = self._clock() + backoff
-        self._say(f"memrun-supervisor: {child.spec.name} exited with code {code}")
+        how = "with an unknown code (adopted)" if code is None else f"with code {code}"
+        self._say(f"memrun-supervisor: {child.spec.name} exited {how}")
         self._write(
             child,
             replace(
@@ -241,7 +309,7 @@ class LocalSupervisor:
     def _stop(self, child: _Child) -> bool:
         """Move an unwanted worker towards stopped; True once its process is gone."""
         child.restart_at = None
-        if child.proc is None or child.proc.poll() is not None:
+        if child.proc is None or _exit_of(child.proc)[0]:
             self._reap(child, wanted=False)
             return True
         if child.kill_at is None:
@@ -256,7 +324,7 @@ class LocalSupervisor:
         its own grace period, commits and exits; whatever its exit, it is not restarted."""
         child.draining = True
         child.restart_at = None
-        if child.proc is not None and child.proc.poll() is None:
+        if child.proc is not None and not _exit_of(child.proc)[0]:
             child.proc.send_signal(signal.SIGTERM)
             self._say(f"memrun-supervisor: draining {child.spec.name}")
             self._write(child, replace(child.status, state="draining"))
@@ -268,7 +336,7 @@ class LocalSupervisor:
             shutil.rmtree(self.layout.worker_dir(name) / folder, ignore_errors=True)
 
     def _terminate(self, child: _Child) -> None:
-        if child.proc is None or child.proc.poll() is not None or child.kill_at is not None:
+        if child.proc is None or _exit_of(child.proc)[0] or child.kill_at is not None:
             return
         child.proc.send_signal(signal.SIGTERM)
         child.kill_at = self._clock() + self.settings.stop_grace_s

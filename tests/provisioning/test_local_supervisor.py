@@ -4,26 +4,40 @@ supervisor runs in this process and is ticked by the test, which waits on condit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from apps.provisioning.local_layout import (
     LocalLayout,
     LocalWorkerSpec,
+    process_start_ticks,
     read_json,
     write_json_atomic,
 )
 from apps.provisioning.local_supervisor import LocalSupervisor, SupervisorSettings
 from apps.provisioning.provisioners import WorkerSpec
 from apps.provisioning.provisioners.local import LocalProvisioner
-from tests.worker_daemon.harness import MEMRUN, make_package, wait_for
+from memrun.wire.protocol import consumer_group, request_topic
+from tests.worker_daemon.harness import (
+    MEMRUN,
+    make_package,
+    make_producer,
+    produce_requests,
+    wait_for,
+    wait_outcomes,
+)
 
 FAST = SupervisorSettings(stop_grace_s=10.0, restart_backoff_s=0.05, restart_backoff_max_s=0.2)
 
@@ -207,3 +221,106 @@ def test_real_memrun_workers_are_started_restarted_and_stopped(
     assert provisioner.list({"service": service.name}) == []
     assert not layout.worker_dir(name).joinpath("cache").exists()
     assert layout.log_path(name).exists()
+
+
+def start_supervisor(home: Path, out: Path) -> subprocess.Popen[bytes]:
+    """The supervisor as `memrun up` runs it: its own process, so a test can SIGKILL it."""
+    with out.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "apps.provisioning.local_supervisor", "--home", str(home)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def group_members(admin: AdminClient, service: str) -> list[str]:
+    group = consumer_group(service)
+    description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    return sorted(m.group_instance_id or m.member_id for m in description.members)
+
+
+def echo(producer: Producer, redis_client: redis.Redis, service: str) -> str:
+    [request_id] = produce_requests(producer, request_topic(service), [("k", {"op": "echo"})])
+    outcome = wait_outcomes(redis_client, [request_id])[request_id]
+    assert outcome.ok, outcome
+    return str(outcome.result["worker"])
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_a_new_supervisor_adopts_the_workers_of_a_killed_one(
+    home: Path,
+    service_factory: Callable[..., Any],
+    kafka_admin: AdminClient,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    service = service_factory(partitions=2)
+    package = make_package(tmp_path / "package", service=service.name)
+    layout = LocalLayout(home)
+    name = f"{service.name}-w1"
+    env = {
+        "MEMRUN_SERVICE": service.name,
+        "MEMRUN_WORKER_ID": name,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "REDIS_URL": redis_url,
+        "MEMRUN_SESSION_TIMEOUT_MS": "6000",
+    }
+    argv = [str(MEMRUN), "worker", "--service", service.name, "--package", str(package)]
+    add_spec(home, name, argv, env, service.name)
+    first_out, second_out = tmp_path / "first.out", tmp_path / "second.out"
+    producer = make_producer(kafka_bootstrap)
+
+    def worker_pid() -> int | None:
+        pid = status(home, name).get("pid")
+        return pid if status(home, name).get("state") == "running" else None
+
+    def log_count(event: str) -> int:
+        path = layout.log_path(name)
+        return path.read_text().count(f'"event":"{event}"') if path.exists() else 0
+
+    first = start_supervisor(home, first_out)
+    second: subprocess.Popen[bytes] | None = None
+    pids: set[int] = set()
+    try:
+        wait_for(lambda: log_count("worker.assigned") >= 1, timeout_s=120, what="the worker")
+        pid = wait_for(worker_pid, what="the worker's status")
+        pids.add(pid)
+        assert echo(producer, redis_client, service.name) == name
+
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+        assert process_start_ticks(pid) == status(home, name)["pid_start_ticks"]
+
+        second = start_supervisor(home, second_out)
+        wait_for(lambda: f"adopted {name} (pid {pid})" in second_out.read_text(), what="adoption")
+        assert f"started {name}" not in second_out.read_text()
+        assert echo(producer, redis_client, service.name) == name
+        assert group_members(kafka_admin, service.name) == [name]
+        assert log_count("worker.consuming") == 1 and process_start_ticks(pid) is not None
+
+        # The adopted worker dies: the new supervisor restarts it, and only it is a member.
+        os.kill(pid, signal.SIGKILL)
+        restarted = wait_for(
+            lambda: (p := worker_pid()) not in (None, pid) and p, what="the restart"
+        )
+        pids.add(restarted)
+        assert status(home, name)["restarts"] == 1
+        wait_for(lambda: log_count("worker.assigned") >= 2, timeout_s=120, what="the rejoin")
+        assert echo(producer, redis_client, service.name) == name
+        wait_for(
+            lambda: group_members(kafka_admin, service.name) == [name],
+            timeout_s=60,
+            what="one group member",
+        )
+    finally:
+        for supervisor in (first, second):
+            if supervisor is not None and supervisor.poll() is None:
+                supervisor.send_signal(signal.SIGTERM)
+                supervisor.wait(60)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
