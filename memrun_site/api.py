@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from ninja import NinjaAPI
 
+from apps.provisioning.api import router as provisioning_router
 from apps.services.api import router as services_router
 from apps.services.auth import api_auth
 from apps.workers.api import router as workers_router
-from apps.workers.log_api import router as worker_logs_router
 from memrun_site.errors import install_error_handlers
 
 api = NinjaAPI(
@@ -25,4 +25,4 @@ api = NinjaAPI(
 install_error_handlers(api)
 api.add_router("/", services_router)
 api.add_router("/", workers_router)
-api.add_router("/", worker_logs_router)
+api.add_router("/", provisioning_router)

@@ -226,7 +226,7 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
-# Worker logs (apps/workers/log_services.py): at most this many lines per worker and
+# Worker logs (apps/workers/services.py): at most this many lines per worker and
 # nothing older, pruned on ingest about every MEMRUN_LOG_PRUNE_EVERY_LINES lines and swept
 # by beat.
 MEMRUN_LOG_MAX_LINES_PER_WORKER = env_int("MEMRUN_LOG_MAX_LINES_PER_WORKER", 10_000)

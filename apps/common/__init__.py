@@ -1,1 +1,2 @@
-"""What every app shares: the domain error family and credential helpers. Imports no app."""
+"""What every app shares: the domain error family, credential helpers and domain events
+(how a lower app tells a higher one what happened). Imports no app."""

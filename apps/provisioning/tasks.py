@@ -12,6 +12,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
+from apps.common.events import ServiceFleetChanged
 from apps.provisioning import reconcile as reconciling
 
 logger = logging.getLogger(__name__)
@@ -36,3 +37,8 @@ def reconcile_soon(*, service_id: int) -> None:
         reconcile_service.delay(service_id)
     except Exception:
         logger.warning("could not queue a reconcile of service %s", service_id, exc_info=True)
+
+
+def reconcile_soon_on(event: ServiceFleetChanged) -> None:
+    """Subscriber of ServiceFleetChanged (apps.py): a deployment or a worker changed."""
+    reconcile_soon(service_id=event.service_id)

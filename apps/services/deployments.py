@@ -8,7 +8,6 @@ upload itself is apps/services/uploads.py.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 import tempfile
@@ -19,6 +18,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 
 from apps.common.errors import DomainError
+from apps.common.events import ServiceFleetChanged, event_emit_on_commit
 from apps.services import selectors
 from apps.services.artifacts import artifact_put
 from apps.services.models import Deployment, Service
@@ -70,7 +70,9 @@ def deployment_upload(
             message=message,
             created_by=created_by,
         )
-        transaction.on_commit(functools.partial(_rollout_start, service_id=service.pk))
+        # Starts the rollout (provisioning listens). A broker that is down leaves the
+        # deployment pending for beat's periodic reconcile; never an upload error.
+        event_emit_on_commit(event=ServiceFleetChanged(service_id=service.pk))
     return deployment
 
 
@@ -114,7 +116,9 @@ def deployment_rollback(
             message=_message(message) or f"rollback to v{target.version}",
             created_by=created_by,
         )
-        transaction.on_commit(functools.partial(_rollout_start, service_id=service.pk))
+        # Starts the rollout (provisioning listens). A broker that is down leaves the
+        # deployment pending for beat's periodic reconcile; never an upload error.
+        event_emit_on_commit(event=ServiceFleetChanged(service_id=service.pk))
     return deployment
 
 
@@ -148,14 +152,6 @@ def package_check(*, path: Path, service_name: str, limits: PackageLimits) -> Ma
             member=manifest.entry,
         ) from None
     return manifest
-
-
-def _rollout_start(*, service_id: int) -> None:
-    # Imported here: provisioning builds on this app. A broker that is down leaves the
-    # deployment pending for beat's periodic reconcile; never an upload error.
-    from apps.provisioning.tasks import reconcile_soon
-
-    reconcile_soon(service_id=service_id)
 
 
 def _package_of(upload: Upload, work: Path, limits: PackageLimits) -> Path:

@@ -1,40 +1,75 @@
-"""The workers API: what runs where, scaling, and the heartbeat of the workers themselves."""
+"""The workers API: what runs where, the heartbeat of the workers themselves, and their
+logs (workers post their lines; users read a worker's, or a service's merged across its
+workers, page by page)."""
 
 from __future__ import annotations
 
+import pydantic
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Query, Router, Status
+from ninja.errors import ValidationError
 
-from apps.provisioning.services import service_scale
-from apps.services.models import Service
-from apps.services.schemas import ErrorOut, ServiceOut
+from apps.common.errors import DomainError
+from apps.services.schemas import ErrorOut
 from apps.services.selectors import service_get
+from apps.workers import selectors, services
 from apps.workers.auth import worker_auth, worker_require_self
 from apps.workers.models import Worker
-from apps.workers.schemas import HeartbeatIn, HeartbeatOut, ScaleIn, WorkerOut
-from apps.workers.selectors import worker_list
-from apps.workers.services import worker_heartbeat
+from apps.workers.schemas import (
+    HeartbeatIn,
+    HeartbeatOut,
+    LogBatchIn,
+    LogIngestOut,
+    LogLineIn,
+    LogPageOut,
+    LogQueryIn,
+    ServiceLogQueryIn,
+    WorkerOut,
+)
+from apps.workers.selectors import LogPage
+from apps.workers.services import MAX_BATCH_BYTES, MAX_BATCH_LINES, LogLineData
 
 router = Router(tags=["workers"])
+# The log routes keep their own heading on the OpenAPI page.
+_LOGS = ["logs"]
+
+# The body is parsed here, not by ninja, so that an oversized one is refused (413)
+# before it is read; this describes it for the OpenAPI page.
+_INGEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "lines": {
+                            "type": "array",
+                            "items": LogLineIn.model_json_schema(),
+                            "maxItems": MAX_BATCH_LINES,
+                        }
+                    },
+                    "required": ["lines"],
+                    "additionalProperties": False,
+                }
+            }
+        },
+        "description": f"at most {MAX_BATCH_LINES} lines and {MAX_BATCH_BYTES} bytes",
+    }
+}
+_READ_ERRORS = {404: ErrorOut, 422: ErrorOut}
 
 
 @router.get("/workers", response={200: list[WorkerOut], 404: ErrorOut})
 def workers_list(request: HttpRequest, service: str | None = None) -> list[Worker]:
     """All workers, or those of one `service`."""
-    return list(worker_list(service=service_get(name=service) if service else None))
+    return list(selectors.worker_list(service=service_get(name=service) if service else None))
 
 
 @router.get("/services/{name}/workers", response={200: list[WorkerOut], 404: ErrorOut})
 def services_workers(request: HttpRequest, name: str, all: bool = False) -> list[Worker]:
     """The service's running workers; with `all`, the stopped and dead ones too."""
-    return list(worker_list(service=service_get(name=name), running_only=not all))
-
-
-@router.post("/services/{name}/scale", response={200: ServiceOut, 404: ErrorOut, 422: ErrorOut})
-def services_scale(request: HttpRequest, name: str, payload: ScaleIn) -> Service:
-    """Set how many workers the service runs (within its min and max); reconcile starts
-    or drains workers to match."""
-    return service_scale(service=service_get(name=name), workers=payload.workers)
+    return list(selectors.worker_list(service=service_get(name=name), running_only=not all))
 
 
 @router.post(
@@ -48,5 +83,58 @@ def workers_heartbeat(request: HttpRequest, name: str, payload: HeartbeatIn) -> 
     worker = worker_require_self(request=request, name=name)
     report = payload.model_dump()
     stats = {**report.pop("stats"), **report}
-    action = worker_heartbeat(worker=worker, state=stats.pop("state"), stats=stats)
+    action = services.worker_heartbeat(worker=worker, state=stats.pop("state"), stats=stats)
     return HeartbeatOut(action=action)
+
+
+@router.post(
+    "/workers/{name}/logs",
+    auth=worker_auth,
+    response={201: LogIngestOut, 403: ErrorOut, 413: ErrorOut, 422: ErrorOut},
+    openapi_extra=_INGEST_BODY,
+    summary="Store a batch of the calling worker's log lines (worker credential)",
+    tags=_LOGS,
+)
+def worker_logs_ingest(request: HttpRequest, name: str) -> Status[dict[str, int]]:
+    worker = worker_require_self(request=request, name=name)
+    batch = _log_batch(request)
+    accepted = services.worker_log_ingest(
+        worker=worker, lines=[LogLineData(**line.model_dump()) for line in batch.lines]
+    )
+    return Status(201, {"accepted": accepted})
+
+
+@router.get("/workers/{name}/logs", response={200: LogPageOut, **_READ_ERRORS}, tags=_LOGS)
+def worker_logs_read(request: HttpRequest, name: str, query: Query[LogQueryIn]) -> LogPage:
+    """The worker's lines, oldest first: the newest `limit` without `since`, else those
+    after `since`; pass `next_since` back as `since` for the next page."""
+    worker = selectors.worker_get(name=name)
+    return selectors.worker_log_page(worker=worker, **query.model_dump())
+
+
+@router.get("/services/{name}/logs", response={200: LogPageOut, **_READ_ERRORS}, tags=_LOGS)
+def service_logs_read(request: HttpRequest, name: str, query: Query[ServiceLogQueryIn]) -> LogPage:
+    """Like a worker's logs, merged across the service's workers (or only `worker`'s);
+    each line names its worker."""
+    service = service_get(name=name)
+    filters = query.model_dump()
+    worker_name = filters.pop("worker")
+    worker = selectors.worker_get(name=worker_name, service=service) if worker_name else None
+    return selectors.worker_log_page(service=service, worker=worker, **filters)
+
+
+def _log_batch(request: HttpRequest) -> LogBatchIn:
+    size = int(request.META.get("CONTENT_LENGTH") or 0)
+    if size > MAX_BATCH_BYTES:
+        raise DomainError(
+            f"the log batch is {size} bytes; the limit is {MAX_BATCH_BYTES}: send smaller batches",
+            status=413,
+            details={"size": size, "limit": MAX_BATCH_BYTES},
+        )
+    try:
+        return LogBatchIn.model_validate_json(request.body)
+    except pydantic.ValidationError as exc:
+        # Located like ninja's own body errors, so the one handler names the field.
+        raise ValidationError(
+            [{**error, "loc": ("body", "payload", *error["loc"])} for error in exc.errors()]
+        ) from None

@@ -94,7 +94,7 @@ class LogLevel(models.TextChoices):
 class WorkerLogLine(models.Model):
     """One line a worker shipped: a runtime event, a log record, or a line its handler
     printed. `ts` is the worker's clock, `received_at` the control plane's. Kept within a
-    bound per worker, by count and by age (apps/workers/log_services.py)."""
+    bound per worker, by count and by age (apps/workers/services.py)."""
 
     Level = LogLevel
     MESSAGE_MAX_CHARS = 8192

@@ -1,4 +1,5 @@
-"""Schemas of the workers API."""
+"""Schemas of the workers API: workers, their heartbeats, their logs. Log inputs refuse
+unknown fields."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any, Literal
 
 from django.utils import timezone
 from ninja import Field, Schema
+from pydantic import ConfigDict
 
 from apps.workers.liveness import heartbeat_age_s, liveness
-from apps.workers.models import Worker
+from apps.workers.models import Worker, WorkerLogLine
+from apps.workers.selectors import LOG_DEFAULT_LIMIT, LOG_MAX_LIMIT
 
 
 class WorkerOut(Schema):
@@ -89,5 +92,65 @@ class HeartbeatOut(Schema):
     )
 
 
-class ScaleIn(Schema):
-    workers: int = Field(ge=0, description="desired workers, within min_workers..max_workers")
+Level = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class LogLineIn(Schema):
+    """`ts` is epoch seconds or ISO 8601; a longer `message` is cut, saying so."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ts: datetime
+    level: Level = "info"
+    event: str = Field("log", min_length=1, max_length=100)
+    request_id: str = Field("", max_length=100)
+    message: str = ""
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
+class LogBatchIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    lines: list[LogLineIn]
+
+
+class LogIngestOut(Schema):
+    accepted: int
+
+
+class LogQueryIn(Schema):
+    """`since`: ISO 8601, epoch seconds, or the `next_since` of the previous page."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: str | None = None
+    until: str | None = None
+    request_id: str | None = None
+    level: Level | None = Field(None, description="this level and above")
+    limit: int = Field(LOG_DEFAULT_LIMIT, ge=1, le=LOG_MAX_LIMIT)
+
+
+class ServiceLogQueryIn(LogQueryIn):
+    worker: str | None = Field(None, description="only this worker's lines")
+
+
+class LogLineOut(Schema):
+    id: int
+    ts: datetime
+    received_at: datetime
+    worker: str
+    level: str
+    event: str
+    request_id: str
+    message: str
+    fields: dict[str, Any]
+
+    @staticmethod
+    def resolve_worker(obj: WorkerLogLine) -> str:
+        return str(obj.worker_name)  # annotated by worker_log_page
+
+
+class LogPageOut(Schema):
+    lines: list[LogLineOut]
+    next_since: str
+    more: bool

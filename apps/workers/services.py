@@ -1,20 +1,32 @@
 """Writes for workers: registration, heartbeats, and every state change (each recorded as a
-WorkerEvent). Reconcile decides; these functions only record what was decided or reported."""
+WorkerEvent); and their log lines. Reconcile decides; these functions only record what was
+decided or reported.
+
+Log retention is enforced cheaply: an ingest prunes its own worker when its batch takes
+the global line id past a multiple of MEMRUN_LOG_PRUNE_EVERY_LINES (so a worker is pruned
+about that often per line it sends, busy workers most), and the beat task
+`prune_worker_logs` sweeps every worker as a backstop. So a worker may hold a little more
+than the bound (MEMRUN_LOG_MAX_LINES_PER_WORKER lines, none older than
+MEMRUN_LOG_RETENTION_S by the worker's clock) between two prunes.
+"""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.common.credentials import WORKER_TOKEN_PREFIX, secret_hash, secret_new
 from apps.common.errors import DomainError, full_clean_or_raise
+from apps.common.events import ServiceFleetChanged, event_emit_on_commit
 from apps.services.models import Deployment, Provider, Service
-from apps.workers.models import Worker, WorkerEvent, WorkerState
+from apps.workers.models import Worker, WorkerEvent, WorkerLogLine, WorkerState
 
 # What a worker may say about itself; the control plane alone decides `dead`.
 REPORTED_STATES = (
@@ -27,6 +39,11 @@ RUNNING_STATES = (WorkerState.PROVISIONING, WorkerState.BOOTING, WorkerState.REA
 Action = Literal["run", "drain"]
 ACTION_RUN: Action = "run"
 ACTION_DRAIN: Action = "drain"
+# What one POST may carry (the API refuses a larger body before reading it); the
+# worker's shipper sends well under both.
+MAX_BATCH_LINES = 1000
+MAX_BATCH_BYTES = 1024 * 1024
+_TRUNCATED = "... [{} more characters]"
 
 
 def worker_create(
@@ -95,7 +112,7 @@ def worker_heartbeat(
         locked.save()
         if locked.state != before and locked.state in (WorkerState.READY, WorkerState.STOPPED):
             # The rollout can move on now rather than at the next periodic pass.
-            transaction.on_commit(functools.partial(_reconcile_soon, service_id=worker.service_id))
+            event_emit_on_commit(event=ServiceFleetChanged(service_id=worker.service_id))
     worker.state, worker.last_heartbeat_at = locked.state, locked.last_heartbeat_at
     return ACTION_RUN if locked.state in RUNNING_STATES else ACTION_DRAIN
 
@@ -147,13 +164,6 @@ def _transition(worker: Worker, state: str, *, reason: str, now: datetime) -> No
         worker.ready_at = now
 
 
-def _reconcile_soon(*, service_id: int) -> None:
-    # Imported here: provisioning builds on workers, not the other way round.
-    from apps.provisioning.tasks import reconcile_soon
-
-    reconcile_soon(service_id=service_id)
-
-
 def _reported_reason(state: str, stats: Mapping[str, Any]) -> str:
     if state != WorkerState.STOPPED:
         return "reported by the worker"
@@ -162,3 +172,90 @@ def _reported_reason(state: str, stats: Mapping[str, Any]) -> str:
     if code in (None, 0):
         return "the worker stopped"
     return f"the worker exited with code {code}" + (f": {error}" if error else "")
+
+
+@dataclass(frozen=True)
+class LogLineData:
+    """One line as the worker sent it."""
+
+    ts: datetime
+    level: str
+    event: str
+    request_id: str
+    message: str
+    fields: dict[str, Any]
+
+
+def worker_log_ingest(
+    *, worker: Worker, lines: list[LogLineData], now: datetime | None = None
+) -> int:
+    """Store `lines` of `worker` in one INSERT; returns how many. Messages longer than
+    WorkerLogLine.MESSAGE_MAX_CHARS are cut, saying by how much; more than
+    MAX_BATCH_LINES lines is a 413."""
+    if len(lines) > MAX_BATCH_LINES:
+        raise DomainError(
+            f"the log batch has {len(lines)} lines; the limit is {MAX_BATCH_LINES}: "
+            "send smaller batches",
+            status=413,
+            details={"lines": len(lines), "limit": MAX_BATCH_LINES},
+        )
+    if not lines:
+        return 0
+    received_at = now or timezone.now()
+    rows = [
+        WorkerLogLine(
+            worker=worker,
+            service_id=worker.service_id,
+            ts=line.ts,
+            received_at=received_at,
+            level=line.level,
+            event=line.event,
+            request_id=line.request_id,
+            message=_bounded(line.message),
+            fields=line.fields,
+        )
+        for line in lines
+    ]
+    with transaction.atomic():
+        created = WorkerLogLine.objects.bulk_create(rows)
+    ids = [row.pk for row in created if row.pk is not None]
+    if ids and _crosses_prune_mark(min(ids), max(ids)):
+        worker_logs_prune(worker=worker, now=received_at)
+    return len(rows)
+
+
+def worker_logs_prune(*, worker: Worker | None = None, now: datetime | None = None) -> int:
+    """Delete `worker`'s (default: every worker's) lines beyond the retention bound;
+    returns how many went. Two queries per worker: find the count cut-off, delete."""
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.MEMRUN_LOG_RETENTION_S)
+    worker_ids = (
+        [worker.pk] if worker is not None else list(Worker.objects.values_list("pk", flat=True))
+    )
+    return sum(_prune_one(worker_id=worker_id, cutoff=cutoff) for worker_id in worker_ids)
+
+
+def _prune_one(*, worker_id: int, cutoff: datetime) -> int:
+    keep = settings.MEMRUN_LOG_MAX_LINES_PER_WORKER
+    lines = WorkerLogLine.objects.filter(worker_id=worker_id)
+    # The newest line beyond the count bound, found on the (worker, ts) index.
+    beyond = lines.order_by("-ts", "-id").values_list("ts", "pk")[keep : keep + 1].first()
+    doomed = Q(ts__lt=cutoff)
+    if beyond is not None:
+        ts, pk = beyond
+        doomed |= Q(ts__lt=ts) | Q(ts=ts, pk__lte=pk)
+    deleted, _ = lines.filter(doomed).delete()
+    return deleted
+
+
+def _crosses_prune_mark(first_id: int, last_id: int) -> bool:
+    every = settings.MEMRUN_LOG_PRUNE_EVERY_LINES
+    return (first_id - 1) // every != last_id // every
+
+
+def _bounded(message: str) -> str:
+    limit = WorkerLogLine.MESSAGE_MAX_CHARS
+    if len(message) <= limit:
+        return message
+    # Leave room for the note (its count has at most as many digits as the length).
+    head = limit - len(_TRUNCATED.format(len(message)))
+    return message[:head] + _TRUNCATED.format(len(message) - head)

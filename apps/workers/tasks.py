@@ -7,7 +7,7 @@ import logging
 
 from celery import shared_task
 
-from apps.workers.log_services import worker_logs_prune
+from apps.workers.services import worker_logs_prune
 
 logger = logging.getLogger(__name__)
 

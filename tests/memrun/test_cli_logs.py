@@ -11,9 +11,8 @@ import pytest
 from django.utils import timezone
 
 from apps.services.models import Service
-from apps.workers.log_services import LogLineData, worker_log_ingest
 from apps.workers.models import Worker
-from apps.workers.services import worker_create
+from apps.workers.services import LogLineData, worker_create, worker_log_ingest
 from memrun.cli import build_parser, main
 from memrun.cli.logs import format_line, parse_since, run
 

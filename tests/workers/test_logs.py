@@ -11,10 +11,9 @@ import pytest
 
 from apps.common.errors import DomainError
 from apps.services.models import Service
-from apps.workers.log_selectors import LogCursor, LogPage, log_cursor_parse, worker_log_page
-from apps.workers.log_services import LogLineData, worker_log_ingest, worker_logs_prune
 from apps.workers.models import Worker, WorkerLogLine
-from apps.workers.services import worker_create
+from apps.workers.selectors import LogCursor, LogPage, log_cursor_parse, worker_log_page
+from apps.workers.services import LogLineData, worker_create, worker_log_ingest, worker_logs_prune
 from apps.workers.tasks import prune_worker_logs
 
 pytestmark = pytest.mark.django_db
