@@ -16,6 +16,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from memrun.home import memrun_home
+from memrun.wire.install_env import install_env_pick
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -256,6 +257,10 @@ MEMRUN_WORKER_S3_ENV = {
     )
     if os.environ.get(name, "").strip()
 }
+# Handed to every worker as is, for its PEP 723 installs: the machine's trust store,
+# package index mirror and proxy, by an explicit allowlist of names
+# (memrun/wire/install_env.py); the worker gives its installer these and nothing else.
+MEMRUN_WORKER_INSTALL_ENV = install_env_pick(os.environ)
 # Extra MEMRUN_* settings for every worker (tests shorten its timers here).
 MEMRUN_WORKER_EXTRA_ENV: dict[str, str] = {}
 # Start a service's reconcile as soon as a worker becomes ready or stops, besides beat.

@@ -13,8 +13,10 @@ def worker_spec_build(
     *, worker: Worker, credential: str, service: Service, deployment: Deployment
 ) -> WorkerSpec:
     """The spec of `worker`: the env of its daemon (see worker_daemon/control_plane.py)
-    carries its own credential, the brokers and the data path's S3, and nothing else."""
+    carries its own credential, the brokers, the data path's S3 and the machine's install
+    settings (trust store, index, proxy), and nothing else."""
     env = {
+        **settings.MEMRUN_WORKER_INSTALL_ENV,
         "MEMRUN_URL": settings.MEMRUN_CONTROL_PLANE_URL,
         "MEMRUN_WORKER_ID": worker.name,
         "MEMRUN_WORKER_TOKEN": credential,

@@ -20,6 +20,8 @@ import pytest
 from django.utils import timezone
 
 from memrun.packaging import build_package
+from memrun.wire import install_env_pick
+from tests.fixtures.envprobe import probe_index
 from tests.worker_daemon.harness import wait_for, wait_outcomes
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -306,3 +308,42 @@ def test_the_readme_example_serves_from_s3_then_from_memory(
     assert [a["served_from"] for a in answers] == ["remote", "memory"]
     assert answers[0]["rows"] == 1000 and answers[0]["sum"] == answers[1]["sum"]
     assert answers[0]["worker"] == answers[1]["worker"]
+
+
+def test_pep723_dependencies_install_with_the_machines_settings_and_no_secrets(
+    scenario: Scenario, settings: Any
+) -> None:
+    """humanize comes from the machine's index over its trust store (here PyPI, reached
+    through a CA that uv does not ship); the env probe, from an extra index set in the
+    appliance's environment, records what the worker's installer saw."""
+    record = scenario.tmp / "installer-env.json"
+    worker_secrets = {"MEMRUN_WORKER_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    appliance_only = {"DATABASE_URL", "SECRET_KEY"}
+    assert worker_secrets - {"MEMRUN_WORKER_TOKEN"} <= set(settings.MEMRUN_WORKER_S3_ENV)
+    with probe_index(record) as index_url:
+        appliance_env = {
+            **os.environ,
+            "UV_EXTRA_INDEX_URL": index_url,
+            "no_proxy": "127.0.0.1,localhost",
+            "SECRET_KEY": "not-for-workers",
+        }
+        assert appliance_only <= set(appliance_env)
+        settings.MEMRUN_WORKER_INSTALL_ENV = install_env_pick(appliance_env)
+        deployment = scenario.deploy("with_dependencies.py")
+        scenario.until(
+            lambda: scenario.status(deployment) in ("active", "failed"), "the rollout to end"
+        )
+    assert deployment.status == "active", deployment.failure_reason
+    request_id = scenario.submit_payload({"user": 1, "bytes": 3_000_000}, sticky_template="user")
+    [outcome] = scenario.outcomes([request_id])
+    assert outcome.ok, outcome.error
+    assert outcome.result == {"size": "3.0 MB", "probed": True}
+
+    seen = json.loads(record.read_text())
+    assert seen["UV_EXTRA_INDEX_URL"] == index_url
+    assert seen["no_proxy"] == "127.0.0.1,localhost"
+    assert seen["UV_SYSTEM_CERTS"] == "1"
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE"):
+        assert seen.get(name) == os.environ.get(name), name
+    worker_settings = {"REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"}
+    assert not (worker_secrets | appliance_only | worker_settings) & set(seen)

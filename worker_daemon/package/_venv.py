@@ -3,6 +3,10 @@
 A venv lives at `{venvs_root}/{key}`, the key hashing the dependencies, requires-python
 and this interpreter. It is built in a temporary folder and renamed into place with its
 marker file already inside, so a half-built venv is never found under its key.
+
+The installer runs with `installer_env`: the machine's trust store, index and proxy
+settings (memrun.wire.install_env) and a few basics, never the worker's own secrets; uv
+is told to trust the system's certificates, where a corporate CA is installed.
 """
 
 from __future__ import annotations
@@ -18,13 +22,20 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from memrun.wire.install_env import install_env_pick, redact_urls
 from worker_daemon.package.errors import DependencyError
 
 VENV_MARKER = "memrun-venv.json"
+# What the installer gets of the worker's environment besides the allowlist: where the
+# programs are, the home its caches live in, the locale and the temporary folder.
+INSTALLER_BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR")
+# uv trusts only its bundled roots unless told otherwise. UV_SYSTEM_CERTS is the current
+# name, UV_NATIVE_TLS the older one (deprecated, but the only one older uv reads).
+_UV_SYSTEM_CERTS = ("UV_SYSTEM_CERTS", "UV_NATIVE_TLS")
 _WORKER_ENV_PTH = "_memrun_worker_env.pth"
 _OUTPUT_TAIL_LINES = 30
 
@@ -52,10 +63,22 @@ def _find_uv() -> str | None:
     return shutil.which("uv")
 
 
-def _run(command: list[str], *, what: str, timeout_s: float) -> None:
+def installer_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of the venv and install commands, from the worker's `environ`:
+    INSTALLER_BASE_ENV and the allowlisted install settings, with uv using the system's
+    certificates unless the machine says otherwise."""
+    env = {name: environ[name] for name in INSTALLER_BASE_ENV if name in environ}
+    env |= install_env_pick(environ)
+    if not any(name in env for name in _UV_SYSTEM_CERTS):
+        env |= dict.fromkeys(_UV_SYSTEM_CERTS, "1")
+    return env
+
+
+def _run(command: list[str], *, what: str, env: Mapping[str, str], timeout_s: float) -> None:
     try:
         result = subprocess.run(
             command,
+            env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -72,7 +95,9 @@ def _run(command: list[str], *, what: str, timeout_s: float) -> None:
 
 
 def _failure(headline: str, output: str) -> DependencyError:
-    tail = "\n".join(output.strip().splitlines()[-_OUTPUT_TAIL_LINES:])
+    # An index URL's password would otherwise reach the logs and the deployment's reason.
+    tail = redact_urls("\n".join(output.strip().splitlines()[-_OUTPUT_TAIL_LINES:]))
+    headline = redact_urls(headline)
     return DependencyError(f"{headline}:\n{tail}", details={"output_tail": tail})
 
 
@@ -95,6 +120,7 @@ def _build(
     *,
     key: str,
     requires_python: str | None,
+    env: Mapping[str, str],
     timeout_s: float,
 ) -> None:
     uv = _find_uv()
@@ -113,11 +139,12 @@ def _build(
             "--no-input",
             "--",
         ]
-    _run([*create, str(venv)], what="creating the venv", timeout_s=timeout_s)
+    _run([*create, str(venv)], what="creating the venv", env=env, timeout_s=timeout_s)
     _link_worker_env(venv)
     _run(
         [*install, *dependencies],
         what=f"installing {', '.join(dependencies)}",
+        env=env,
         timeout_s=timeout_s,
     )
     marker = {
@@ -148,8 +175,10 @@ def ensure_venv(
     *,
     venvs_root: Path,
     timeout_s: float,
+    environ: Mapping[str, str] = os.environ,
 ) -> Path:
-    """The site-packages of a venv holding `dependencies`, built unless one exists already."""
+    """The site-packages of a venv holding `dependencies`, built unless one exists already;
+    the installer sees `installer_env(environ)` only."""
     key = venv_key(dependencies, requires_python)
     final = venvs_root / key
     if (final / VENV_MARKER).is_file():
@@ -167,6 +196,7 @@ def ensure_venv(
                 dependencies,
                 key=key,
                 requires_python=requires_python,
+                env=installer_env(environ),
                 timeout_s=timeout_s,
             )
             staging.rename(final)

@@ -6,6 +6,7 @@ These tests install a small pure-Python package (tomli-w) from PyPI.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from memrun.packaging import build_package
+from tests.fixtures.envprobe import REQUIREMENT, probe_index
 from worker_daemon.package import DependencyError, _venv, load_service, prepare
-from worker_daemon.package._venv import VENV_MARKER, ensure_venv
+from worker_daemon.package._venv import VENV_MARKER, ensure_venv, installer_env
 
 HANDLER = """# /// script
 # dependencies = ["tomli-w>=1.0"]
@@ -132,3 +134,57 @@ def test_without_uv_pip_builds_the_venv(tmp_path: Path, monkeypatch: pytest.Monk
     python = venv_of(site_packages) / "bin" / "python"
     subprocess.run([str(python), "-c", "import memrun, tomli_w"], check=True)
     assert sys.version.startswith(marker["python"].split()[0])
+
+
+# What a provisioned worker holds besides the install settings (I8): never for the installer.
+WORKER_SECRETS = {
+    "MEMRUN_WORKER_TOKEN": "mrw_not-for-the-installer",
+    "AWS_ACCESS_KEY_ID": "not-for-the-installer",
+    "AWS_SECRET_ACCESS_KEY": "not-for-the-installer",
+    "DATABASE_URL": "postgres://memrun:not-for-the-installer@db/memrun",
+    "REDIS_URL": "redis://127.0.0.1:1/0",
+}
+
+
+def test_the_installer_gets_the_install_settings_and_none_of_the_workers_secrets(
+    tmp_path: Path,
+) -> None:
+    record = tmp_path / "installer-env.json"
+    with probe_index(record) as index_url:
+        environ = {
+            **WORKER_SECRETS,
+            "PATH": os.environ["PATH"],
+            "HOME": os.environ["HOME"],
+            "UV_INDEX_URL": index_url,
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+        site_packages = ensure_venv(
+            [REQUIREMENT], None, venvs_root=tmp_path / "venvs", timeout_s=600, environ=environ
+        )
+    assert (site_packages / "memrun_test_envprobe.py").is_file()
+    seen = json.loads(record.read_text())
+    assert seen["UV_INDEX_URL"] == index_url
+    assert seen["NO_PROXY"] == seen["no_proxy"] == "127.0.0.1,localhost"
+    assert seen["UV_SYSTEM_CERTS"] == "1"
+    assert not set(WORKER_SECRETS) & set(seen)
+
+
+def test_uv_trusts_the_system_certificates_unless_the_machine_says_otherwise() -> None:
+    assert installer_env({"PATH": "/bin", "AWS_SECRET_ACCESS_KEY": "x"}) == {
+        "PATH": "/bin",
+        "UV_SYSTEM_CERTS": "1",
+        "UV_NATIVE_TLS": "1",
+    }
+    assert installer_env({"UV_NATIVE_TLS": "0"}) == {"UV_NATIVE_TLS": "0"}
+    assert installer_env({"UV_SYSTEM_CERTS": "false"}) == {"UV_SYSTEM_CERTS": "false"}
+
+
+def test_a_password_in_a_dependency_url_is_not_in_the_failure(tmp_path: Path) -> None:
+    secret = "s3cret-pw"
+    dependency = f"nothing @ http://alice:{secret}@127.0.0.1:9/nothing-1.0.tar.gz"
+    with pytest.raises(DependencyError) as refusal:
+        ensure_venv([dependency], None, venvs_root=tmp_path, timeout_s=600)
+    assert "http://***@127.0.0.1:9/nothing-1.0.tar.gz" in refusal.value.message
+    assert secret not in refusal.value.message
+    assert secret not in json.dumps(refusal.value.details)
