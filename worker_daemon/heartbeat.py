@@ -4,8 +4,9 @@ It sends one at once (booting), one whenever the state changes (ready as soon as
 worker consumes, draining), and one every `interval_s` (10 s, jittered by ±10% so that
 workers started together do not beat together); `stop(final=...)` sends the last one
 (stopped, with the exit code). The stats come from a callable (`Worker.stats` once the
-runtime exists); the answer "drain" calls `on_drain` once, and a refused credential
-calls `on_refused` and ends the heartbeats. A control plane that cannot be reached is
+runtime exists), sent as `worker_daemon.report.heartbeat_report` shapes them; the
+answer "drain" calls `on_drain` once, and a refused credential calls `on_refused` and
+ends the heartbeats. A control plane that cannot be reached is
 logged and retried at the next beat: the worker keeps serving.
 """
 
@@ -19,37 +20,10 @@ from typing import Any
 
 from worker_daemon.control_plane import ACTION_DRAIN, ControlPlaneError, CredentialRefused
 from worker_daemon.logs import EventLog
-
-# The runtime's states (Worker.stats()["state"]) as the control plane's worker states.
-REPORTED_STATE = {
-    "starting": "booting",
-    "initializing": "booting",
-    "running": "ready",
-    "draining": "draining",
-    "stopping": "draining",
-    "stopped": "draining",  # the final heartbeat says stopped, with the exit code
-}
-_TOP_LEVEL = ("in_flight", "lag", "cache")
+from worker_daemon.report import REPORTED_STATE, heartbeat_report
 
 Send = Callable[[Mapping[str, Any]], str]
 Stats = Callable[[], Mapping[str, Any]]
-
-
-def heartbeat_report(stats: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-    """A `Worker.stats()` snapshot as a heartbeat body: state, in-flight, partition
-    numbers, lag and cache at the top, everything else under "stats"."""
-    report: dict[str, Any] = {"state": REPORTED_STATE.get(str(stats.get("state")), "booting")}
-    for name in _TOP_LEVEL:
-        if stats.get(name) is not None:
-            report[name] = stats[name]
-    partitions = stats.get("partitions")
-    if isinstance(partitions, list):
-        report["partitions"] = sorted(
-            p["partition"] for p in partitions if isinstance(p, dict) and "partition" in p
-        )
-    report["stats"] = {k: v for k, v in stats.items() if k not in report and k != "partitions"}
-    report.update(extra)
-    return report
 
 
 class Heartbeat:
@@ -137,8 +111,9 @@ class Heartbeat:
     def _tick(self) -> None:
         with self._lock:
             stats = self._stats
+        state: str | None
         try:
-            state = heartbeat_report(stats())["state"]
+            state = REPORTED_STATE.get(str(stats().get("state")), "booting")
         except Exception:
             state = self._last_state
         if state != self._last_state or self._clock() >= self._next_due:

@@ -20,6 +20,7 @@ from worker_daemon.decode import Request, decode_request
 from worker_daemon.executor import Deadlines, HandlerTimeout, Lane, run_handler
 from worker_daemon.jobs import Completion, Job, Status
 from worker_daemon.logs import EventLog
+from worker_daemon.metrics import RequestMetrics
 from worker_daemon.outcomes import DeadLetters, Failure
 
 
@@ -46,6 +47,7 @@ class RequestPipeline:
         handler: HandlerSpec,
         worker: WorkerContext,
         dead_letters: DeadLetters,
+        metrics: RequestMetrics,
         replies: Callable[[Job], None],
         completions: queue.SimpleQueue[Completion],
         deadlines: Deadlines[Job],
@@ -58,6 +60,7 @@ class RequestPipeline:
         self._handler = handler
         self._worker = worker
         self._dead_letters = dead_letters
+        self._metrics = metrics
         self._replies = replies
         self._completions = completions
         self._deadlines = deadlines
@@ -140,6 +143,7 @@ class RequestPipeline:
                 self._dead_letters.send(request, failure)
             except Exception as exc:  # the caller still gets its outcome
                 self._log.event("dlq.error", request_id=request.request_id, error=repr(exc))
+        self._metrics.observe(duration_ms=duration_ms, ok=failure is None)
         job.body = body
         job.failure = failure
         job.duration_ms = duration_ms

@@ -9,7 +9,9 @@ Programmatic use (what `memrun worker` does, see `worker_daemon.main`):
     worker.stats()                    # JSON-able, any thread
 
 Every outside dependency (broker clients, Redis, the cache, the clock, where stats go)
-is passed in, so a test hands in the real thing or a local one without patching.
+is passed in, so a test hands in the real thing or a local one without patching. Stats
+never go to the log stream: a provisioned worker's heartbeat reads `stats()`, and
+`settings.stats_path` keeps the newest snapshot in a local file.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from worker_daemon.executor import Deadlines, HandlerPool
 from worker_daemon.jobs import Completion, Job
 from worker_daemon.lag import LagProbe
 from worker_daemon.logs import EventLog
+from worker_daemon.metrics import RequestMetrics
 from worker_daemon.outcomes import DeadLetters, OutcomeStore, RedisLike
 from worker_daemon.pipeline import RequestPipeline
 from worker_daemon.replies import ReplyStage
 from worker_daemon.settings import WorkerSettings
+from worker_daemon.statsfile import stats_write
 
 EXIT_INIT_FAILED = EXIT_FAILED
 __all__ = ["EXIT_INIT_FAILED", "EXIT_OK", "EXIT_RESTART", "Worker"]
@@ -46,8 +50,8 @@ class Worker:
     until `request_stop()` (exit 0) or until too many handlers were abandoned (75).
 
     `on_stats` receives `stats()` every `settings.stats_interval_s` on the poll thread
-    (default: a `worker.stats` log line); it must return quickly, e.g. hand the
-    snapshot to a heartbeat thread.
+    (default: written to `settings.stats_path` when set, else nothing); it must return
+    quickly.
     """
 
     def __init__(
@@ -78,8 +82,9 @@ class Worker:
         self._consumer_factory = consumer_factory
         self._admin_factory = admin_factory
         self._log = log or EventLog(worker=settings.worker_id, service=service.name)
-        self._on_stats = on_stats or self._log_stats
+        self._on_stats = on_stats or self._write_stats
         self._clock = clock
+        self._metrics = RequestMetrics(clock=clock)
         self.context = WorkerContext(
             service=service.name, worker_id=settings.worker_id, cache=cache, storage=storage
         )
@@ -99,6 +104,7 @@ class Worker:
             handler=handler,
             worker=self.context,
             dead_letters=DeadLetters(producer, service=service.name, worker_id=settings.worker_id),
+            metrics=self._metrics,
             replies=self._replies.put,
             completions=self._completions,
             deadlines=self._deadlines,
@@ -168,12 +174,14 @@ class Worker:
             self._loop.request_stop()
 
     def stats(self) -> dict[str, Any]:
-        """State, in-flight, counts, assigned partitions with lag, paused, cache; JSON-able."""
+        """State, in-flight, counts, assigned partitions with lag, paused, request
+        numbers (`RequestMetrics.snapshot`), cache; JSON-able."""
         stats: dict[str, Any] = {"worker": self.settings.worker_id, "service": self.service.name}
         if self._loop is None:
             stats.update(state=self._state, in_flight=0, assigned=0)
         else:
             stats.update(self._loop.stats())
+        stats["requests"] = self._metrics.snapshot()
         try:
             stats["cache"] = self._cache.stats()
         except Exception as exc:  # stats must never stop the worker
@@ -228,5 +236,10 @@ class Worker:
     def _emit_stats(self) -> None:
         self._on_stats(self.stats())
 
-    def _log_stats(self, stats: dict[str, Any]) -> None:
-        self._log.event("worker.stats", **stats)
+    def _write_stats(self, stats: dict[str, Any]) -> None:
+        if self.settings.stats_path is None:
+            return
+        try:
+            stats_write(self.settings.stats_path, stats)
+        except OSError as exc:  # a full or read-only disk must not stop the worker
+            self._log.event("worker.stats_write_failed", error=str(exc))

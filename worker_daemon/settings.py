@@ -51,6 +51,8 @@ class WorkerSettings:
     revoke_wait_s: float = 5.0
     commit_interval_s: float = 1.0
     stats_interval_s: float = 10.0
+    # Keep the newest stats snapshot in this file (see worker_daemon/statsfile.py).
+    stats_path: Path | None = None
     poll_timeout_s: float = 0.1
     # A full pool waits this long for a slot before pausing partitions: pausing drops
     # librdkafka's prefetched messages, so pausing on every momentary full pool would

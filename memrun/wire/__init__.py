@@ -7,13 +7,14 @@
 - `archive`: reading and safely extracting a package (`inspect_package`, `extract_package`);
 - `sizes`: "32Gi" <-> bytes;
 - `install_env`: the machine settings (trust store, index, proxy) that reach a worker's
-  PEP 723 install, and `redact_urls` for the passwords an index URL may carry.
+  PEP 723 install, and `redact_urls` for the passwords an index URL may carry;
+- `stats`: the handler latency buckets a worker's heartbeat counts into.
 
 Everything here is public and stable between a control plane and its workers; a change
 that breaks either side bumps `manifest.FORMAT_VERSION`.
 """
 
-from memrun.wire import protocol
+from memrun.wire import protocol, stats
 from memrun.wire.archive import (
     DEFAULT_LIMITS,
     PackageLimits,
@@ -50,5 +51,6 @@ __all__ = [
     "read_manifest",
     "redact_urls",
     "service_config_build",
+    "stats",
     "validate_service_name",
 ]

@@ -37,6 +37,7 @@ from memrun.wire.protocol import (
     outcome_key,
 )
 from worker_daemon.logs import parse_line
+from worker_daemon.statsfile import stats_read
 
 HANDLERS = Path(__file__).parent / "handlers"
 MEMRUN = Path(sys.executable).parent / "memrun"
@@ -76,13 +77,16 @@ def make_package(dest: Path, *, service: str, handler: str = "sync_ops.py") -> P
 
 
 class WorkerProcess:
-    """`memrun worker` in a subprocess; its JSON log lines are collected as they come."""
+    """`memrun worker` in a subprocess; its JSON log lines are collected as they come, and
+    its stats are read from its stats file (MEMRUN_STATS_PATH, beside the log)."""
 
     def __init__(
         self, *, service: str, package: Path, worker_id: str, env: dict[str, str], log_path: Path
     ) -> None:
         self.worker_id = worker_id
         self.log_path = log_path
+        self.stats_path = log_path.with_suffix(".stats.json")
+        env = {**env, "MEMRUN_STATS_PATH": str(self.stats_path)}
         self._log_file = log_path.open("wb")
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -134,6 +138,18 @@ class WorkerProcess:
             return next((e for e in reversed(self.find(event)) if where(e)), None)
 
         return wait_for(found, timeout_s=timeout_s, what=f"{self.worker_id}: {event}")
+
+    def wait_stats(
+        self, *, timeout_s: float = 30.0, where: Callable[[dict[str, Any]], bool] = lambda s: True
+    ) -> dict[str, Any]:
+        """The worker's newest stats snapshot once `where` holds for it."""
+
+        def found() -> dict[str, Any] | None:
+            self.check_alive("stats")
+            stats = stats_read(self.stats_path)
+            return stats if stats is not None and where(stats) else None
+
+        return wait_for(found, timeout_s=timeout_s, what=f"{self.worker_id}: stats")
 
     def check_alive(self, waiting_for: str = "") -> None:
         code = self.proc.poll()

@@ -21,8 +21,9 @@ from worker_daemon.control_plane import (
     CredentialRefused,
     ProvisionedSettings,
 )
-from worker_daemon.heartbeat import Heartbeat, heartbeat_report
+from worker_daemon.heartbeat import Heartbeat
 from worker_daemon.logs import EventLog
+from worker_daemon.report import NAME_MAX_CHARS, heartbeat_report
 
 
 @pytest.fixture
@@ -218,25 +219,49 @@ def test_an_unreachable_control_plane_is_retried_at_the_next_beat() -> None:
         heartbeat.stop()
 
 
-def test_a_stats_snapshot_becomes_a_heartbeat_report() -> None:
+def test_a_stats_snapshot_becomes_a_compact_heartbeat_report() -> None:
     stats = {
         "worker": "w",
         "state": "running",
         "in_flight": 2,
+        "concurrency": 4,
         "lag": 4,
-        "cache": {"bytes": 10},
-        "partitions": [{"partition": 3, "lag": 4}, {"partition": 1, "lag": 0}],
+        "requests": {"total": 9, "errors": 1},
+        "cache": {
+            "requests": 10,
+            "hits": {"memory": 6, "disk": 3},
+            "misses": 1,
+            "bytes": {"memory": 60, "disk": 30, "remote": 10},
+            "memory": {"budget_bytes": 100, "named_bytes": 5, "decoded_bytes": 7},
+            "disk": {"used_bytes": 40, "capacity_bytes": 1000, "entries": 2},
+            "largest": [{"tier": "disk", "name": "s3://b/" + "k" * 1000, "size_bytes": 30}],
+        },
+        "partitions": [
+            {"topic": "t", "partition": 3, "lag": 4, "committed": 8, "high": 12},
+            {"topic": "t", "partition": 1, "lag": None, "committed": -1, "high": None},
+        ],
         "handled": 9,
+        "nested": {"not": "a counter"},
     }
-    assert heartbeat_report(stats, deployment_id=1) == {
+    report = heartbeat_report(stats, deployment_id=1)
+    cache = report.pop("cache")
+    assert report == {
         "state": "ready",
         "in_flight": 2,
+        "concurrency": 4,
         "lag": 4,
-        "cache": {"bytes": 10},
+        "requests": {"total": 9, "errors": 1},
         "partitions": [1, 3],
-        "stats": {"worker": "w", "handled": 9},
+        "partition_lag": {"3": 4},
+        "stats": {"handled": 9},
         "deployment_id": 1,
     }
+    assert cache["memory"] | cache["disk"] | cache["remote"] and cache["requests"] == 10
+    assert (cache["memory"]["hits"], cache["memory"]["used_bytes"]) == (6, 12)
+    assert (cache["disk"]["hits"], cache["disk"]["capacity_bytes"]) == (3, 1000)
+    assert (cache["remote"]["hits"], cache["remote"]["bytes"]) == (1, 10)
+    [largest] = cache["largest"]
+    assert largest["size_bytes"] == 30 and len(largest["name"]) == NAME_MAX_CHARS
 
 
 # -- the provisioned worker's flow, with a stub control plane and run_worker --------------

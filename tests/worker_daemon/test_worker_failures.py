@@ -90,8 +90,13 @@ def test_sync_handler_failures_are_answered_and_dead_lettered(
     assert records[not_json_id]["payload"] == "{not json"
     assert records[by_case["timeout"]]["error"]["timed_out"] is True
 
-    stats = worker.wait_event("worker.stats", where=lambda e: e["completed"] >= 1)
-    assert stats["state"] == "running"
+    # Numbers go to the stats (file here, heartbeat when provisioned), never the log.
+    stats = worker.wait_stats(where=lambda e: e["requests"]["total"] == 8)
+    assert stats["state"] == "running" and stats["completed"] >= 1
+    requests = stats["requests"]
+    assert requests["errors"] == 7 and sum(requests["latency_counts"]) == 8
+    assert 0 < requests["last_minute"]["requests"] <= 8
+    assert not worker.find("worker.stats")
     worker.terminate()
     assert worker.wait() == 0
     [summary] = worker.find("worker.stopped")

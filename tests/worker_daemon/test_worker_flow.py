@@ -51,8 +51,7 @@ def test_a_full_worker_pauses_stays_in_the_group_and_reports_lag(
     )
     wait_for(lambda: running(redis_client, service) == 4, what="4 handlers running")
 
-    paused = worker.wait_event(
-        "worker.stats",
+    paused = worker.wait_stats(
         # 4 running and 4 queued in the pool (prefetch): the other 32 wait in Kafka.
         where=lambda e: (
             e["paused"] and e["in_flight"] == e["max_in_flight"] == 8 and e["lag"] == 40
@@ -60,9 +59,7 @@ def test_a_full_worker_pauses_stays_in_the_group_and_reports_lag(
     )
     assert paused["partitions"] and all(p["lag"] is not None for p in paused["partitions"])
     # Paused for longer than max.poll.interval.ms, and still a member.
-    worker.wait_event(
-        "worker.stats", timeout_s=30, where=lambda e: e["ts"] > paused["ts"] + 8 and e["paused"]
-    )
+    worker.wait_stats(timeout_s=30, where=lambda e: e["ts"] > paused["ts"] + 8 and e["paused"])
     assert group_assignment(kafka_admin, service.name) == {worker.worker_id: [0, 1]}
     assert not worker.find("worker.revoked") and not worker.find("worker.lost")
     assert running(redis_client, service) == 4
@@ -71,7 +68,7 @@ def test_a_full_worker_pauses_stays_in_the_group_and_reports_lag(
     outcomes = wait_outcomes(redis_client, ids)
     assert all(o.ok and o.result == {"released": True} for o in outcomes.values())
     assert int(redis_client.get(f"{service.ns}:high")) == 4
-    drained = worker.wait_event("worker.stats", where=lambda e: e["lag"] == 0)
+    drained = worker.wait_stats(where=lambda e: e["lag"] == 0)
     assert not drained["paused"]
     wait_for(
         lambda: sum(committed_offsets(kafka_admin, service.name, service.topic, 2).values()) == 40,
@@ -92,7 +89,7 @@ def test_sigterm_finishes_in_flight_work_commits_and_exits_0(
         make_producer(service.bootstrap), service.topic, blocked_requests(service, 8)
     )
     wait_for(lambda: running(redis_client, service) == 4, what="4 handlers running")
-    worker.wait_event("worker.stats", where=lambda e: e["in_flight"] == 8)  # 4 more queued
+    worker.wait_stats(where=lambda e: e["in_flight"] == 8)  # 4 more queued
 
     worker.terminate()
     worker.wait_event("worker.draining")

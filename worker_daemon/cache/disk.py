@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import heapq
 import os
 import threading
 from collections.abc import Callable
@@ -304,6 +305,13 @@ class DiskTier:
                 "protected_bytes": self._policy.protected_bytes,
                 "index_map_size_bytes": self._index.map_size_bytes(),
             }
+
+    def largest(self, count: int) -> list[tuple[str, int]]:
+        """The `count` biggest cached files as (url, size in bytes), biggest first."""
+        with self._cond:
+            records = list(self._records.values())  # one C-level copy under the lock
+        biggest = heapq.nlargest(count, records, key=lambda record: record.size_bytes)
+        return [(record.url, record.size_bytes) for record in biggest]
 
     def _release(self, size_bytes: int) -> None:
         with self._cond:

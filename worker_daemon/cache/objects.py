@@ -7,6 +7,7 @@ least recently used first. Reads take no lock (a dict read is atomic under the G
 
 from __future__ import annotations
 
+import heapq
 import threading
 import types
 from collections import OrderedDict
@@ -122,6 +123,12 @@ class MemoryTier:
                 "evicted_bytes": self.evicted_bytes,
                 "rejected": self.rejected,
             }
+
+    def largest(self, count: int) -> list[tuple[str, int]]:
+        """The `count` biggest named objects as (name, size in bytes), biggest first."""
+        with self._lock:
+            sizes = list(self._named_sizes.items())
+        return heapq.nlargest(count, sizes, key=lambda item: item[1])
 
     def _evict_locked(self) -> None:
         while self._decoded and self._named_bytes + self._decoded_bytes > self.budget_bytes:

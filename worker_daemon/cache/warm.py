@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+LARGEST_COUNT = 10
+LARGEST_REFRESH_S = 10.0
 LOCAL_SCHEMES = {"", "file"}
 
 
@@ -66,6 +68,7 @@ class WarmCache:
         self._s3_source: S3Source | None = None
         self._s3_lock = threading.Lock()
         self._file_source = FileSource()
+        self._largest_ranked: tuple[float | None, list[dict[str, Any]]] = (None, [])
 
     @classmethod
     def open(
@@ -312,7 +315,9 @@ class WarmCache:
         return url
 
     def stats(self) -> dict[str, Any]:
-        """Counters and sizes of every tier, JSON-able (for heartbeats)."""
+        """Counters and sizes of every tier, and the biggest entries of each ("what is
+        warm where", at most LARGEST_COUNT per tier, refreshed every
+        LARGEST_REFRESH_S since ranking reads every entry); JSON-able, for heartbeats."""
         out = self._stats.as_dict()
         counters = self._disk.counters
         out["memory"] = self._memory.snapshot()
@@ -327,7 +332,22 @@ class WarmCache:
         }
         out["downloads_in_flight"] = self._files.in_flight()
         out["waiting_on_downloads"] = self._files.waiting()
+        out["largest"] = self._largest()
         return out
+
+    def _largest(self) -> list[dict[str, Any]]:
+        now = self._clock()
+        ranked_at, ranked = self._largest_ranked
+        if ranked_at is None or now - ranked_at >= LARGEST_REFRESH_S:
+            ranked = [
+                {"tier": "memory", "name": name, "size_bytes": size}
+                for name, size in self._memory.largest(LARGEST_COUNT)
+            ] + [
+                {"tier": "disk", "name": url, "size_bytes": size}
+                for url, size in self._disk.largest(LARGEST_COUNT)
+            ]
+            self._largest_ranked = (now, ranked)
+        return ranked
 
     def close(self) -> None:
         """Write pending index updates and release the cache folder."""
