@@ -4,12 +4,14 @@ from django.urls import path, re_path
 from django.views.generic import RedirectView
 from django.views.static import serve
 
+from apps.workers.views import metrics
 from memrun_site.api import api
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index"), name="home"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
+    path("metrics", metrics, name="metrics"),
 ]
 
 if settings.MEMRUN_SERVE_STATIC:

@@ -4,7 +4,7 @@ unknown fields."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.utils import timezone
 from ninja import Field, Schema
@@ -13,6 +13,7 @@ from pydantic import ConfigDict
 from apps.workers.liveness import heartbeat_age_s, liveness
 from apps.workers.models import Worker, WorkerLogLine
 from apps.workers.selectors import LOG_DEFAULT_LIMIT, LOG_MAX_LIMIT
+from memrun.wire.stats import LATENCY_BUCKETS
 
 
 class WorkerOut(Schema):
@@ -70,16 +71,39 @@ class WorkerOut(Schema):
         return value if isinstance(value, int) else None
 
 
+class LatencyWindowIn(Schema):
+    requests: int = Field(0, ge=0)
+    errors: int = Field(0, ge=0)
+    latency_counts: list[Annotated[int, Field(ge=0)]] = Field(
+        [], max_length=LATENCY_BUCKETS, description="per bucket of memrun.wire.stats"
+    )
+
+
+class RequestsIn(LatencyWindowIn):
+    """Handled requests since the worker started, and over the last minute; handler
+    latency counted into the fixed buckets of `memrun.wire.stats.LATENCY_BOUNDS_MS`."""
+
+    total: int = Field(0, ge=0)
+    latency_sum_ms: float = Field(0.0, ge=0)
+    last_minute: LatencyWindowIn = LatencyWindowIn()
+
+
 class HeartbeatIn(Schema):
-    """A worker's report of itself. Besides the fields named here, anything in `stats`
-    (counts, cache, partition details) is kept as reported."""
+    """A worker's report of itself (worker_daemon/report.py shapes it). Besides the
+    fields named here, the counters in `stats` are kept as reported; the whole report
+    is at most `services.HEARTBEAT_MAX_BYTES` of JSON."""
 
     state: Literal["booting", "ready", "draining", "stopped"]
     deployment_id: int | None = None
     in_flight: int = Field(0, ge=0)
+    concurrency: int | None = Field(None, ge=0)
     partitions: list[int] = []
+    partition_lag: dict[str, int] = Field({}, description="lag of each owned partition")
     lag: int | None = None
-    cache: dict[str, Any] = {}
+    requests: RequestsIn | None = None
+    cache: dict[str, Any] = Field(
+        {}, description="per tier (memory, disk, remote): hits, used/capacity bytes; largest"
+    )
     exit_code: int | None = Field(None, description="with state stopped: the exit code")
     error: str = Field("", description="with state stopped: why it could not run")
     stats: dict[str, Any] = {}

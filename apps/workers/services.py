@@ -12,6 +12,7 @@ MEMRUN_LOG_RETENTION_S by the worker's clock) between two prunes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +37,9 @@ REPORTED_STATES = (
     WorkerState.STOPPED,
 )
 RUNNING_STATES = (WorkerState.PROVISIONING, WorkerState.BOOTING, WorkerState.READY)
+# A heartbeat's stats are kept on the Worker row: bounded, so 500 workers stay cheap to
+# read (the worker sends a few KB: totals, owned partitions' lag, top cache entries).
+HEARTBEAT_MAX_BYTES = 64 * 1024
 Action = Literal["run", "drain"]
 ACTION_RUN: Action = "run"
 ACTION_DRAIN: Action = "drain"
@@ -93,6 +97,14 @@ def worker_heartbeat(
             f"state must be one of {', '.join(REPORTED_STATES)}; got {state!r}",
             status=422,
             details={"fields": {"state": [f"one of {', '.join(REPORTED_STATES)}"]}},
+        )
+    size = len(json.dumps(stats, default=str))
+    if size > HEARTBEAT_MAX_BYTES:
+        raise DomainError(
+            f"the heartbeat's stats are {size} bytes of JSON; the limit is "
+            f"{HEARTBEAT_MAX_BYTES}: send totals and owned partitions only",
+            status=422,
+            details={"size": size, "limit": HEARTBEAT_MAX_BYTES},
         )
     now = now or timezone.now()
     with transaction.atomic():
