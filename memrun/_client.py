@@ -7,7 +7,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -234,6 +234,31 @@ class Client:
         dead ones too): state, liveness, version, heartbeat age, in-flight, partitions, lag."""
         query = "?all=true" if include_finished else ""
         return self._call_list("GET", f"{_service_path(service)}/workers{query}")
+
+    # -- dead letters: a service's failed requests, and replaying them -------------------
+
+    def dead_letters(
+        self, service: str, *, limit: int = 50, before: str | None = None
+    ) -> dict[str, Any]:
+        """A page of `service`'s failed and timed-out requests, newest first:
+        `{"items": [...], "next_cursor": str | None}`; pass `next_cursor` as `before`
+        for the older ones."""
+        query = urllib.parse.urlencode({"limit": limit, **({"before": before} if before else {})})
+        path = f"{_service_path(service)}/dead-letters?{query}"
+        return self._call("GET", path, timeout_s=self.timeout_s)
+
+    def dead_letter(self, service: str, dead_letter_id: str) -> dict[str, Any]:
+        """One dead letter with its payload, traceback and replays."""
+        path = f"{_service_path(service)}/dead-letters/{urllib.parse.quote(dead_letter_id)}"
+        return self._call("GET", path, timeout_s=self.timeout_s)
+
+    def replay(self, service: str, dead_letter_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Run dead letters again (same key and payload, attempt + 1); one record per id
+        with the new `request_id` to poll with `result`. ApiError 404 for an unknown id,
+        and then nothing is replayed."""
+        path = f"{_service_path(service)}/dead-letters/replay"
+        payload = {"ids": list(dead_letter_ids)}
+        return list(self._send("POST", path, payload, timeout_s=self.timeout_s))
 
     # -- worker logs: a service's lines, merged across its workers, page by page ---------
 

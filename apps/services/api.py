@@ -8,16 +8,20 @@ from django.http import FileResponse, HttpRequest, HttpResponse
 from ninja import Query, Router, Status
 
 from apps.common.errors import DomainError
-from apps.services import deployments, invoke, selectors, services, uploads
+from apps.services import deadletters, deployments, invoke, selectors, services, uploads
 from apps.services.artifacts import artifact_open
 from apps.services.auth import ApiTokenAuth, SessionCsrfAuth, api_auth
 from apps.services.health import health_check
 from apps.services.models import ApiToken, Deployment, Service
 from apps.services.schemas import (
+    DeadLetterDetailOut,
+    DeadLetterPageOut,
     DeploymentOut,
     ErrorOut,
     HealthComponentOut,
     HealthOut,
+    ReplayIn,
+    ReplayOut,
     RequestOut,
     RollbackIn,
     ServiceIn,
@@ -138,6 +142,54 @@ def requests_get(request: HttpRequest, request_id: str, wait: float = 0.0) -> St
     """The request's state; with `wait`, block up to that long for its outcome."""
     state = invoke.request_wait(request_id=request_id, wait_s=_wait_seconds(wait))
     return Status(200, state.to_api())
+
+
+@router.get(
+    "/services/{name}/dead-letters",
+    response={200: DeadLetterPageOut, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
+    tags=["dead letters"],
+)
+def deadletters_list(
+    request: HttpRequest,
+    name: str,
+    limit: int = Query(50, ge=1, le=deadletters.PAGE_MAX),
+    before: str | None = None,
+) -> deadletters.DeadLetterPage:
+    """The service's failed and timed-out requests on `memrun.dlq.{name}`, newest first;
+    pass `next_cursor` as `before` for the next page."""
+    service = selectors.service_get(name=name)
+    return deadletters.deadletter_list(service=service, limit=limit, before=before)
+
+
+# Before the {dead_letter_id} route, which would otherwise match "replay".
+@router.post(
+    "/services/{name}/dead-letters/replay",
+    response={201: list[ReplayOut], 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
+    tags=["dead letters"],
+    summary="Run dead letters again: same key and payload, attempt + 1, as new requests",
+)
+def deadletters_replay(request: HttpRequest, name: str, payload: ReplayIn) -> Status[list]:
+    """Every id is checked before anything is produced (an unknown one is a 404). Each
+    replay is recorded with who and when; poll the new `request_id` for its outcome."""
+    replays = deadletters.deadletter_replay(
+        service=selectors.service_get(name=name),
+        dead_letter_ids=payload.ids,
+        actor=request.auth,
+    )
+    return Status(201, replays)
+
+
+@router.get(
+    "/services/{name}/dead-letters/{dead_letter_id}",
+    response={200: DeadLetterDetailOut, 404: ErrorOut, 503: ErrorOut},
+    tags=["dead letters"],
+)
+def deadletters_get(request: HttpRequest, name: str, dead_letter_id: str) -> dict[str, Any]:
+    """One dead letter with its payload, traceback and the replays made of it."""
+    service = selectors.service_get(name=name)
+    letter = deadletters.deadletter_get(service=service, dead_letter_id=dead_letter_id)
+    replays = deadletters.deadletter_replay_list(service=service, dead_letter_id=letter.id)
+    return {**letter.__dict__, "replays": list(replays)}
 
 
 @router.get("/tokens", response=list[TokenOut], tags=["tokens"])

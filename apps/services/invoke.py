@@ -135,6 +135,15 @@ def request_submit(
             f"the payload is not valid JSON: {exc}", status=400, details={"body": str(exc)}
         ) from None
     key = sticky_key_for(template=sticky_template, payload=payload)
+    return request_produce(service=service, key=key, body=body, timeout_seconds=timeout_seconds)
+
+
+def request_produce(
+    *, service: str, key: str | None, body: bytes, timeout_seconds: int, attempt: int = 1
+) -> str:
+    """Produce `body` with Kafka key `key` to the service's request topic as a new
+    request (its record kept for GET /requests/{id}); return its id once Kafka has it.
+    `attempt` > 1 marks a replay of a failed request."""
     request_id = protocol.new_request_id()
     submitted_ms = protocol.now_ms()
     record = {"service": service, "key": key, "submitted_ms": submitted_ms}
@@ -152,6 +161,7 @@ def request_submit(
             headers=protocol.encode_headers(
                 request_id=request_id,
                 deadline_ms=submitted_ms + timeout_seconds * 1000,
+                attempt=attempt,
                 submitted_ms=submitted_ms,
             ),
             on_delivery=delivery,

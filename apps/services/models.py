@@ -244,3 +244,25 @@ class DeploymentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment}: {self.from_status or '-'} -> {self.to_status}"
+
+
+class DeadLetterReplay(models.Model):
+    """One replay of a dead letter (a record on `memrun.dlq.{service}`, named by its
+    partition and offset): who asked, when, and the new request it became."""
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="replays")
+    dead_letter_id = models.CharField(max_length=40, help_text="{partition}-{offset} on the DLQ")
+    original_request_id = models.CharField(max_length=100)
+    request_id = models.CharField(max_length=100, help_text="the new request, to poll")
+    attempt = models.PositiveIntegerField()
+    actor = models.CharField(max_length=150)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["service", "-at", "-id"]
+        indexes = [
+            models.Index(fields=["service", "dead_letter_id"], name="replay_service_letter"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service.name} {self.dead_letter_id} -> {self.request_id}"

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from django.urls import reverse
-from ninja import Schema
+from ninja import Field, Schema
 from pydantic import ConfigDict, PlainValidator, WithJsonSchema
 
 from apps.services.models import Deployment, Service
@@ -203,3 +203,49 @@ class RollbackIn(Schema):
 
     version: int | None = None
     message: str = ""
+
+
+class DeadLetterOut(Schema):
+    """A failed or timed-out request as its worker recorded it on the DLQ. `id` is
+    `{partition}-{offset}` there; `attempt` the attempt that failed."""
+
+    id: str
+    request_id: str
+    key: str | None
+    error_type: str
+    error_message: str
+    timed_out: bool
+    attempt: int
+    worker: str
+    failed_at: datetime
+
+
+class ReplayOut(Schema):
+    """A replay: the dead letter, the new request it became (poll GET /requests/{id}),
+    who asked and when."""
+
+    dead_letter_id: str
+    original_request_id: str
+    request_id: str
+    attempt: int
+    actor: str
+    at: datetime
+
+
+class DeadLetterDetailOut(DeadLetterOut):
+    """One dead letter with its payload, traceback, and the replays made of it."""
+
+    payload: str
+    traceback: str
+    replays: list[ReplayOut]
+
+
+class DeadLetterPageOut(Schema):
+    items: list[DeadLetterOut]
+    next_cursor: str | None = None
+
+
+class ReplayIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(description="dead letter ids to replay, each once")

@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     "memrun.cli.scale",
     "memrun.cli.workers",
     "memrun.cli.logs",
+    "memrun.cli.dlq",
 ]
 
 
