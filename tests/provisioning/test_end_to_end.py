@@ -347,3 +347,52 @@ def test_pep723_dependencies_install_with_the_machines_settings_and_no_secrets(
         assert seen.get(name) == os.environ.get(name), name
     worker_settings = {"REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"}
     assert not (worker_secrets | appliance_only | worker_settings) & set(seen)
+
+
+def test_an_idle_workers_stats_go_to_its_heartbeats_not_its_log(
+    scenario: Scenario,
+    settings: Any,
+    live_server: Any,
+    api_token: tuple[Any, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from memrun.cli import main
+
+    # Stats every 0.2 s: ten seconds idle are fifty stats rounds, eight minutes' worth.
+    settings.MEMRUN_WORKER_EXTRA_ENV = {
+        **settings.MEMRUN_WORKER_EXTRA_ENV,
+        "MEMRUN_STATS_INTERVAL_S": "0.2",
+    }
+    v1 = scenario.deploy("echo.py")
+    scenario.until(lambda: scenario.status(v1) == "active", "v1 to be live")
+    [worker] = scenario.workers("ready")
+    [answer] = scenario.outcomes(scenario.submit(range(1)))
+    assert answer.ok
+
+    def idle_and_reported() -> bool:
+        worker.refresh_from_db()
+        assert worker.last_heartbeat_at is not None and worker.ready_at is not None
+        idle = worker.last_heartbeat_at - worker.ready_at >= timedelta(seconds=10)
+        return idle and (worker.stats.get("requests") or {}).get("total") == 1
+
+    wait_for(idle_and_reported, timeout_s=BOOT_TIMEOUT_S, what="ten idle seconds of heartbeats")
+    # The numbers travel in the heartbeat.
+    assert worker.stats["partitions"] and set(worker.stats["partition_lag"]) <= {
+        str(p) for p in worker.stats["partitions"]
+    }
+    assert worker.stats["requests"]["last_minute"]["requests"] == 1
+    assert {"memory", "disk", "remote"} <= set(worker.stats["cache"])
+
+    monkeypatch.setenv("MEMRUN_URL", live_server.url)
+    monkeypatch.setenv("MEMRUN_TOKEN", api_token[1])
+
+    def shipped() -> list[str]:
+        main(["logs", scenario.name, "-n", "1000"])
+        lines = capsys.readouterr().out.splitlines()
+        return lines if any(" request " in line for line in lines) else []
+
+    lines = wait_for(shipped, timeout_s=60, what="the request's log line, shipped")
+    assert not [line for line in lines if "worker.stats" in line]
+    # Boot, assignment and the one request: a person can read it.
+    assert len(lines) < 40, "\n".join(lines)
