@@ -245,6 +245,10 @@ CELERY_BEAT_SCHEDULE["prune_worker_logs"] = {
 MEMRUN_CONTROL_PLANE_URL = env_str("MEMRUN_CONTROL_PLANE_URL", "http://127.0.0.1:8000")
 MEMRUN_WORKER_BOOT_TIMEOUT_S = float(env_int("MEMRUN_WORKER_BOOT_TIMEOUT_S", 600))
 MEMRUN_WORKER_DRAIN_GRACE_S = float(env_int("MEMRUN_WORKER_DRAIN_GRACE_S", 60))
+# A stopped worker's credential still delivers log lines this long after it stopped: its
+# last lines are shipped after its final heartbeat, within a few seconds (its shipper's
+# close timeout); a minute covers a slow control plane, and no more (apps/workers/auth.py).
+MEMRUN_WORKER_LOG_GRACE_S = 60.0
 # Handed to every worker as is: the data path's S3 (never cloud or admin credentials, I8).
 MEMRUN_WORKER_S3_ENV = {
     name: os.environ[name]

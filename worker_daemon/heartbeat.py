@@ -22,6 +22,10 @@ from worker_daemon.control_plane import ACTION_DRAIN, ControlPlaneError, Credent
 from worker_daemon.logs import EventLog
 from worker_daemon.report import REPORTED_STATE, heartbeat_report
 
+# A worker reporting these is stopping already: a drain answer only acknowledges it, and
+# is not logged (else it would follow the worker's summary as its last line).
+_STOPPING_STATES = ("draining", "stopped")
+
 Send = Callable[[Mapping[str, Any]], str]
 Stats = Callable[[], Mapping[str, Any]]
 
@@ -136,7 +140,8 @@ class Heartbeat:
             return
         self.sent += 1
         if action == ACTION_DRAIN and not self._drain.is_set():
-            self._log.event("heartbeat.drain_requested")
+            if state not in _STOPPING_STATES:
+                self._log.event("heartbeat.drain_requested")
             self._drain.set()
             with self._lock:
                 on_drain = self._on_drain

@@ -12,11 +12,13 @@ set); a worker run by hand logs to stdout only.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TextIO
 
@@ -192,13 +194,18 @@ class LogShipping:
         self._events = EventLog(**self._static)
 
     def close(self, timeout_s: float | None = None) -> bool:
-        """Stop capturing, send what is queued; True if nothing was left behind."""
-        if self._streams is not None:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            sys.stdout, sys.stderr = self._streams
-            self._streams = None
-        return self.shipper.close(timeout_s)
+        """Stop capturing, send what is queued; True if nothing was left behind.
+
+        SIGTERM is ignored meanwhile: a supervisor stopping a worker that has drained
+        sends it again, and the default action would lose the last lines. The close is
+        bounded by the shipper's close timeout, and SIGKILL still ends it."""
+        with _sigterm_ignored():
+            if self._streams is not None:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                sys.stdout, sys.stderr = self._streams
+                self._streams = None
+            return self.shipper.close(timeout_s)
 
     def __enter__(self) -> LogShipping:
         return self
@@ -214,3 +221,16 @@ class LogShipping:
     def _report(self, event: str, /, **fields: Any) -> None:
         self._events.event(event, **fields)
         self._events.flush()
+
+
+@contextlib.contextmanager
+def _sigterm_ignored() -> Iterator[None]:
+    """SIGTERM ignored within, if this is the main thread (only it may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -13,7 +13,7 @@ from apps.common.errors import DomainError
 from apps.services.schemas import ErrorOut
 from apps.services.selectors import service_get
 from apps.workers import selectors, services
-from apps.workers.auth import worker_auth, worker_require_self
+from apps.workers.auth import worker_auth, worker_log_auth, worker_require_self
 from apps.workers.models import Worker
 from apps.workers.schemas import (
     HeartbeatIn,
@@ -89,7 +89,7 @@ def workers_heartbeat(request: HttpRequest, name: str, payload: HeartbeatIn) -> 
 
 @router.post(
     "/workers/{name}/logs",
-    auth=worker_auth,
+    auth=worker_log_auth,
     response={201: LogIngestOut, 403: ErrorOut, 413: ErrorOut, 422: ErrorOut},
     openapi_extra=_INGEST_BODY,
     summary="Store a batch of the calling worker's log lines (worker credential)",

@@ -3,14 +3,21 @@
 
 A worker may act only on itself and its own service: routes taking a worker name or a
 service check it with `worker_require_self` / `worker_require_service`. A stopped or dead
-worker's credential is refused, so destroying a worker also retires its secret.
+worker's credential is refused, so destroying a worker also retires its secret, with one
+exception: `worker_log_auth` still takes a stopped worker's log lines for
+MEMRUN_WORKER_LOG_GRACE_S after it stopped (its last lines leave after its final
+heartbeat). A dead worker's credential (declared dead by the control plane: revoked) and
+an unknown one are refused at once.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest
+from django.utils import timezone
 from ninja.security import HttpBearer
 
 from apps.common.credentials import WORKER_TOKEN_PREFIX
@@ -27,12 +34,32 @@ class WorkerAuth(HttpBearer):
         if not token.startswith(WORKER_TOKEN_PREFIX):
             return None
         worker = worker_get_by_credential(credential=token)
-        if worker is None or worker.state in Worker.FINISHED_STATES:
-            return None
-        return worker
+        return worker if worker is not None and self.accepts(worker) else None
+
+    def accepts(self, worker: Worker) -> bool:
+        return worker.state not in Worker.FINISHED_STATES
 
 
 worker_auth = WorkerAuth()
+
+
+class WorkerLogAuth(WorkerAuth):
+    """Bearer auth for a worker's log ingest: a running worker, or one that stopped less
+    than MEMRUN_WORKER_LOG_GRACE_S ago. A stopping worker marks itself stopped in its
+    final heartbeat and only then sends what its shipper still holds (its summary line,
+    the last things its handler printed), within the shipper's close timeout of a few
+    seconds. The grace is bounded so that a stopped worker's secret, if it leaked, cannot
+    write into the logs for long."""
+
+    def accepts(self, worker: Worker) -> bool:
+        if worker.state != Worker.State.STOPPED:
+            return super().accepts(worker)
+        grace = timedelta(seconds=settings.MEMRUN_WORKER_LOG_GRACE_S)
+        stopped_at = worker.state_changed_at
+        return stopped_at is not None and timezone.now() - stopped_at <= grace
+
+
+worker_log_auth = WorkerLogAuth()
 
 
 def worker_require_self(*, request: HttpRequest, name: str) -> Worker:

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from apps.services.models import Service
 from apps.workers.models import Worker, WorkerLogLine
-from apps.workers.services import worker_create, worker_mark_stopped
+from apps.workers.services import worker_create, worker_mark_dead, worker_mark_stopped
 
 pytestmark = pytest.mark.django_db
 
@@ -87,15 +87,41 @@ def test_a_worker_may_not_post_for_another(service: Service, worker: tuple[Worke
     assert not WorkerLogLine.objects.filter(worker=them).exists()
 
 
-def test_user_tokens_and_retired_workers_cannot_post(
+def test_user_tokens_and_unknown_credentials_cannot_post(
     api_client: Client, worker: tuple[Worker, Client]
 ) -> None:
-    me, client = worker
+    me, _client = worker
     body = {"lines": lines(timezone.now(), 1)}
     assert post(api_client, me.name, body).status_code == 401
     assert post(Client(), me.name, body).status_code == 401
+    unknown = Client(headers={"Authorization": "Bearer mrw_not-a-worker-credential"})
+    assert post(unknown, me.name, body).status_code == 401
+    assert not WorkerLogLine.objects.exists()
+
+
+def test_a_stopped_worker_delivers_its_last_lines_within_the_grace_only(
+    settings: Any, worker: tuple[Worker, Client]
+) -> None:
+    me, client = worker
     worker_mark_stopped(worker=me, reason="test")
-    assert post(client, me.name, body).status_code == 401
+    heartbeat = client.post(
+        f"/api/v1/workers/{me.name}/heartbeat", {"state": "ready"}, content_type=JSON
+    )
+    assert heartbeat.status_code == 401  # it may no longer act: only its last lines arrive
+    assert post(client, me.name, {"lines": lines(timezone.now(), 2)}).status_code == 201
+
+    grace = timedelta(seconds=settings.MEMRUN_WORKER_LOG_GRACE_S)
+    Worker.objects.filter(pk=me.pk).update(
+        state_changed_at=timezone.now() - grace - timedelta(seconds=1)
+    )
+    assert post(client, me.name, {"lines": lines(timezone.now(), 1)}).status_code == 401
+    assert WorkerLogLine.objects.filter(worker=me).count() == 2
+
+
+def test_a_dead_workers_credential_is_refused_at_once(worker: tuple[Worker, Client]) -> None:
+    me, client = worker
+    worker_mark_dead(worker=me, reason="no heartbeat")
+    assert post(client, me.name, {"lines": lines(timezone.now(), 1)}).status_code == 401
     assert not WorkerLogLine.objects.exists()
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from memrun import Client
+from memrun.cli.logs import log_lines
 from memrun.packaging import build_package
 from memrun.wire import install_env_pick
 from tests.fixtures.envprobe import probe_index
@@ -77,11 +79,12 @@ def supervisor(home: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 
 class Scenario:
-    def __init__(self, name: str, home: Path, tmp: Path, redis: Any) -> None:
+    def __init__(self, name: str, home: Path, tmp: Path, redis: Any, client: Client) -> None:
         self.name = name
         self.home = home
         self.tmp = tmp
         self.redis = redis
+        self.client = client
 
     @property
     def service(self) -> Any:
@@ -133,6 +136,10 @@ class Scenario:
         path = self.home / "workers" / worker / "worker.log"
         return path.read_text() if path.exists() else ""
 
+    def shipped_lines(self, worker: str) -> list[dict[str, Any]]:
+        """The worker's lines as `memrun logs NAME --worker W` reads them from the API."""
+        return list(log_lines(self.client, self.name, worker=worker, limit=1000))
+
     def submit(self, users: range) -> list[str]:
         return [self.submit_payload({"user": user}, sticky_template="user") for user in users]
 
@@ -160,8 +167,11 @@ def scenario(
     service_name: Callable[[], str],
     tmp_path: Path,
     redis_client: Any,
+    live_server: Any,
+    api_token: tuple[Any, str],
 ) -> Scenario:
-    return Scenario(service_name(), home, tmp_path, redis_client)
+    client = Client(live_server.url, api_token[1])
+    return Scenario(service_name(), home, tmp_path, redis_client, client)
 
 
 def test_deploy_invoke_scale_and_replace_dead_workers(scenario: Scenario) -> None:
@@ -195,7 +205,17 @@ def test_deploy_invoke_scale_and_replace_dead_workers(scenario: Scenario) -> Non
     assert all(o is not None and o.ok for o in outcomes)
     assert len({o.result["worker"] for o in outcomes}) >= 2
     for drained in scenario.workers("stopped"):
-        assert '"event":"worker.stopped"' in scenario.log_of(drained.name)
+        # Its last line leaves after its final heartbeat marked it stopped, and arrives.
+        last = json.loads(scenario.log_of(drained.name).splitlines()[-1])
+        assert last["event"] == "worker.stopped"
+
+        def last_line_shipped(name: str = drained.name, uptime_s: float = last["uptime_s"]) -> bool:
+            return any(
+                line["event"] == "worker.stopped" and line["fields"]["uptime_s"] == uptime_s
+                for line in scenario.shipped_lines(name)
+            )
+
+        wait_for(last_line_shipped, timeout_s=30, what=f"{drained.name}'s last line in its logs")
 
     # kill -9: the supervisor restarts it under the same name, and it serves again.
     [survivor] = scenario.workers("ready")

@@ -5,10 +5,11 @@ injected clock)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -22,7 +23,7 @@ from worker_daemon.control_plane import (
     ProvisionedSettings,
 )
 from worker_daemon.heartbeat import Heartbeat
-from worker_daemon.logs import EventLog
+from worker_daemon.logs import EventLog, parse_line
 from worker_daemon.report import NAME_MAX_CHARS, heartbeat_report
 
 
@@ -146,11 +147,17 @@ class FakeClock:
         return self.now
 
 
-def make_heartbeat(send: Recorder, stats: dict[str, Any], clock: FakeClock, **kw: Any) -> Heartbeat:
+def make_heartbeat(
+    send: Recorder,
+    stats: dict[str, Any],
+    clock: FakeClock,
+    log: BinaryIO | None = None,
+    **kw: Any,
+) -> Heartbeat:
     return Heartbeat(
         send=send,
         stats=lambda: dict(stats),
-        log=EventLog(stream=open("/dev/null", "wb")),
+        log=EventLog(stream=log or open("/dev/null", "wb")),
         interval_s=10.0,
         check_interval_s=0.01,
         clock=clock,
@@ -192,6 +199,32 @@ def test_drain_is_passed_on_once_even_before_the_worker_exists() -> None:
         assert drained == [1]
     finally:
         heartbeat.stop()
+
+
+def test_a_drain_answer_to_a_stopping_worker_is_not_logged() -> None:
+    send, clock, stats = Recorder(), FakeClock(), {"state": "running"}
+    send.answer = "drain"
+    log = io.BytesIO()
+    heartbeat = make_heartbeat(send, stats, clock, log)
+    heartbeat.start()
+    try:
+        wait_for(lambda: heartbeat.drain_requested, what="the drain answer")
+    finally:
+        heartbeat.stop()
+    assert [parse_line(line)["event"] for line in log.getvalue().splitlines()] == [
+        "heartbeat.drain_requested"
+    ]
+
+    send, stopping_log = Recorder(), io.BytesIO()
+    send.answer = "drain"
+    heartbeat = make_heartbeat(send, {"state": "stopping"}, clock, stopping_log)
+    heartbeat.start()
+    try:
+        wait_for(lambda: heartbeat.drain_requested, what="the drain answer")
+    finally:
+        heartbeat.stop(final={"state": "stopped", "exit_code": 0})
+    assert send.states() == ["draining", "stopped"]
+    assert stopping_log.getvalue() == b""
 
 
 def test_a_refused_credential_ends_the_heartbeats() -> None:

@@ -9,6 +9,8 @@ import contextlib
 import io
 import json
 import logging
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -384,6 +386,40 @@ def test_capture_ships_events_records_and_printed_lines(plane: FakeControlPlane)
     assert json.loads(printed_out[0])["worker"] == "w-1"
     assert "hello from a handler" in printed_out
     assert err.getvalue() == b"oops\n"
+
+
+_CLOSING_WORKER = """
+import sys
+from worker_daemon.logcapture import LogShipping
+from worker_daemon.logship import HttpLogTransport, ShipSettings
+
+transport = HttpLogTransport(url=sys.argv[1], worker_id="w-1", token="mrw_x")
+shipping = LogShipping(transport, ShipSettings(interval_s=600, close_timeout_s=30))
+shipping.shipper.start()
+shipping.capture()
+print("the last line")
+sys.exit(0 if shipping.close() else 3)
+"""
+
+
+def test_a_sigterm_while_closing_does_not_lose_the_last_lines(plane: FakeControlPlane) -> None:
+    """A supervisor stops a worker it had drained with one more SIGTERM, which may come
+    while the worker ships its last lines."""
+    plane.hold.clear()
+    process = subprocess.Popen(
+        [sys.executable, "-c", _CLOSING_WORKER, plane.url],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        assert plane.holding.wait(WAIT_S), "the closing worker never sent its lines"
+        process.send_signal(signal.SIGTERM)
+        plane.hold.set()
+        assert process.wait(WAIT_S) == 0
+    finally:
+        process.kill()
+        process.wait()
+    assert [line["message"] for line in plane.lines] == ["the last line"]
 
 
 def test_shipping_is_off_without_the_provisioner_env() -> None:
