@@ -1,19 +1,18 @@
-"""`Client`: deploy and call services over the control plane's REST API (stdlib HTTP only)."""
+"""`Client`: deploy and call services over the control plane's REST API (through
+`memrun.httpclient`, which owns pooling, timeouts, retries and the error shape)."""
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from memrun.errors import ApiError, HandlerError, RequestTimeout
+from memrun.errors import HandlerError, RequestTimeout
 from memrun.home import default_token, default_url
+from memrun.httpclient import HttpClient
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,8 @@ ProgressCallback = Callable[[int, int], None]
 
 class Client:
     """A memrun control plane at `url` (MEMRUN_URL), authenticated by `token` (MEMRUN_TOKEN
-    or the local CLI token)."""
+    or the local CLI token). Keeps a pool of connections: `close()` it (or use it as a
+    context manager) when done."""
 
     def __init__(
         self, url: str | None = None, token: str | None = None, *, timeout_s: float = 30.0
@@ -84,6 +84,21 @@ class Client:
         self.url = (url or default_url()).rstrip("/")
         self.token = token or default_token()
         self.timeout_s = timeout_s
+        self._http = HttpClient(
+            self.url,
+            token=self.token,
+            timeout_s=timeout_s,
+            unreachable_hint="is `memrun up` running?",
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def invoke(self, service: str, payload: Any, *, wait: float = 30.0) -> Any:
         """Run `payload` through `service` and return the handler's result.
@@ -124,11 +139,11 @@ class Client:
         path = f"{_service_path(service)}/deployments" + (f"?{query}" if query else "")
         with package.open("rb") as stream:
             total = os.fstat(stream.fileno()).st_size
-            upload = _ProgressReader(stream, total, progress)
             headers = {"Content-Type": "application/gzip", "Content-Length": str(total)}
-            return Deployment.from_api(
-                self._call("POST", path, upload=upload, headers=headers, timeout_s=self.timeout_s)
+            body = self._http.call(
+                "POST", path, content=_chunks(stream, total, progress), headers=headers
             )
+            return Deployment.from_api(dict(body))
 
     def deployments(self, service: str, *, limit: int = 20) -> list[Deployment]:
         """The service's deployments, newest first."""
@@ -165,59 +180,15 @@ class Client:
         return f"{self.url}{_service_path(service)}/invoke"
 
     def _call_list(self, method: str, path: str) -> list[dict[str, Any]]:
-        return list(self._send(method, path, timeout_s=self.timeout_s))
+        return list(self._http.call(method, path))
 
     def _call(
-        self,
-        method: str,
-        path: str,
-        payload: Any = None,
-        *,
-        timeout_s: float,
-        upload: _ProgressReader | None = None,
-        headers: dict[str, str] | None = None,
+        self, method: str, path: str, payload: Any = None, *, timeout_s: float
     ) -> dict[str, Any]:
-        return dict(
-            self._send(method, path, payload, timeout_s=timeout_s, upload=upload, headers=headers)
-        )
-
-    def _send(
-        self,
-        method: str,
-        path: str,
-        payload: Any = None,
-        *,
-        timeout_s: float,
-        upload: _ProgressReader | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Any:
         """The JSON answer; ApiError with the control plane's message for any error."""
-        data: bytes | _ProgressReader | None = upload
-        request_headers = {"Accept": "application/json", **(headers or {})}
-        if payload is not None:
-            data = json.dumps(payload).encode()
-            request_headers["Content-Type"] = "application/json"
-        if self.token:
-            request_headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(
-            self.url + path, data=data, method=method, headers=request_headers
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                return json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            raise _api_error(exc) from None
-        except urllib.error.URLError as exc:
-            if upload is not None and isinstance(exc.reason, _CLOSED_MIDWAY):
-                raise ApiError(
-                    f"memrun at {self.url} closed the connection during the upload "
-                    f"({exc.reason}); the package may be over its size limit",
-                    status=0,
-                ) from None
-            raise ApiError(
-                f"cannot reach memrun at {self.url}: {exc.reason}; is `memrun up` running?",
-                status=0,
-            ) from None
+        if payload is None:
+            return dict(self._http.call(method, path, timeout_s=timeout_s))
+        return dict(self._http.call(method, path, json=payload, timeout_s=timeout_s))
 
     # -- running workers: scaling and the workers of a service --------------------------
 
@@ -258,7 +229,7 @@ class Client:
         and then nothing is replayed."""
         path = f"{_service_path(service)}/dead-letters/replay"
         payload = {"ids": list(dead_letter_ids)}
-        return list(self._send("POST", path, payload, timeout_s=self.timeout_s))
+        return list(self._http.call("POST", path, json=payload))
 
     # -- worker logs: a service's lines, merged across its workers, page by page ---------
 
@@ -283,38 +254,21 @@ class Client:
         return self._call("GET", f"{_service_path(service)}/logs?{query}", timeout_s=self.timeout_s)
 
 
-# The server closed the connection while the body was still going out: it answered early.
-_CLOSED_MIDWAY = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+_CHUNK = 64 * 1024
 
 
-class _ProgressReader:
-    """A file read in chunks by http.client, reporting each one to `progress`."""
-
-    def __init__(self, stream: BinaryIO, total: int, progress: ProgressCallback | None) -> None:
-        self._stream = stream
-        self._total = total
-        self._progress = progress
-        self._sent = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self._sent += len(data)
-        if self._progress is not None and data:
-            self._progress(self._sent, self._total)
-        return data
+def _chunks(stream: BinaryIO, total: int, progress: ProgressCallback | None) -> Iterator[bytes]:
+    """The file in chunks, as the upload takes them, each reported to `progress`."""
+    sent = 0
+    while data := stream.read(_CHUNK):
+        sent += len(data)
+        if progress is not None:
+            progress(sent, total)
+        yield data
 
 
 def _service_path(service: str) -> str:
     return f"/api/v1/services/{urllib.parse.quote(service, safe='')}"
-
-
-def _api_error(exc: urllib.error.HTTPError) -> ApiError:
-    try:
-        body = json.loads(exc.read() or b"{}")
-    except ValueError:
-        body = {}
-    message = body.get("message") or f"HTTP {exc.code} {exc.reason}"
-    return ApiError(message, status=exc.code, details=body.get("details") or {})
 
 
 def _result_or_raise(outcome: RequestResult, wait: float) -> Any:

@@ -4,25 +4,27 @@ A provisioned worker is configured by its environment (set by the provisioner, s
 apps/provisioning/specs.py): MEMRUN_URL, MEMRUN_WORKER_ID, MEMRUN_WORKER_TOKEN (its own
 `mrw_` credential, I8), MEMRUN_SERVICE, MEMRUN_DEPLOYMENT_ID, MEMRUN_PACKAGE_SHA256,
 besides what WorkerSettings reads (MEMRUN_WORK_ROOT, MEMRUN_CACHE_ROOT, brokers, S3).
-Stdlib HTTP only: the worker never imports Django.
+HTTP goes through `memrun.httpclient` (pooling, timeouts, retries); the worker never
+imports Django.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from memrun.errors import ConfigError
+import httpx
+
+from memrun.errors import ApiError, ConfigError
+from memrun.httpclient import HttpClient
 
 # The control plane no longer accepts this worker's credential (it was stopped, declared
 # dead, or never existed): the worker exits with this code and is not restarted.
@@ -30,8 +32,6 @@ EXIT_CREDENTIAL_REFUSED = 77
 ACTION_RUN = "run"
 ACTION_DRAIN = "drain"
 _CHUNK = 1024 * 1024
-
-Opener = Callable[..., Any]
 
 
 class ControlPlaneError(Exception):
@@ -96,29 +96,23 @@ class ProvisionedSettings:
 
 
 class ControlPlane:
-    """HTTP calls of one worker to the control plane at `url`, with its `token`.
-    `opener` is urllib's `urlopen` unless a test hands in another."""
+    """HTTP calls of one worker to the control plane at `url`, with its `token`; `http`
+    is made from them unless a test hands in its own."""
 
     def __init__(
-        self,
-        *,
-        url: str,
-        token: str,
-        timeout_s: float = 10.0,
-        opener: Opener = urllib.request.urlopen,
+        self, *, url: str, token: str, timeout_s: float = 10.0, http: HttpClient | None = None
     ) -> None:
         self.url = url.rstrip("/")
-        self._token = token
-        self._timeout_s = timeout_s
-        self._open = opener
+        self._http = http or HttpClient(self.url, token=token, timeout_s=timeout_s)
 
     def heartbeat(self, worker_id: str, report: Mapping[str, Any]) -> str:
         """Send a heartbeat; returns the action the control plane asks for ("run" or
         "drain"). Raises CredentialRefused on 401, ControlPlaneError otherwise."""
         path = f"/api/v1/workers/{urllib.parse.quote(worker_id)}/heartbeat"
         body = json.dumps(report, default=str).encode()
-        with self._request("POST", path, body) as response:
-            answer = json.loads(response.read() or b"{}")
+        headers = {"Content-Type": "application/json"}
+        with _refusals("POST", path):
+            answer = self._http.call("POST", path, content=body, headers=headers)
         action = answer.get("action") if isinstance(answer, dict) else None
         return action if action in (ACTION_RUN, ACTION_DRAIN) else ACTION_RUN
 
@@ -128,16 +122,21 @@ class ControlPlane:
         `expected_sha256`. A mismatch leaves nothing at `dest`."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
+        path = f"/api/v1/deployments/{deployment_id}/package"
         fd, temporary = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
         try:
             with (
                 os.fdopen(fd, "wb") as out,
-                self._request("GET", f"/api/v1/deployments/{deployment_id}/package") as response,
+                _refusals("GET", path),
+                self._http.stream("GET", path) as response,
             ):
                 announced = response.headers.get("X-Memrun-Sha256")
-                while chunk := response.read(_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
+                try:
+                    for chunk in response.iter_bytes(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                except httpx.HTTPError as exc:
+                    raise ControlPlaneError(f"GET {path}: the download broke off: {exc}") from None
             sha256 = digest.hexdigest()
             for source, expected in (("X-Memrun-Sha256", announced), ("expected", expected_sha256)):
                 if expected and expected.lower() != sha256:
@@ -151,31 +150,17 @@ class ControlPlane:
             raise
         return sha256
 
-    def _request(
-        self, method: str, path: str, body: bytes | None = None
-    ) -> http.client.HTTPResponse:
-        request = urllib.request.Request(self.url + path, data=body, method=method)
-        request.add_header("Authorization", f"Bearer {self._token}")
-        request.add_header("Accept", "application/json")
-        if body is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            response = cast(http.client.HTTPResponse, self._open(request, timeout=self._timeout_s))
-        except urllib.error.HTTPError as exc:
-            message = _error_message(exc)
-            error = CredentialRefused if exc.code == 401 else ControlPlaneError
-            raise error(f"{method} {path}: {exc.code} {message}", status=exc.code) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ControlPlaneError(
-                f"cannot reach the control plane at {self.url}: {reason}"
-            ) from None
-        return response
+    def close(self) -> None:
+        self._http.close()
 
 
-def _error_message(exc: urllib.error.HTTPError) -> str:
+@contextmanager
+def _refusals(method: str, path: str) -> Iterator[None]:
+    """The client's ApiError as this module's errors: 401 is CredentialRefused."""
     try:
-        body = json.loads(exc.read() or b"{}")
-    except ValueError:
-        return str(exc.reason)
-    return str(body.get("message") or exc.reason) if isinstance(body, dict) else str(exc.reason)
+        yield
+    except ApiError as exc:
+        if exc.status == 0:
+            raise ControlPlaneError(exc.message) from None
+        error = CredentialRefused if exc.status == 401 else ControlPlaneError
+        raise error(f"{method} {path}: {exc.status} {exc.message}", status=exc.status) from None

@@ -15,16 +15,16 @@ What is shipped, and when shipping is on, is worker_daemon/logcapture.py's busin
 from __future__ import annotations
 
 import collections
-import http.client
 import json
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from memrun.errors import ApiError
+from memrun.httpclient import NO_RETRY, HttpClient
 
 # The control plane stores at most this much of a message, and takes at most 1000 lines
 # and 1 MiB per batch: the defaults below stay under both.
@@ -71,27 +71,24 @@ class LogTransport(Protocol):
 
 
 class HttpLogTransport:
-    """The control plane's ingest route, over stdlib HTTP."""
+    """The control plane's ingest route, through `memrun.httpclient`. Not retried there:
+    the shipper retries whole batches itself, with backoff, keeping its queue bounded."""
 
     def __init__(self, *, url: str, worker_id: str, token: str) -> None:
-        name = urllib.parse.quote(worker_id, safe="")
-        self.url = f"{url.rstrip('/')}/api/v1/workers/{name}/logs"
-        self._token = token
+        self.path = f"/api/v1/workers/{urllib.parse.quote(worker_id, safe='')}/logs"
+        self.url = f"{url.rstrip('/')}{self.path}"
+        self._http = HttpClient(url, token=token, retry=NO_RETRY)
 
     def send(self, body: bytes, *, timeout_s: float) -> None:
-        request = urllib.request.Request(self.url, data=body, method="POST")
-        request.add_header("Content-Type", "application/json")
-        request.add_header("Authorization", f"Bearer {self._token}")
+        headers = {"Content-Type": "application/json"}
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                response.read()
-        except urllib.error.HTTPError as exc:
-            message = _error_message(exc)
-            if exc.code >= 500 or exc.code in _RETRYABLE_STATUSES:
-                raise ShipUnavailable(f"HTTP {exc.code}: {message}") from None
-            raise ShipRejected(exc.code, message) from None
-        except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
-            raise ShipUnavailable(f"{self.url}: {exc}") from None
+            self._http.call("POST", self.path, content=body, headers=headers, timeout_s=timeout_s)
+        except ApiError as exc:
+            if exc.status == 0:
+                raise ShipUnavailable(f"{self.url}: {exc.message}") from None
+            if exc.status >= 500 or exc.status in _RETRYABLE_STATUSES:
+                raise ShipUnavailable(f"HTTP {exc.status}: {exc.message}") from None
+            raise ShipRejected(exc.status, exc.message) from None
 
 
 @dataclass
@@ -349,12 +346,3 @@ class LogShipper:
             if counter == "sent_lines":
                 self._counts["sent_batches"] += 1
             self._cond.notify_all()
-
-
-def _error_message(exc: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(exc.read() or b"{}")
-    except ValueError:
-        body = {}
-    message = body.get("message") if isinstance(body, dict) else None
-    return str(message or exc.reason)
