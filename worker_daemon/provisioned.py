@@ -1,4 +1,4 @@
-"""A provisioned worker: what `memrun worker --deployment ID` runs under a provisioner.
+"""A provisioned worker: what `python -m worker_daemon --deployment ID` runs under a provisioner.
 
     heartbeat (booting) -> fetch the package from the control plane (sha256 verified)
     -> run_worker: prepare (safe extract, PEP 723 venv), import the service, run the

@@ -2,7 +2,9 @@
 
 A subcommand module exposes `register(subparsers)`, which adds its parser and sets
 `handler=fn(args) -> int`. Modules import their heavy dependencies inside the handler so
-`memrun --help` stays fast and `memrun worker` never imports Django.
+`memrun --help` stays fast. Other installed packages add subcommands through the
+`memrun.commands` entry point group, each entry a `register` function: the worker daemon
+adds `memrun worker` that way (worker_daemon/cli.py), so the SDK never imports it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from memrun.errors import MemrunError
 
+ENTRY_POINT_GROUP = "memrun.commands"
 SUBCOMMANDS = [
-    "memrun.cli.worker",
     "memrun.cli.up",
     "memrun.cli.token",
     "memrun.cli.deploy",
@@ -37,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in SUBCOMMANDS:
         importlib.import_module(module_name).register(subparsers)
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        entry_point.load()(subparsers)
     return parser
 
 

@@ -1,8 +1,8 @@
 """Running workers end to end, with real processes: the live control plane (pytest-django's
-live server), the local supervisor as `memrun up` runs it, `memrun worker --deployment`
-processes that fetch an uploaded package and heartbeat, Kafka and Redis. Reconcile runs
-when the test calls it and on worker events (Celery eager); time is never slept, the test
-waits on conditions."""
+live server), the local supervisor as `memrun up` runs it, `python -m worker_daemon
+--deployment` processes that fetch an uploaded package and heartbeat, Kafka and Redis.
+Reconcile runs when the test calls it and on worker events (Celery eager); time is never
+slept, the test waits on conditions."""
 
 from __future__ import annotations
 

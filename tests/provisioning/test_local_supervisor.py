@@ -183,7 +183,7 @@ def test_real_memrun_workers_are_started_restarted_and_stopped(
         "MEMRUN_SESSION_TIMEOUT_MS": "6000",
     }
     name = f"{service.name}-w1"
-    # The provisioner's own spec runs `memrun worker --deployment`; this one serves a
+    # The provisioner's own spec runs `python -m worker_daemon --deployment`; this one serves a
     # package folder, so that only the supervisor is under test here.
     provisioner.create(WorkerSpec(name=name, service=service.name, deployment_id=1, env=env))
     spec = read_json(layout.spec_path(name))

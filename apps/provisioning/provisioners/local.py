@@ -21,14 +21,6 @@ from apps.provisioning.local_layout import (
 from apps.provisioning.provisioners.base import LiveWorker, WorkerSpec
 
 
-def memrun_command() -> list[str]:
-    """How to run the `memrun` CLI with this interpreter."""
-    script = Path(sys.executable).parent / "memrun"
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from memrun.cli import main; sys.exit(main())"]
-
-
 class LocalProvisioner:
     def __init__(self, home: Path) -> None:
         self.layout = LocalLayout(home)
@@ -40,8 +32,9 @@ class LocalProvisioner:
         env.setdefault("MEMRUN_WORK_ROOT", str(folder / "work"))
         (folder / "cache").mkdir(mode=0o700, parents=True, exist_ok=True)
         argv = [
-            *memrun_command(),
-            "worker",
+            sys.executable,
+            "-m",
+            "worker_daemon",
             "--service",
             spec.service,
             "--deployment",

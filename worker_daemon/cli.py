@@ -1,24 +1,60 @@
-"""`memrun worker`: run one worker daemon for a service, from a package (--package) or
-from a deployment fetched from the control plane (--deployment, as provisioners start it)."""
+"""The worker daemon's command line: run one worker for a service, from a package
+(--package) or from a deployment fetched from the control plane (--deployment, as
+provisioners start it).
+
+Two doors, one parser: `python -m worker_daemon ...` (what provisioners run), and the
+`memrun worker ...` subcommand, which the memrun CLI finds through the `memrun.commands`
+entry point group (pyproject.toml) so that the SDK never imports the daemon. The
+daemon's modules are imported inside the handlers: every `memrun` command, even
+`memrun --help`, loads this module to build its parser.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from memrun.errors import MemrunError
+
+_DESCRIPTION = (
+    "Import the handler in PACKAGE (a .tar.gz, or a folder), run its init handlers, then "
+    "serve requests from memrun.requests.SERVICE until SIGTERM. Every option also reads "
+    "MEMRUN_<OPTION> from the environment; KAFKA_BOOTSTRAP_SERVERS and REDIS_URL are read too."
+)
+
 
 def register(subparsers: Any) -> None:
+    """Add `worker` to the memrun CLI (the `memrun.commands` entry point)."""
     parser = subparsers.add_parser(
         "worker",
         help="run a worker daemon: serve a service's requests from Kafka",
-        description=(
-            "Import the handler in PACKAGE (a .tar.gz, or a folder), run its init "
-            "handlers, then serve requests from memrun.requests.SERVICE until SIGTERM. "
-            "Every option also reads MEMRUN_<OPTION> from the environment; "
-            "KAFKA_BOOTSTRAP_SERVERS and REDIS_URL are read too."
-        ),
+        description=_DESCRIPTION,
     )
+    add_arguments(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m worker_daemon`: the same options as `memrun worker`, and the same
+    error contract (one line on stderr, exit 1; a traceback only with --debug)."""
+    parser = argparse.ArgumentParser(prog="python -m worker_daemon", description=_DESCRIPTION)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_shipping_logs(args)
+    except KeyboardInterrupt:
+        return 130
+    except MemrunError as exc:
+        if args.debug:
+            raise
+        print(f"memrun worker: error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service", help="service name (MEMRUN_SERVICE)")
     parser.add_argument(
         "--deployment",
