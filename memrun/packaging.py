@@ -20,10 +20,18 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import memrun
-from memrun._handler_source import read_script_metadata, resolve_service
+from memrun._handler_source import ScriptMetadata, read_script_metadata, resolve_service
 from memrun.errors import ConfigError, PackageRejected
 from memrun.wire.archive import DEFAULT_LIMITS, PackageLimits
 from memrun.wire.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, member_name_problem
+
+__all__ = [
+    "PackageInfo",
+    "ScriptMetadata",
+    "build_package",
+    "read_script_metadata",
+    "resolve_service",
+]
 
 _CHUNK = 64 * 1024
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from memrun._handler_source import read_script_metadata, resolve_service
 from memrun.errors import ConfigError
-from memrun.packaging import build_package
+from memrun.packaging import build_package, read_script_metadata, resolve_service
 from memrun.wire.archive import extract_package, inspect_package
 
 HANDLER = """# /// script

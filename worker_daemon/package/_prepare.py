@@ -7,8 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from memrun._handler_source import read_script_metadata
 from memrun.errors import PackageRejected
+from memrun.packaging import read_script_metadata
 from memrun.wire.archive import extract_package, read_manifest
 from memrun.wire.manifest import MANIFEST_NAME, Manifest
 from worker_daemon.package._python import python_satisfies
