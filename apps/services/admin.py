@@ -15,7 +15,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.common.errors import DomainError
-from apps.services.models import ApiToken, Deployment, Service
+from apps.services.models import ApiToken, DeadLetterReplay, Deployment, Service
 from apps.services.services import SERVICE_UPDATABLE, apitoken_revoke, service_update
 from memrun.errors import ConfigError
 from memrun.wire.sizes import format_size, parse_size
@@ -160,3 +160,20 @@ class ApiTokenAdmin(admin.ModelAdmin):
         for token in queryset:
             apitoken_revoke(token=token)
         self.message_user(request, f"revoked {queryset.count()} token(s)", messages.SUCCESS)
+
+
+@admin.register(DeadLetterReplay)
+class DeadLetterReplayAdmin(admin.ModelAdmin):
+    """Replays are made from the API, the CLI or the UI (they produce to Kafka); here
+    they are only read."""
+
+    list_display = ["service", "dead_letter_id", "request_id", "attempt", "actor", "at"]
+    list_filter = ["at"]
+    list_select_related = ["service"]
+    search_fields = ["service__name", "dead_letter_id", "original_request_id", "request_id"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

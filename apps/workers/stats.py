@@ -20,6 +20,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from apps.services.deadletters import deadletter_counts
 from apps.services.models import Deployment, Service
 from apps.workers.liveness import liveness
 from apps.workers.models import Worker, WorkerState
@@ -129,10 +130,6 @@ def service_dashboard_list(*, dead_letters: bool = True) -> list[ServiceStats]:
     stats = _services_stats(services, _running_workers().filter(service__in=services))
     if not dead_letters:
         return stats
-    # Imported here: reading Kafka is the services app's business, and workers builds
-    # on services; the dashboard alone needs both.
-    from apps.services.deadletters import deadletter_counts
-
     counts = deadletter_counts(services=[s.name for s in services])
     return [_with_dead_letters(s, counts.get(s.name)) for s in stats]
 

@@ -8,8 +8,9 @@ from collections.abc import Callable
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
+from django.utils import timezone
 
-from apps.services.models import Service
+from apps.services.models import DeadLetterReplay, Service
 from apps.services.services import apitoken_create, deployment_create
 from apps.workers.services import worker_create
 
@@ -30,6 +31,7 @@ def admin_client_(db: None) -> Client:
         "/admin/services/deployment/",
         "/admin/services/apitoken/?revoked_at__isnull=True",
         "/admin/workers/worker/?state__exact=provisioning",
+        "/admin/services/deadletterreplay/?q=replayed",
     ],
 )
 def test_changelists_render(
@@ -41,6 +43,15 @@ def test_changelists_render(
     )
     worker_create(service=service, deployment=deployment, name=f"{service.name}-0")
     apitoken_create(user=user, name="laptop")
+    DeadLetterReplay.objects.create(
+        service=service,
+        dead_letter_id="0-1",
+        original_request_id="failed",
+        request_id="replayed",
+        attempt=2,
+        actor="laptop",
+        at=timezone.now(),
+    )
     response = admin_client_.get(url)
     assert response.status_code == 200
     assert service.name.encode() in response.content or b"laptop" in response.content
