@@ -13,6 +13,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from apps.common.errors import DomainError
+from memrun.wire import redact_urls
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,20 @@ _SOURCES = ("body", "query", "path", "header", "cookie", "form", "file")
 def error_response(
     status: int, message: str, details: dict[str, Any] | None = None
 ) -> JsonResponse:
-    return JsonResponse({"message": message, "details": details or {}}, status=status)
+    """Every error body passes here, so a URL's user and password (REDIS_URL, a database
+    or broker URL quoted in a message or in details) never reach a caller."""
+    body = {"message": redact_urls(message), "details": _redacted(details or {})}
+    return JsonResponse(body, status=status)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_urls(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def install_error_handlers(api: NinjaAPI) -> None:

@@ -10,7 +10,7 @@ from ninja import Query, Router, Status
 from apps.common.errors import DomainError
 from apps.services import deadletters, deployments, invoke, selectors, services, uploads
 from apps.services.artifacts import artifact_open
-from apps.services.auth import ApiTokenAuth, SessionCsrfAuth, api_auth
+from apps.services.auth import ApiTokenAuth, SessionCsrfHeaderAuth, api_auth
 from apps.services.health import health_check
 from apps.services.models import ApiToken, Deployment, Service
 from apps.services.schemas import (
@@ -219,14 +219,15 @@ def tokens_revoke(request: HttpRequest, token_id: int) -> Status[None]:
     return Status(204, None)
 
 
-class _UploadSessionAuth(SessionCsrfAuth):
-    """The browser's upload form. The CSRF check reads the form, so streaming to disk
-    under the size cap is set up before it."""
+class _UploadSessionAuth(SessionCsrfHeaderAuth):
+    """The browser's upload form: the CSRF check (header only) passes before streaming
+    to disk under the size cap is set up, so a forged request never writes a byte."""
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Any:
-        if request.user.is_authenticated:
+        user = super().authenticate(request, key)
+        if user is not None:
             uploads.upload_prepare(request)
-        return super().authenticate(request, key)
+        return user
 
 
 _UPLOAD_BODY = {

@@ -18,7 +18,7 @@ from django.conf import settings
 
 from apps.common.errors import DomainError
 from memrun.errors import StickyKeyError
-from memrun.wire import protocol
+from memrun.wire import protocol, redact_urls
 from memrun.wire.sticky import StickyTemplate
 
 _DELIVERY_TIMEOUT_S = 10.0
@@ -229,11 +229,12 @@ def _redis_call(call: Any) -> Any:
     try:
         return call(clients.redis())
     except redis.RedisError as exc:
+        where = redact_urls(settings.REDIS_URL)
         raise DomainError(
-            f"Redis at {settings.REDIS_URL} is unreachable ({exc}); "
+            f"Redis at {where} is unreachable ({redact_urls(str(exc))}); "
             "start it with `bash scripts/services up` or set REDIS_URL",
             status=503,
-            details={"redis_url": settings.REDIS_URL},
+            details={"redis_url": where},
         ) from None
 
 

@@ -105,6 +105,14 @@ def _scan(
                 if dest is not None:
                     (dest / member.name).mkdir(mode=0o755, parents=True, exist_ok=True)
             elif member.name == MANIFEST_NAME:
+                # Refused here, not only by the extractor's O_EXCL: an upload is inspected
+                # without writing, and would otherwise pass and fail on every worker.
+                if manifest_raw is not None:
+                    raise PackageRejected(
+                        "duplicate",
+                        f"member {shown_name(MANIFEST_NAME)} appears twice",
+                        details={"member": MANIFEST_NAME},
+                    )
                 if member.size > limits.max_manifest_bytes:
                     raise PackageRejected(
                         "manifest_invalid",

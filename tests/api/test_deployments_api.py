@@ -284,6 +284,35 @@ def test_a_browser_session_uploads_with_its_csrf_token(
 
 
 @pytest.mark.parametrize("artifact_store", ["folder"], indirect=True)
+def test_a_forged_browser_upload_is_refused_before_its_body_is_read(
+    user: Any, service_name: Callable[[], str], artifact_store: Any, settings: Any
+) -> None:
+    # A file past the cap answers 413 the moment it is streamed to disk: a forged
+    # request (no CSRF token) must get 403 instead, proving nothing was written.
+    settings.MEMRUN_PACKAGE_MAX_BYTES = 1024
+    name = service_name()
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    client.get("/admin/login/")
+    url = f"/api/v1/services/{name}/deployments"
+    oversize = {"package": SimpleUploadedFile("handler.py", b"#" * 2048)}
+    forged = client.post(url, oversize)
+    assert forged.status_code == 403, forged.content
+    assert "X-CSRFToken" in forged.json()["message"]
+    # The token as a form field sits in the body, so it cannot pass the check either.
+    oversize["package"].seek(0)
+    in_form = client.post(
+        url, {**oversize, "csrfmiddlewaretoken": client.cookies["csrftoken"].value}
+    )
+    assert in_form.status_code == 403
+    uploads_dir = Path(settings.MEMRUN_HOME) / "uploads"
+    assert not uploads_dir.exists() or not any(uploads_dir.iterdir())
+    oversize["package"].seek(0)
+    genuine = client.post(url, oversize, headers={"X-CSRFToken": client.cookies["csrftoken"].value})
+    assert genuine.status_code == 413
+
+
+@pytest.mark.parametrize("artifact_store", ["folder"], indirect=True)
 def test_a_worker_fetches_only_its_own_services_packages(
     api_client: Client,
     service_name: Callable[[], str],

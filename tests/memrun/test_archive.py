@@ -240,6 +240,12 @@ def cases() -> list[tuple[str, Callable[[], bytes], str, str]]:
         ),
         ("duplicate", lambda: package([member("handler.py", HANDLER)]), "duplicate", "twice"),
         (
+            "second-manifest",
+            lambda: package([member("manifest.json", manifest_for({"handler.py": HANDLER}))]),
+            "duplicate",
+            "'manifest.json' appears twice",
+        ),
+        (
             "file-then-under-it",
             lambda: package([member("lib", b"x"), member("lib/x.py", b"")]),
             "duplicate",
