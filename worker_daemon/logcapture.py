@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TextIO
 
-from worker_daemon.logs import EventLog, parse_line
+from worker_daemon.logs import EventLog, current_request_id, parse_line
 from worker_daemon.logship import HttpLogTransport, LogShipper, LogTransport, ShipSettings
 
 if TYPE_CHECKING:
@@ -65,12 +65,20 @@ def event_level(name: str, fields: Mapping[str, Any]) -> str:
 
 def line_router(sink: LineSink, *, event: str, level: str) -> Callable[[str], None]:
     """`on_line` for a tee: the worker's JSON lines with their own fields, any other line
-    as `event` (stdout, stderr) at `level`."""
+    as `event` (stdout, stderr) at `level`. A line without a request id of its own gets
+    the one of the handler writing it (`current_request_id`: the tee calls this on the
+    writing thread, in its context)."""
 
     def route(line: str) -> None:
         record = parse_line(line) if line.startswith("{") else None
         if record is None:
-            sink.put(ts=time.time(), level=level, event=event, message=line)
+            sink.put(
+                ts=time.time(),
+                level=level,
+                event=event,
+                message=line,
+                request_id=current_request_id.get(),
+            )
             return
         name = str(record.pop("event"))
         ts = record.pop("ts", None)
@@ -85,7 +93,7 @@ def line_router(sink: LineSink, *, event: str, level: str) -> Callable[[str], No
             level=line_level,
             event=name,
             message=message if isinstance(message, str) else str(message),
-            request_id="" if request_id is None else str(request_id),
+            request_id=current_request_id.get() if request_id is None else str(request_id),
             fields=record,
         )
 

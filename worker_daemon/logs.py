@@ -3,17 +3,39 @@
 Lines go to the binary layer of the stream, whose own lock keeps concurrent lines whole,
 so pool threads log without a lock of ours; the poll thread flushes about every
 `flush_interval_s` and after lifecycle events.
+
+`current_request_id` names the request whose handler runs in this thread or task (the
+pipeline sets it with `request_scope` around each call): log records and printed lines
+made meanwhile carry its id (see worker_daemon/logcapture.py). A context variable, not a
+thread-local, so that it follows a sync handler on its pool thread, an async one into the
+tasks it starts, and `asyncio.to_thread`; a plain thread a handler starts does not copy it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any, BinaryIO
 
 _dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+current_request_id: ContextVar[str] = ContextVar("memrun_request_id", default="")
+
+
+@contextlib.contextmanager
+def request_scope(request_id: str) -> Iterator[None]:
+    """Within: `current_request_id` is `request_id` in this context (and tasks and
+    `to_thread` calls started from it)."""
+    token = current_request_id.set(request_id)
+    try:
+        yield
+    finally:
+        current_request_id.reset(token)
 
 
 class EventLog:
@@ -51,6 +73,8 @@ class JsonLogFormatter(logging.Formatter):
         for extra in ("request_id", "key"):
             if extra in record.__dict__:
                 fields[extra] = record.__dict__[extra]
+        if "request_id" not in fields and (request_id := current_request_id.get()):
+            fields["request_id"] = request_id  # a library's record, made within a request
         if record.exc_info:
             fields["traceback"] = self.formatException(record.exc_info)
         return _dumps(fields)

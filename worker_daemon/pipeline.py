@@ -19,7 +19,7 @@ from memrun.wire.protocol import Outcome, now_ms
 from worker_daemon.decode import Request, decode_request
 from worker_daemon.executor import Deadlines, HandlerTimeout, Lane, run_handler
 from worker_daemon.jobs import Completion, Job, Status
-from worker_daemon.logs import EventLog
+from worker_daemon.logs import EventLog, request_scope
 from worker_daemon.metrics import RequestMetrics
 from worker_daemon.outcomes import DeadLetters, Failure
 
@@ -106,9 +106,10 @@ class RequestPipeline:
         else:
             self._deadlines.start(job.seq, job, started + timeout_s + self._watch_margin_s)
             try:
-                result = run_handler(
-                    self._handler, ctx, request.payload, timeout_s=timeout_s, lane=lane
-                )
+                with request_scope(request.request_id):
+                    result = run_handler(
+                        self._handler, ctx, request.payload, timeout_s=timeout_s, lane=lane
+                    )
             except HandlerTimeout:
                 failure = Failure.timeout(timeout_s)
             except BaseException as exc:  # SystemExit too: a handler never stops the worker

@@ -510,3 +510,71 @@ def test_a_provisioned_worker_process_ships_its_lines(
     assert {"worker.starting", "worker.stopped"} <= set(stored.values_list("event", flat=True))
     # What it shipped it also wrote to its own stdout, as before.
     assert process.find("request", request_id=rid)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("handler", ["print_ids_sync.py", "print_ids_async.py"])
+def test_concurrent_handlers_lines_carry_their_own_request_id(
+    handler: str,
+    live_server: Any,
+    api_token: tuple[Any, str],
+    service_name: Callable[[], str],
+    kafka_bootstrap: str,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """Handlers running at once (four on four pool threads, they meet at a barrier) print,
+    write to stderr and log through a library; each line carries the id of the request
+    whose handler wrote it, and the log API filters by it."""
+    from apps.services.services import service_create
+    from apps.workers.models import WorkerLogLine
+    from apps.workers.services import worker_create
+    from memrun.cli.logs import format_line
+
+    service = service_create(name=service_name(), partitions=4)
+    worker, credential = worker_create(service=service, name=f"{service.name}-w1")
+    env = worker_env(
+        service=service.name, bootstrap=kafka_bootstrap, redis_url=redis_url, cache_root=tmp_path
+    )
+    env.update(
+        MEMRUN_URL=live_server.url, MEMRUN_WORKER_ID=worker.name, MEMRUN_WORKER_TOKEN=credential
+    )
+    process = WorkerProcess(
+        service=service.name,
+        package=make_package(tmp_path / "pkg", service=service.name, handler=handler),
+        worker_id=worker.name,
+        env=env,
+        log_path=tmp_path / "worker.log",
+    )
+    client = MemrunClient(live_server.url, api_token[1])
+    try:
+        request_ids = [client.submit(service.name, {"n": n}) for n in range(8)]
+        for request_id in request_ids:
+            assert client.result(request_id, wait=60).ok
+    finally:
+        process.terminate()
+        assert process.proc.wait(WAIT_S * 3) == 0, process.log_path.read_text()[-4000:]
+
+    written = list(
+        WorkerLogLine.objects.filter(worker=worker, message__regex=r"^[0-9a-f]{32} ").values(
+            "event", "request_id", "message"
+        )
+    )
+    assert len(written) == 8 * 5
+    for line in written:
+        assert line["request_id"] == line["message"].split()[0], line
+    assert {line["request_id"] for line in written} == set(request_ids)
+    assert {line["event"] for line in written} == {"stdout", "stderr", "log"}
+
+    rid = request_ids[0]
+    page = client.logs(service.name, request_id=rid, limit=100)
+    assert {line["request_id"] for line in page["lines"]} == {rid}
+    assert sorted(line["message"] for line in page["lines"] if line["event"] != "request") == [
+        f"{rid} complained",
+        f"{rid} logged",
+        f"{rid} printed part 0",
+        f"{rid} printed part 1",
+        f"{rid} printed part 2",
+    ]
+    assert all(f"request_id={rid}" in format_line(line) for line in page["lines"])
