@@ -12,12 +12,14 @@ and workers: three for the dashboard, two for one service, none for one worker.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.services.deadletters import deadletter_counts
@@ -131,7 +133,7 @@ def service_dashboard_list(*, dead_letters: bool = True) -> list[ServiceStats]:
     if not dead_letters:
         return stats
     counts = deadletter_counts(services=[s.name for s in services])
-    return [_with_dead_letters(s, counts.get(s.name)) for s in stats]
+    return [dataclasses.replace(s, dead_letters=counts.get(s.name)) for s in stats]
 
 
 def service_stats_get(*, service: Service) -> ServiceStats:
@@ -146,7 +148,7 @@ def worker_stats_get(*, worker: Worker) -> WorkerStats:
     return _worker_stats(worker, timezone.now())
 
 
-def _running_workers() -> Any:
+def _running_workers() -> QuerySet[Worker]:
     return (
         Worker.objects.exclude(state__in=Worker.FINISHED_STATES)
         .select_related("service", "deployment")
@@ -204,10 +206,6 @@ def _service_stats(
         ),
         workers=tuple(workers),
     )
-
-
-def _with_dead_letters(stats: ServiceStats, count: int | None) -> ServiceStats:
-    return ServiceStats(**{**stats.__dict__, "dead_letters": count})
 
 
 def _worker_stats(worker: Worker, now: datetime) -> WorkerStats:
