@@ -52,6 +52,9 @@ class Deployment:
     size_bytes: int
     created_at: str
     failure_reason: str = ""
+    degraded: bool = False
+    degraded_reason: str = ""
+    crash_backoff_until: str | None = None
     message: str = ""
     entry: str | None = None
     created_by: str | None = None

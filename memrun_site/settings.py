@@ -265,6 +265,16 @@ MEMRUN_WORKER_S3_ENV = {
 # package index mirror and proxy, by an explicit allowlist of names
 # (memrun/wire/install_env.py); the worker gives its installer these and nothing else.
 MEMRUN_WORKER_INSTALL_ENV = install_env_pick(os.environ)
+# Rollouts and crash loops (apps/provisioning/plan.py). A new version's worker counts as
+# ready, for retiring the old version's workers, once it has been ready this long (0: at
+# once). A version whose workers keep dying gets its replacements backed off: the first
+# death is replaced at once, the n-th waits BASE * 2^(n-2) seconds up to MAX; after
+# DEGRADED_AFTER_FAILURES deaths within WINDOW it is marked degraded (reason, log tail).
+MEMRUN_ROLLOUT_MIN_READY_S = float(env_int("MEMRUN_ROLLOUT_MIN_READY_S", 0))
+MEMRUN_CRASH_WINDOW_S = float(env_int("MEMRUN_CRASH_WINDOW_S", 900))
+MEMRUN_CRASH_BACKOFF_BASE_S = float(env_int("MEMRUN_CRASH_BACKOFF_BASE_S", 10))
+MEMRUN_CRASH_BACKOFF_MAX_S = float(env_int("MEMRUN_CRASH_BACKOFF_MAX_S", 600))
+MEMRUN_CRASH_DEGRADED_AFTER_FAILURES = env_int("MEMRUN_CRASH_DEGRADED_AFTER_FAILURES", 3)
 # Extra MEMRUN_* settings for every worker (tests shorten its timers here).
 MEMRUN_WORKER_EXTRA_ENV: dict[str, str] = {}
 # Start a service's reconcile as soon as a worker becomes ready or stops, besides beat.

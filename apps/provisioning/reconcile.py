@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -23,7 +23,11 @@ from apps.provisioning import plan as p
 from apps.provisioning.provisioners import LiveWorker, Provisioner, provisioner_for
 from apps.provisioning.specs import worker_spec_build
 from apps.services.models import Deployment, Service
-from apps.services.services import deployment_set_status
+from apps.services.services import (
+    deployment_back_off,
+    deployment_set_degraded,
+    deployment_set_status,
+)
 from apps.workers.models import Worker
 from apps.workers.services import (
     worker_create,
@@ -67,20 +71,26 @@ def reconcile_service(
             ).order_by("created_at")
         }
         live = {lw.name: lw for lw in backend.list({"service": service.name})}
+        policy = _policy(service)
         actions = p.plan_service(
             service=p.ServiceView(
                 service.name, service.desired_workers, service.min_workers, service.max_workers
             ),
-            deployments=[p.DeploymentView(d.pk, d.version, d.status) for d in deployments.values()],
+            deployments=[
+                p.DeploymentView(
+                    d.pk, d.version, d.status, d.crash_backoff_until, bool(d.degraded_reason)
+                )
+                for d in deployments.values()
+            ],
             workers=[_worker_view(w) for w in workers.values()],
             processes=[
                 p.ProcessView(lw.name, lw.running, lw.exit_code, lw.log_tail)
                 for lw in live.values()
             ],
             now=now,
-            policy=p.Policy(
-                boot_timeout_s=settings.MEMRUN_WORKER_BOOT_TIMEOUT_S,
-                drain_grace_s=service.timeout_seconds + settings.MEMRUN_WORKER_DRAIN_GRACE_S,
+            policy=policy,
+            failures=_failures(
+                list(deployments), since=now - timedelta(seconds=policy.crash_window_s)
             ),
         )
         for action in actions:
@@ -99,6 +109,41 @@ def reconcile_all(*, now: datetime | None = None) -> dict[str, list[p.Action]]:
         except Exception:
             logger.exception("reconcile of service %s failed; the next pass retries", name)
     return done
+
+
+def _policy(service: Service) -> p.Policy:
+    return p.Policy(
+        boot_timeout_s=settings.MEMRUN_WORKER_BOOT_TIMEOUT_S,
+        drain_grace_s=service.timeout_seconds + settings.MEMRUN_WORKER_DRAIN_GRACE_S,
+        min_ready_s=settings.MEMRUN_ROLLOUT_MIN_READY_S,
+        crash_window_s=settings.MEMRUN_CRASH_WINDOW_S,
+        crash_backoff_base_s=settings.MEMRUN_CRASH_BACKOFF_BASE_S,
+        crash_backoff_max_s=settings.MEMRUN_CRASH_BACKOFF_MAX_S,
+        degraded_after_failures=settings.MEMRUN_CRASH_DEGRADED_AFTER_FAILURES,
+    )
+
+
+def _failures(deployment_ids: list[int], *, since: datetime) -> list[p.FailureView]:
+    """Workers of these deployments that died since `since`: declared dead, or stopped
+    with a non-zero exit code (a clean exit, or a stop the control plane decided, is not
+    a death)."""
+    found = []
+    finished = Worker.objects.filter(
+        deployment_id__in=deployment_ids,
+        state__in=Worker.FINISHED_STATES,
+        state_changed_at__gte=since,
+    ).only("name", "deployment_id", "state", "state_changed_at", "stats")
+    for worker in finished:
+        view = _worker_view(worker)
+        if worker.state == Worker.State.DEAD or view.exit_code not in (None, 0):
+            reason = f"exit code {view.exit_code}" if view.exit_code is not None else "dead"
+            if view.error:
+                reason += f": {view.error}"
+            assert worker.deployment_id is not None  # filtered on it
+            found.append(
+                p.FailureView(worker.deployment_id, worker.name, view.state_changed_at, reason)
+            )
+    return found
 
 
 def _worker_view(worker: Worker) -> p.WorkerView:
@@ -155,6 +200,31 @@ def _apply(
                 actor=ACTOR,
                 reason=reason,
                 failure_reason=f"{reason}\n\nlog tail:\n{tail}" if tail else reason,
+                now=now,
+            )
+        case p.BackOff(deployment_id, until, reason):
+            deployment_back_off(
+                deployment=deployments[deployment_id],
+                until=until,
+                actor=ACTOR,
+                reason=f"crash loop: {reason}",
+                now=now,
+            )
+        case p.MarkDegraded(deployment_id, reason, log_tail):
+            tail = log_tail[-LOG_TAIL_MAX_CHARS:]
+            deployment_set_degraded(
+                deployment=deployments[deployment_id],
+                degraded_reason=f"{reason}\n\nlog tail:\n{tail}" if tail else reason,
+                actor=ACTOR,
+                reason=f"degraded: {reason}",
+                now=now,
+            )
+        case p.ClearDegraded(deployment_id, reason):
+            deployment_set_degraded(
+                deployment=deployments[deployment_id],
+                degraded_reason="",
+                actor=ACTOR,
+                reason=f"recovered: {reason}",
                 now=now,
             )
         case p.ActivateDeployment(deployment_id, supersede):

@@ -167,6 +167,16 @@ class Deployment(models.Model):
     message = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     failure_reason = models.TextField(blank=True)
+    # Crash-loop state, set by reconcile (apps/provisioning/plan.py). Degraded is a flag
+    # beside the status, not a status: an active or a rolling version can crash-loop, and
+    # the rollout keeps its course (the old version keeps serving) while it does.
+    crash_backoff_until = models.DateTimeField(
+        null=True, blank=True, help_text="no replacement worker is started before this"
+    )
+    degraded_reason = models.TextField(
+        blank=True, help_text="why its workers keep dying, with a log tail; blank: healthy"
+    )
+    degraded_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.SET_NULL,
@@ -190,6 +200,10 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.service.name} v{self.version}"
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.degraded_reason)
 
 
 class ApiToken(models.Model):
@@ -229,7 +243,9 @@ class ApiToken(models.Model):
 
 class DeploymentEvent(models.Model):
     """One status change of a deployment: from where, to where, why, by whom, when.
-    `actor` is a username, or the part of memrun that decided ("reconcile")."""
+    `actor` is a username, or the part of memrun that decided ("reconcile"). An event
+    whose from and to statuses are equal records a change of health (a crash-loop backoff,
+    degraded, recovered) rather than of status."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
     from_status = models.CharField(max_length=16, choices=DeploymentStatus.choices, blank=True)

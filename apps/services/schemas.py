@@ -143,13 +143,19 @@ class RequestOut(Schema):
 
 class DeploymentOut(Schema):
     """One version of a service. `workers_ready` counts this version's ready workers;
-    `workers_desired` is the service's current target."""
+    `workers_desired` is the service's current target. `degraded` is true while its
+    workers keep dying (`degraded_reason` says why, with a log tail); meanwhile no
+    replacement starts before `crash_backoff_until`."""
 
     id: int
     service: str
     version: int
     status: str
     failure_reason: str
+    degraded: bool
+    degraded_reason: str
+    degraded_at: datetime | None
+    crash_backoff_until: datetime | None
     sha256: str
     size_bytes: int
     message: str

@@ -342,3 +342,54 @@ def deployment_set_status(
         locked.save(update_fields=["status", "failure_reason"])
     deployment.status, deployment.failure_reason = locked.status, locked.failure_reason
     return True
+
+
+def deployment_back_off(
+    *, deployment: Deployment, until: datetime, actor: str, reason: str, now: datetime | None = None
+) -> None:
+    """Hold back `deployment`'s replacement workers until `until` (its workers keep dying),
+    recorded as a DeploymentEvent that keeps the status."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        locked.crash_backoff_until = until
+        locked.save(update_fields=["crash_backoff_until"])
+        _health_event(locked, actor=actor, reason=reason, now=now)
+    deployment.crash_backoff_until = until
+
+
+def deployment_set_degraded(
+    *,
+    deployment: Deployment,
+    degraded_reason: str,
+    actor: str,
+    reason: str,
+    now: datetime | None = None,
+) -> bool:
+    """Mark `deployment` degraded with `degraded_reason` (why, with a log tail), or healthy
+    again when it is blank; recorded as a DeploymentEvent. False when nothing changed."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        if bool(locked.degraded_reason) == bool(degraded_reason):
+            return False
+        locked.degraded_reason = degraded_reason
+        locked.degraded_at = now if degraded_reason else None
+        if not degraded_reason:
+            locked.crash_backoff_until = None
+        locked.save(update_fields=["degraded_reason", "degraded_at", "crash_backoff_until"])
+        _health_event(locked, actor=actor, reason=reason, now=now)
+    deployment.degraded_reason, deployment.degraded_at = locked.degraded_reason, locked.degraded_at
+    deployment.crash_backoff_until = locked.crash_backoff_until
+    return True
+
+
+def _health_event(deployment: Deployment, *, actor: str, reason: str, now: datetime) -> None:
+    DeploymentEvent.objects.create(
+        deployment=deployment,
+        from_status=deployment.status,
+        to_status=deployment.status,
+        reason=reason,
+        actor=actor,
+        at=now,
+    )

@@ -1,5 +1,6 @@
 """`memrun status [NAME]`: each service's live version, ready workers and last deployment;
-with NAME, its recent deployments too."""
+with NAME, its recent deployments too. A version whose workers keep dying is shown
+DEGRADED, with the reason (and, with NAME, the log tail)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(
             (
                 name,
-                f"v{live.version}" if live else "-",
+                (f"v{live.version}" + (" DEGRADED" if live.degraded else "")) if live else "-",
                 f"{ready[name]}/{service['desired_workers']}",
                 _describe(history[0]) if history else "never deployed",
             )
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
                 for d in history
             ]
         )
+        for d in history:
+            if d.degraded:
+                print(f"\nv{d.version} is DEGRADED: {d.degraded_reason}")
     return 0
 
 
@@ -75,6 +79,8 @@ def _describe(deployment: Deployment) -> str:
         text += f" by {deployment.created_by}"
     if deployment.status == "failed" and deployment.failure_reason:
         text += f": {deployment.failure_reason}"
+    elif deployment.degraded:
+        text += f", DEGRADED: {deployment.degraded_reason.splitlines()[0]}"
     return text
 
 

@@ -197,6 +197,38 @@ def test_status_and_rollback(
     assert "one" in out.splitlines()[-1]
 
 
+def test_status_and_the_api_show_a_degraded_version(
+    control_plane: list[int],
+    service_name: Callable[[], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from apps.services.services import deployment_set_degraded
+
+    name = service_name()
+    memrun(capsys, "deploy", str(write_handler(tmp_path, name)), "--no-wait")
+    deployment = Deployment.objects.get(service__name=name)
+    Deployment.objects.filter(pk=deployment.pk).update(status="active")
+    deployment_set_degraded(
+        deployment=deployment,
+        degraded_reason="3 workers of v1 died within 900 s\n\nlog tail:\nValueError: boom",
+        actor="reconcile",
+        reason="degraded",
+    )
+
+    code, out, _ = memrun(capsys, "status")
+    row = next(line for line in out.splitlines() if name in line)
+    assert code == 0 and row.split()[:3] == [name, "v1", "DEGRADED"]
+    assert row.endswith("DEGRADED: 3 workers of v1 died within 900 s")
+    code, out, _ = memrun(capsys, "status", name)
+    assert "v1 is DEGRADED: 3 workers of v1 died" in out and "ValueError: boom" in out
+
+    from memrun import Client
+
+    [listed] = Client().deployments(name, limit=1)
+    assert listed.degraded and "ValueError: boom" in listed.degraded_reason
+
+
 def test_the_client_reports_upload_progress(
     control_plane: list[int], service_name: Callable[[], str], tmp_path: Path
 ) -> None:

@@ -416,3 +416,66 @@ def test_an_idle_workers_stats_go_to_its_heartbeats_not_its_log(
     assert not [line for line in lines if "worker.stats" in line]
     # Boot, assignment and the one request: a person can read it.
     assert len(lines) < 40, "\n".join(lines)
+
+
+def test_a_crash_looping_version_backs_off_while_the_old_one_keeps_serving(
+    scenario: Scenario, settings: Any, redis_client: Any
+) -> None:
+    from apps.services.models import DeploymentEvent
+    from apps.workers.models import Worker
+
+    settings.MEMRUN_CRASH_BACKOFF_BASE_S = 4
+    settings.MEMRUN_CRASH_BACKOFF_MAX_S = 300
+    settings.MEMRUN_CRASH_DEGRADED_AFTER_FAILURES = 3
+    minute = timedelta(seconds=60)
+    v1 = scenario.deploy("echo.py")
+    scenario.until(lambda: scenario.status(v1) == "active", "v1 to be live")
+    settings.MEMRUN_ROLLOUT_MIN_READY_S = 3600  # v2 never gets to retire v1 here
+    v2 = scenario.deploy("breaks_later.py")
+    [first] = scenario.until(lambda: scenario.workers("ready", version=2), "a ready v2 worker")
+
+    # What v2 needs goes away, and its worker is killed: it and every replacement die
+    # at start from now on.
+    broken_key = f"memrun-test:broken:{scenario.name}"
+    redis_client.set(broken_key, "1")
+    try:
+        status = json.loads(
+            (scenario.home / "local-workers" / f"{first.name}.status.json").read_text()
+        )
+        broken_at = timezone.now()
+        os.kill(status["pid"], signal.SIGKILL)
+        ids: list[str] = []
+        batch = iter(range(0, 100_000, 10))
+
+        def looped_a_minute() -> bool:
+            start = next(batch)
+            ids.extend(scenario.submit(range(start, start + 10)))
+            v2.refresh_from_db()
+            return v2.degraded and timezone.now() - broken_at >= minute
+
+        wait_for(
+            lambda: scenario.reconcile() is not None and looped_a_minute(),
+            timeout_s=4 * BOOT_TIMEOUT_S,
+            what="v2 to crash-loop for a minute and be marked degraded",
+        )
+    finally:
+        redis_client.delete(broken_key)
+
+    # Replacements backed off: the first at once, then 4, 8, 16 s after each death, so at
+    # most four start within the minute (without backoff, one per failed boot).
+    created = Worker.objects.filter(deployment=v2, created_at__gt=broken_at)
+    in_the_minute = [w for w in created if w.created_at - broken_at < minute]
+    assert 2 <= len(in_the_minute) <= 4, [w.created_at - broken_at for w in created]
+    waits = DeploymentEvent.objects.filter(deployment=v2, reason__startswith="crash loop")
+    assert waits.exists() and all(e.to_status == "rolling" for e in waits)
+    assert v2.status == "rolling" and "ConnectionError: the feature store is gone" in (
+        v2.degraded_reason
+    )
+    assert "log tail:" in v2.degraded_reason
+
+    # v1 kept serving all along: every request answered, by v1.
+    v1.refresh_from_db()
+    assert v1.status == "active"
+    assert [w.deployment.version for w in scenario.workers("ready")] == [1]
+    outcomes = scenario.outcomes(ids)
+    assert all(o.ok for o in outcomes) and {o.result["version"] for o in outcomes} == {1}

@@ -6,12 +6,16 @@ from datetime import UTC, datetime, timedelta
 
 from apps.provisioning.plan import (
     ActivateDeployment,
+    BackOff,
+    ClearDegraded,
     CreateWorker,
     DeploymentView,
     Destroy,
     Drain,
     FailDeployment,
+    FailureView,
     MarkDead,
+    MarkDegraded,
     MarkStopped,
     Policy,
     ProcessView,
@@ -68,6 +72,8 @@ def plan(
     processes: list[ProcessView] | None = None,
     min_workers: int = 0,
     max_workers: int = 8,
+    failures: list[FailureView] | None = None,
+    policy: Policy = POLICY,
 ) -> list[object]:
     return plan_service(
         service=ServiceView("svc", desired, min_workers, max_workers),
@@ -75,7 +81,8 @@ def plan(
         workers=workers,
         processes=running(*(w.name for w in workers)) if processes is None else processes,
         now=NOW,
-        policy=POLICY,
+        policy=policy,
+        failures=failures or [],
     )
 
 
@@ -239,3 +246,101 @@ def test_a_rollback_is_a_newer_deployment_like_any_other() -> None:
 def test_scaled_to_zero_during_a_rollout_activates_and_drains_everything() -> None:
     actions = plan([worker("a")], desired=0, deployments=[V1, V2])
     assert actions == [Drain("a", "replaced by v2"), ActivateDeployment(2, supersede=(1,))]
+
+
+# -- crash loops -----------------------------------------------------------------------
+
+CRASHY = Policy(
+    boot_timeout_s=300,
+    drain_grace_s=120,
+    dead_after_s=60,
+    crash_window_s=600,
+    crash_backoff_base_s=10,
+    crash_backoff_max_s=40,
+    degraded_after_failures=3,
+)
+
+
+def died(*ages_s: float, deployment: int = 1) -> list[FailureView]:
+    return [
+        FailureView(deployment, f"gone-{i}", ago(age), "exit code 75")
+        for i, age in enumerate(ages_s)
+    ]
+
+
+def test_a_single_death_is_replaced_at_once() -> None:
+    assert plan([worker("a")], failures=died(1), policy=CRASHY) == [CreateWorker(1)]
+
+
+def test_repeated_deaths_back_off_exponentially_from_the_last_one() -> None:
+    # Second death: base (10 s) after it; third: 20 s; then 40 s, the maximum.
+    for ages, wait_s in (((50, 5), 10), ((90, 50, 5), 20), ((200, 90, 50, 5), 40)):
+        actions = plan([worker("a")], failures=died(*ages), policy=CRASHY)
+        [backoff] = [a for a in actions if isinstance(a, BackOff)]
+        assert backoff.until == ago(5) + timedelta(seconds=wait_s)
+        assert f"{len(ages)} workers of v1 died" in backoff.reason
+        assert not any(isinstance(a, CreateWorker) for a in actions)
+    # Once the wait is over the replacement starts; deaths past the window are forgotten.
+    assert plan([worker("a")], failures=died(50, 15), policy=CRASHY) == [CreateWorker(1)]
+    assert plan([worker("a")], failures=died(900, 700, 5), policy=CRASHY) == [CreateWorker(1)]
+
+
+def test_a_backoff_already_recorded_is_not_recorded_again() -> None:
+    held = DeploymentView(1, 1, "active", backoff_until=ago(5) + timedelta(seconds=10))
+    assert plan([worker("a")], deployments=[held], failures=died(50, 5), policy=CRASHY) == []
+
+
+def test_enough_deaths_mark_the_target_degraded_with_the_log_tail() -> None:
+    failures = died(90, 50, 5)
+    processes = [ProcessView("gone-2", running=False, exit_code=75, log_tail="Traceback: stuck")]
+    actions = plan([worker("a")], failures=failures, processes=processes, policy=CRASHY)
+    [degraded] = [a for a in actions if isinstance(a, MarkDegraded)]
+    assert degraded.deployment_id == 1 and degraded.log_tail == "Traceback: stuck"
+    assert "3 workers of v1 died within 600 s" in degraded.reason
+    assert "gone-2: exit code 75" in degraded.reason
+    # Already degraded: not again; a window without deaths clears it.
+    sick = DeploymentView(1, 1, "active", degraded=True)
+    again = plan([worker("a")], deployments=[sick], failures=failures, policy=CRASHY)
+    assert not any(isinstance(a, MarkDegraded) for a in again)
+    assert plan([worker("a"), worker("b")], deployments=[sick], policy=CRASHY) == [
+        ClearDegraded(1, "no worker of v1 died in 600 s")
+    ]
+
+
+def test_a_worker_declared_dead_now_counts_as_a_death() -> None:
+    silent = worker("a", silent_s=120)
+    actions = plan([silent, worker("b")], failures=died(30), policy=CRASHY)
+    assert MarkDead("a", "no heartbeat for 120 s") in actions
+    assert any(isinstance(a, BackOff) for a in actions)
+    assert not any(isinstance(a, CreateWorker) for a in actions)
+
+
+def test_a_rolling_version_retires_old_workers_only_after_min_ready() -> None:
+    v2 = DeploymentView(2, 2, "rolling")
+    policy = Policy(boot_timeout_s=300, drain_grace_s=120, dead_after_s=60, min_ready_s=30)
+    old = [worker("old1"), worker("old2")]
+    fresh = [worker("new1", deployment=2, age_s=10), worker("new2", deployment=2, age_s=10)]
+    assert plan(old + fresh, deployments=[V1, v2], policy=policy) == []
+    settled = [worker("new1", deployment=2, age_s=40), worker("new2", deployment=2, age_s=40)]
+    actions = plan(old + settled, deployments=[V1, v2], policy=policy)
+    assert Drain("old1", "replaced by v2") in actions and ActivateDeployment(2, (1,)) in actions
+
+
+def test_once_a_rolling_version_was_ready_its_deaths_are_a_loop_not_a_failed_rollout() -> None:
+    v2 = DeploymentView(2, 2, "rolling")
+    was_ready = worker("v2-a", deployment=2, state="stopped", ready=True, exit_code=1)
+    crashed = worker("v2-b", deployment=2, state="stopped", ready=False, exit_code=1)
+    actions = plan(
+        [worker("old1"), was_ready, crashed],
+        desired=1,
+        deployments=[V1, v2],
+        failures=died(20, 5, deployment=2),
+        policy=CRASHY,
+    )
+    assert not any(isinstance(a, FailDeployment) for a in actions)
+    [backoff] = [a for a in actions if isinstance(a, BackOff)]
+    assert backoff.deployment_id == 2 and backoff.until == ago(5) + timedelta(seconds=10)
+    # Never ready: a broken package, failed at once (rule 1).
+    never = worker("v2-a", deployment=2, state="stopped", ready=False, exit_code=1)
+    actions = plan([worker("old1"), never], desired=1, deployments=[V1, v2], policy=CRASHY)
+    assert any(isinstance(a, FailDeployment) for a in actions)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -239,3 +240,67 @@ def test_concurrent_reconciles_do_not_double_create(
     assert errors == []
     assert service.workers.count() == 3
     assert len(provisioner.specs) == 3
+
+
+def test_a_crash_looping_version_backs_off_and_is_marked_degraded(
+    service: Service, provisioner: RecordingProvisioner, clock: Clock, settings
+) -> None:
+    settings.MEMRUN_CRASH_BACKOFF_BASE_S = 10.0
+    settings.MEMRUN_CRASH_DEGRADED_AFTER_FAILURES = 3
+    v1 = bring_up(service, provisioner, clock)
+
+    def crash_one() -> Worker:
+        """A ready worker restarts itself (too many stuck handlers): stopped, code 75."""
+        victim = service.workers.filter(state__in=["ready", "provisioning"]).first()
+        assert victim is not None
+        worker_heartbeat(worker=victim, state="ready", stats={}, now=clock.now)
+        worker_heartbeat(
+            worker=victim, state="stopped", stats={"exit_code": 75, "error": "stuck"}, now=clock.now
+        )
+        provisioner.exited[victim.name] = (75, f"{victim.name}: 3 handlers abandoned")
+        return victim
+
+    def created() -> int:
+        return service.workers.count()
+
+    # The first death is replaced at once.
+    crash_one()
+    before = created()
+    reconcile(service, provisioner, clock)
+    assert created() == before + 1
+    # The second waits 10 s after it, recorded once however often reconcile runs.
+    clock.advance(1)
+    crash_one()
+    before = created()
+    reconcile(service, provisioner, clock)
+    reconcile(service, provisioner, clock)
+    assert created() == before
+    v1.refresh_from_db()
+    assert v1.crash_backoff_until == clock.now + timedelta(seconds=10) and not v1.degraded
+    [event] = DeploymentEvent.objects.filter(deployment=v1, reason__startswith="crash loop")
+    assert (event.from_status, event.to_status) == ("active", "active")
+    assert "2 workers of v1 died" in event.reason and "exit code 75: stuck" in event.reason
+    clock.advance(10)
+    reconcile(service, provisioner, clock)
+    assert created() == before + 1
+
+    # The third: degraded, with the reason and the log tail; the wait doubles.
+    clock.advance(1)
+    third = crash_one()
+    reconcile(service, provisioner, clock)
+    v1.refresh_from_db()
+    assert v1.degraded and v1.status == "active"
+    assert f"3 workers of v1 died within 900 s; the last, {third.name}" in v1.degraded_reason
+    assert f"log tail:\n{third.name}: 3 handlers abandoned" in v1.degraded_reason
+    assert v1.crash_backoff_until == clock.now + timedelta(seconds=20)
+    assert DeploymentEvent.objects.filter(deployment=v1, reason__startswith="degraded").count() == 1
+
+    # A window without deaths: healthy again.
+    clock.advance(901)
+    heartbeat_all(service, clock)
+    reconcile(service, provisioner, clock)
+    heartbeat_all(service, clock)
+    reconcile(service, provisioner, clock)
+    v1.refresh_from_db()
+    assert not v1.degraded and v1.degraded_at is None
+    assert DeploymentEvent.objects.filter(deployment=v1, reason__startswith="recovered").exists()
