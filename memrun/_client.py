@@ -14,6 +14,9 @@ from memrun.errors import HandlerError, RequestTimeout
 from memrun.home import default_token, default_url
 from memrun.httpclient import HttpClient
 
+# Garbage collection lists and deletes in the artifact store: far longer than one call.
+GC_TIMEOUT_S = 600.0
+
 
 @dataclass(frozen=True)
 class RequestResult:
@@ -200,6 +203,11 @@ class Client:
         service. ApiError (422) names the bound a count outside them crosses."""
         path = f"{_service_path(service)}/scale"
         return self._call("POST", path, {"workers": workers}, timeout_s=self.timeout_s)
+
+    def gc(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """Free what the control plane stores and no longer needs (with `dry_run`, only
+        list it): `kinds` (kind, count, size_bytes), `items` and the total `size_bytes`."""
+        return self._call("POST", "/api/v1/gc", {"dry_run": dry_run}, timeout_s=GC_TIMEOUT_S)
 
     def service_workers(
         self, service: str, *, include_finished: bool = False

@@ -239,6 +239,17 @@ CELERY_BEAT_SCHEDULE["prune_worker_logs"] = {
     "schedule": MEMRUN_LOG_PRUNE_INTERVAL_S,
 }
 
+# Garbage collection (apps/provisioning/gc.py, `memrun gc`, and beat every INTERVAL):
+# packages of the newest KEEP_VERSIONS versions of each service stay (besides the live and
+# rolling ones and any a worker runs); nothing younger than MIN_AGE is touched.
+MEMRUN_GC_KEEP_VERSIONS = env_int("MEMRUN_GC_KEEP_VERSIONS", 5)
+MEMRUN_GC_MIN_AGE_S = float(env_int("MEMRUN_GC_MIN_AGE_S", 3600))
+MEMRUN_GC_INTERVAL_S = float(env_int("MEMRUN_GC_INTERVAL_S", 3600))
+CELERY_BEAT_SCHEDULE["gc"] = {
+    "task": "apps.provisioning.tasks.gc",
+    "schedule": MEMRUN_GC_INTERVAL_S,
+}
+
 # Workers. They reach the control plane at MEMRUN_CONTROL_PLANE_URL (`memrun up` sets it
 # from --bind). A new worker must report ready within the boot timeout (fetch, venv,
 # init handlers); a draining one gets the service's request timeout plus the grace.

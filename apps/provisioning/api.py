@@ -1,11 +1,14 @@
-"""The provisioning API: how many workers a service runs."""
+"""The provisioning API: how many workers a service runs, and garbage collection."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from django.http import HttpRequest
 from ninja import Router
 
-from apps.provisioning.schemas import ScaleIn
+from apps.provisioning.gc import gc_plan, gc_run
+from apps.provisioning.schemas import GcIn, GcOut, ScaleIn
 from apps.provisioning.services import service_scale
 from apps.services.models import Service
 from apps.services.schemas import ErrorOut, ServiceOut
@@ -20,3 +23,21 @@ def services_scale(request: HttpRequest, name: str, payload: ScaleIn) -> Service
     """Set how many workers the service runs (within its min and max); reconcile starts
     or drains workers to match."""
     return service_scale(service=service_get(name=name), workers=payload.workers)
+
+
+@router.post("/gc", response={200: GcOut}, tags=["operations"])
+def gc(request: HttpRequest, payload: GcIn) -> dict[str, Any]:
+    """Free what memrun stores and no longer needs: packages of deleted services and of
+    versions beyond the retention count (never a live, rolling or running one), stopped
+    local workers' folders and logs, half-built venvs. With `dry_run`, only say what."""
+    plan = gc_plan()
+    done = plan if payload.dry_run else gc_run(plan=plan)
+    return {
+        "dry_run": payload.dry_run,
+        "kinds": [
+            {"kind": kind, "count": count, "size_bytes": size}
+            for kind, (count, size) in done.totals().items()
+        ],
+        "items": done.items,
+        "size_bytes": sum(item.size_bytes for item in done.items),
+    }

@@ -1,8 +1,10 @@
-"""Celery tasks of provisioning: thin wrappers over apps/provisioning/reconcile.py.
+"""Celery tasks of provisioning: thin wrappers over apps/provisioning/reconcile.py and
+gc.py.
 
 `reconcile` runs every MEMRUN_RECONCILE_INTERVAL_S (beat, settings.CELERY_BEAT_SCHEDULE)
 over every service; `reconcile_service` runs one service at once, when something changed
-(a new deployment, a scale, a worker that became ready or stopped).
+(a new deployment, a scale, a worker that became ready or stopped); `gc` frees garbage
+every MEMRUN_GC_INTERVAL_S.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from django.conf import settings
 
 from apps.common.events import ServiceFleetChanged
 from apps.provisioning import reconcile as reconciling
+from apps.provisioning.gc import gc_plan, gc_run
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +24,14 @@ logger = logging.getLogger(__name__)
 @shared_task(name="apps.provisioning.tasks.reconcile", ignore_result=True)
 def reconcile() -> None:
     reconciling.reconcile_all()
+
+
+@shared_task(name="apps.provisioning.tasks.gc", ignore_result=True)
+def gc() -> None:
+    freed = gc_run(plan=gc_plan())
+    for kind, (count, size) in freed.totals().items():
+        if count:
+            logger.info("gc freed %d %s (%d bytes)", count, kind, size)
 
 
 @shared_task(name="apps.provisioning.tasks.reconcile_service", ignore_result=True)

@@ -13,6 +13,8 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+DEPLOYMENTS_PREFIX = "deployments"
 
 
 def artifact_put(*, path: Path, key: str) -> str:
@@ -58,6 +61,61 @@ def artifact_put(*, path: Path, key: str) -> str:
         Path(temporary).unlink(missing_ok=True)
         raise
     return url
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    url: str
+    size_bytes: int
+    modified_at: datetime
+
+
+def artifact_list() -> list[StoredArtifact]:
+    """Every package in the store (under `deployments/`), with its size and age."""
+    base = f"{settings.MEMRUN_ARTIFACTS_URL}/{DEPLOYMENTS_PREFIX}"
+    if urlsplit(base).scheme == "s3":
+        bucket, prefix = _s3_location(base)
+        client = _s3_client(settings.MEMRUN_S3_ENDPOINT_URL)
+        found = []
+        with _s3_errors(base):
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix + "/"
+            ):
+                for item in page.get("Contents", []):
+                    found.append(
+                        StoredArtifact(
+                            f"s3://{bucket}/{item['Key']}", item["Size"], item["LastModified"]
+                        )
+                    )
+        return found
+    root = _file_path(base)
+    found = []
+    for path in root.rglob("*.tar.gz") if root.is_dir() else []:
+        if path.name.startswith("."):
+            continue  # a copy still being written (artifact_put renames it when done)
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            modified = datetime.fromtimestamp(stat.st_mtime, tz=UTC)
+            found.append(StoredArtifact(f"{base}/{path.relative_to(root)}", stat.st_size, modified))
+    return found
+
+
+def artifact_exists(*, url: str) -> bool:
+    if urlsplit(url).scheme == "s3":
+        bucket, object_key = _s3_location(url)
+        with _s3_errors(url):
+            return _s3_exists(_s3_client(settings.MEMRUN_S3_ENDPOINT_URL), bucket, object_key)
+    return _file_path(url).is_file()
+
+
+def artifact_delete(*, url: str) -> None:
+    """Remove the package at `url`; one already gone is fine."""
+    if urlsplit(url).scheme == "s3":
+        bucket, object_key = _s3_location(url)
+        with _s3_errors(url):
+            _s3_client(settings.MEMRUN_S3_ENDPOINT_URL).delete_object(Bucket=bucket, Key=object_key)
+        return
+    _file_path(url).unlink(missing_ok=True)
 
 
 def artifact_open(*, url: str) -> BinaryIO:

@@ -14,13 +14,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 
 from apps.common.errors import DomainError
 from apps.common.events import ServiceFleetChanged, event_emit_on_commit
 from apps.services import selectors
-from apps.services.artifacts import artifact_put
+from apps.services.artifacts import artifact_exists, artifact_put
 from apps.services.models import Deployment, Service
 from apps.services.services import deployment_create, service_create, service_update
 from apps.services.uploads import Upload, package_max_bytes, uploads_dir
@@ -96,6 +97,13 @@ def deployment_rollback(
             )
     else:
         target = selectors.deployment_get(service=service, version=version)
+    if not artifact_exists(url=target.artifact_url):
+        raise DomainError(
+            f"the package of v{target.version} of {service.name} is no longer stored (memrun "
+            f"gc keeps the newest {settings.MEMRUN_GC_KEEP_VERSIONS} versions); deploy it again",
+            status=409,
+            details={"version": target.version},
+        )
     try:
         config = Manifest.from_dict(target.manifest).config
     except PackageRejected as exc:

@@ -29,6 +29,7 @@ SUBCOMMANDS = [
     "memrun.cli.workers",
     "memrun.cli.logs",
     "memrun.cli.dlq",
+    "memrun.cli.gc",
 ]
 
 
