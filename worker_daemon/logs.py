@@ -86,6 +86,10 @@ def configure_stdlib_logging(level: int = logging.INFO, **static: Any) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request at INFO: a line per heartbeat and per shipped batch (each
+    # shipped in turn) would bury what a person reads. Its warnings still come through.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def parse_line(line: str | bytes) -> dict[str, Any] | None:

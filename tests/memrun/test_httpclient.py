@@ -157,3 +157,24 @@ def test_a_streamed_answer_is_read_in_chunks(server: Server) -> None:
     server.answers = [(200, b"x" * 100_000)]
     with HttpClient(server.url) as http, http.stream("GET", "/package") as response:
         assert sum(len(chunk) for chunk in response.iter_bytes(4096)) == 100_000
+
+
+def test_the_workers_log_stream_gets_no_line_per_request(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from worker_daemon.logs import configure_stdlib_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_stdlib_logging(worker="w-1")
+        with HttpClient(server.url) as http:
+            http.call("GET", "/heartbeat")
+        logging.getLogger("worker").info("a line a person reads")
+    finally:
+        root.handlers[:], root.level = saved
+    out = capsys.readouterr().out
+    assert "a line a person reads" in out and "HTTP Request" not in out
+    assert len(server.seen) == 1
