@@ -132,6 +132,7 @@ INSTALLED_APPS = [
     "apps.services",
     "apps.workers",
     "apps.provisioning",
+    "apps.web",
 ]
 
 MIDDLEWARE = [
@@ -147,7 +148,9 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "memrun_site.urls"
 WSGI_APPLICATION = "memrun_site.wsgi.application"
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "web:dashboard"
+LOGOUT_REDIRECT_URL = "login"
 
 TEMPLATES = [
     {
@@ -201,6 +204,14 @@ STATIC_URL = "static/"
 STATIC_ROOT = MEMRUN_HOME / "static"
 STATICFILES_DIRS = [path for path in [BASE_DIR / "static"] if path.is_dir()]
 MEMRUN_SERVE_STATIC = env_bool("MEMRUN_SERVE_STATIC", True)
+if MEMRUN_SERVE_STATIC:
+    STATIC_ROOT.mkdir(exist_ok=True)
+    # whitenoise serves them from the web process itself, under gunicorn and under ASGI
+    # alike, with caching headers; right after SecurityMiddleware, as it asks.
+    MIDDLEWARE.insert(
+        MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+    )
 
 # Backing services.
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:16379/0")

@@ -1,26 +1,17 @@
-from django.conf import settings
 from django.contrib import admin
-from django.urls import path, re_path
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
 from django.views.generic import RedirectView
-from django.views.static import serve
 
 from apps.workers.views import metrics
 from memrun_site.api import api
 
 urlpatterns = [
-    path("", RedirectView.as_view(pattern_name="admin:index"), name="home"),
+    path("", RedirectView.as_view(pattern_name="web:dashboard"), name="home"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("metrics", metrics, name="metrics"),
+    path("", include("apps.web.urls")),
 ]
-
-if settings.MEMRUN_SERVE_STATIC:
-    # The appliance serves its own collected static files (the admin's CSS and JS), so
-    # `memrun up` needs no web server in front; behind a proxy, MEMRUN_SERVE_STATIC=0.
-    urlpatterns += [
-        re_path(
-            rf"^{settings.STATIC_URL.lstrip('/')}(?P<path>.*)$",
-            serve,
-            {"document_root": settings.STATIC_ROOT},
-        )
-    ]

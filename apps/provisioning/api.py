@@ -18,11 +18,14 @@ from apps.services.selectors import service_get
 router = Router(tags=["workers"])
 
 
-@router.post("/services/{name}/scale", response={200: ServiceOut, 404: ErrorOut, 422: ErrorOut})
+@router.post(
+    "/services/{name}/scale",
+    response={200: ServiceOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut},
+)
 def services_scale(request: HttpRequest, name: str, payload: ScaleIn) -> Service:
     """Set how many workers the service runs (within its min and max); reconcile starts
     or drains workers to match."""
-    return service_scale(service=service_get(name=name), workers=payload.workers)
+    return service_scale(service=service_get(name=name), workers=payload.workers, by=request.auth)
 
 
 @router.post("/gc", response={200: GcOut}, tags=["operations"])

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from django.db import transaction
 
 from apps.common.errors import DomainError
+from apps.common.permissions import staff_require
 from apps.provisioning.tasks import reconcile_soon
 from apps.services.models import Service
 
 
-def service_scale(*, service: Service, workers: int) -> Service:
+def service_scale(*, service: Service, workers: int, by: Any = None) -> Service:
     """Set the service's desired worker count, within its min_workers..max_workers; a
-    count outside is a 422 that names the bound."""
+    count outside is a 422 that names the bound. Only staff users (`by`) scale."""
+    staff_require(user=by, action="scale a service")
     with transaction.atomic():
         locked = Service.objects.select_for_update().get(pk=service.pk)
         if workers < locked.min_workers:

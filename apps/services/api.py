@@ -253,7 +253,7 @@ _UPLOAD_BODY = {
 }
 _UPLOAD_RESPONSES = {
     201: DeploymentOut,
-    **{status: ErrorOut for status in (400, 409, 411, 413, 415, 422, 503)},
+    **{status: ErrorOut for status in (400, 403, 409, 411, 413, 415, 422, 503)},
 }
 
 
@@ -301,7 +301,10 @@ def deployments_get(request: HttpRequest, name: str, version: int) -> Deployment
 
 @router.post(
     "/services/{name}/rollback",
-    response={201: DeploymentOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut, 503: ErrorOut},
+    response={
+        201: DeploymentOut,
+        **{status: ErrorOut for status in (403, 404, 409, 422, 503)},
+    },
     tags=["deployments"],
     summary="Deploy an earlier version's package again, as a new version",
 )

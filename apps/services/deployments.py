@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from django.db import transaction
 
 from apps.common.errors import DomainError
 from apps.common.events import ServiceFleetChanged, event_emit_on_commit
+from apps.common.permissions import staff_require
 from apps.services import selectors
 from apps.services.artifacts import artifact_exists, artifact_put
 from apps.services.models import Deployment, Service
@@ -41,17 +43,24 @@ def package_limits() -> PackageLimits:
 
 
 def deployment_upload(
-    *, service_name: str, upload: Upload, created_by: AbstractBaseUser | None = None
+    *,
+    service_name: str,
+    upload: Upload,
+    created_by: AbstractBaseUser | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Deployment:
     """Validate `upload` (a package, or a handler .py built into one here) for the
     service `service_name`, store it, and record a new deployment of it: the service is
     created from the package's config on its first deploy, and takes that config on every
-    later one. Refusals are DomainErrors; a refused upload stores nothing."""
+    later one. `overrides` (MemoryService argument names, as `memrun deploy`'s flags) win
+    over a handler's code; a built package carries its config and takes none. Only staff
+    users deploy. Refusals are DomainErrors; a refused upload stores nothing."""
+    staff_require(user=created_by, action="deploy")
     service_name_check(service_name)
     message = _message(upload.message)
     limits = package_limits()
     with tempfile.TemporaryDirectory(prefix="build-", dir=uploads_dir()) as work:
-        package = _package_of(upload, Path(work), limits)
+        package = _package_of(upload, Path(work), limits, overrides or {})
         manifest = package_check(path=package, service_name=service_name, limits=limits)
         with package.open("rb") as stream:
             sha256 = hashlib.file_digest(stream, "sha256").hexdigest()
@@ -85,7 +94,9 @@ def deployment_rollback(
     created_by: AbstractBaseUser | None = None,
 ) -> Deployment:
     """A new deployment of the package and config of `version`; by default of the one
-    that was active before the current active one. The artifact is reused, not copied."""
+    that was active before the current active one. The artifact is reused, not copied.
+    Only staff users roll back."""
+    staff_require(user=created_by, action="roll back")
     if version is None:
         target = selectors.deployment_previous_active(service=service)
         if target is None:
@@ -162,13 +173,24 @@ def package_check(*, path: Path, service_name: str, limits: PackageLimits) -> Ma
     return manifest
 
 
-def _package_of(upload: Upload, work: Path, limits: PackageLimits) -> Path:
+def _package_of(
+    upload: Upload, work: Path, limits: PackageLimits, overrides: Mapping[str, Any]
+) -> Path:
     """The package to check: the upload itself, or one built from an uploaded handler."""
     with upload.path.open("rb") as stream:
         head = stream.read(2)
+    given = sorted(key for key, value in overrides.items() if value is not None and key != "name")
     # The bytes decide: gzip is a package whatever it was called; anything else is
     # checked as a package (and refused by name) unless it was sent as a handler.
     if head == b"\x1f\x8b" or not upload.is_source:
+        if given:
+            raise _refused(
+                "overrides_on_package",
+                f"a built package carries its own settings, so {', '.join(given)} cannot be "
+                "overridden here; rebuild it with memrun deploy and the flags, or upload "
+                "the handler .py",
+                overrides=given,
+            )
         return upload.path
     name = upload.filename if _SOURCE_NAME.match(upload.filename) else "handler.py"
     if upload.size_bytes > ENTRY_MAX_BYTES:
@@ -187,7 +209,7 @@ def _package_of(upload: Upload, work: Path, limits: PackageLimits) -> Path:
     handler.write_bytes(source)
     package = work / "package.tar.gz"
     try:
-        build_package(handler, out=package, limits=limits)
+        build_package(handler, overrides=overrides, out=package, limits=limits)
     except ConfigError as exc:
         raise _refused("handler_invalid", exc.message, **exc.details) from None
     return package

@@ -211,3 +211,22 @@ class _CappedUploadHandler(FileUploadHandler):
     def discard(self) -> None:
         if hasattr(self, "file"):
             self.file.close()
+
+
+@contextlib.contextmanager
+def upload_from_text(*, text: str, message: str = "") -> Iterator[Upload]:
+    """Handler source pasted into the deploy form, as an upload of a .py file."""
+    data = text.encode("utf-8")
+    max_bytes = package_max_bytes()
+    if len(data) > max_bytes:
+        raise _too_large(max_bytes, declared=len(data))
+    with tempfile.NamedTemporaryFile(dir=uploads_dir(), suffix=".py") as out:
+        out.write(data)
+        out.flush()
+        yield Upload(
+            path=Path(out.name),
+            size_bytes=len(data),
+            filename="handler.py",
+            is_source=True,
+            message=message,
+        )

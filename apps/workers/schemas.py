@@ -151,6 +151,7 @@ class LogQueryIn(Schema):
     until: str | None = None
     request_id: str | None = None
     level: Level | None = Field(None, description="this level and above")
+    text: str | None = Field(None, max_length=200, description="lines whose message has it")
     limit: int = Field(LOG_DEFAULT_LIMIT, ge=1, le=LOG_MAX_LIMIT)
 
 

@@ -124,17 +124,20 @@ def worker_log_page(
     until: str | None = None,
     request_id: str | None = None,
     level: str | None = None,
+    text: str | None = None,
     limit: int = LOG_DEFAULT_LIMIT,
 ) -> LogPage:
     """`limit` lines of `worker` or of `service` (or of both: that worker within that
     service), each naming its worker as `worker_name`, oldest first. Without `since`, the
-    newest `limit` lines; with it, those after it (see the module docstring). At most
-    three queries."""
+    newest `limit` lines; with it, those after it (see the module docstring). `text`
+    keeps the lines whose message or event contains it (any case). At most three queries."""
     if worker is None and service is None:
         raise ValueError("pass a worker, a service, or both")
     lines = _filtered(
         worker=worker, service=service, until=until, request_id=request_id, level=level
     )
+    if text:
+        lines = lines.filter(Q(message__icontains=text) | Q(event__icontains=text))
     # Read first: ids at or below it are in this page or were seen; above, next time.
     high_water = WorkerLogLine.objects.aggregate(top=Max("pk"))["top"] or 0
     lines = lines.filter(pk__lte=high_water)

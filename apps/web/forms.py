@@ -1,0 +1,63 @@
+"""The pages' forms: they parse and bound input; every rule beyond that is the services
+layer's, which reports it as a DomainError shown beside the form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from apps.services.deployments import MESSAGE_MAX_CHARS
+
+
+class DeployForm(forms.Form):
+    """A deploy: the service, a message and optional overrides. The handler comes as the
+    `package` file (taken by the upload handler, not by this form) or pasted as `source`."""
+
+    service = forms.CharField(max_length=63, help_text="created on its first deploy")
+    source = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 12}))
+    message = forms.CharField(required=False, max_length=MESSAGE_MAX_CHARS)
+    memory = forms.CharField(required=False, max_length=32, help_text="e.g. 4Gi")
+    disk = forms.CharField(required=False, max_length=32, help_text="e.g. 50Gi")
+    concurrency = forms.IntegerField(required=False, min_value=1, max_value=100_000)
+    sticky_key = forms.CharField(required=False, max_length=200, help_text="e.g. user_id")
+    min_workers = forms.IntegerField(required=False, min_value=0, max_value=10_000)
+    max_workers = forms.IntegerField(required=False, min_value=1, max_value=10_000)
+
+    OVERRIDES = ("memory", "disk", "concurrency", "sticky_key", "min_workers", "max_workers")
+
+    def overrides(self) -> dict[str, Any]:
+        """MemoryService arguments as `memrun deploy`'s flags give them (None: not given);
+        the name is the service deployed to."""
+        given: dict[str, Any] = {"name": self.cleaned_data["service"]}
+        for key in self.OVERRIDES:
+            value = self.cleaned_data.get(key)
+            given[key] = None if value in (None, "") else value
+        return given
+
+
+class RollbackForm(forms.Form):
+    version = forms.IntegerField(min_value=1)
+
+
+class ScaleForm(forms.Form):
+    workers = forms.IntegerField(min_value=0, max_value=10_000)
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=100)
+
+
+class DiffForm(forms.Form):
+    a = forms.IntegerField(min_value=1)
+    b = forms.IntegerField(min_value=1)
+
+
+class LogFilterForm(forms.Form):
+    LEVELS = [("", "any level"), ("info", "info+"), ("warning", "warning+"), ("error", "error+")]
+
+    level = forms.ChoiceField(required=False, choices=LEVELS)
+    request_id = forms.CharField(required=False, max_length=100)
+    text = forms.CharField(required=False, max_length=200)
+    until = forms.CharField(required=False, max_length=40)
+    since = forms.CharField(required=False, max_length=80)

@@ -1,0 +1,238 @@
+"""The web UI's pages. Thin: parse the form, call the same services and selectors as the
+API, render. Rules, permissions and errors live in the services layer."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_GET, require_POST
+
+from apps.common.errors import DomainError
+from apps.provisioning.services import service_scale as scale_service
+from apps.services import deployments, invoke, selectors, services, sources, uploads
+from apps.web import selectors as page_selectors
+from apps.web.forms import DeployForm, DiffForm, RollbackForm, ScaleForm, TokenForm
+from apps.web.pages import error_page, page
+
+
+def _form_error(form: DeployForm | DiffForm | RollbackForm | ScaleForm | TokenForm) -> DomainError:
+    summary = "; ".join(
+        f"{name}: {' '.join(errors)}" if name != "__all__" else " ".join(errors)
+        for name, errors in form.errors.items()
+    )
+    return DomainError(f"invalid input: {summary}", status=422)
+
+
+@require_GET
+@page
+def dashboard(request: HttpRequest) -> HttpResponse:
+    return render(request, "web/dashboard.html", _dashboard_context(request))
+
+
+@require_GET
+@page
+def dashboard_live(request: HttpRequest) -> HttpResponse:
+    return render(request, "web/_dashboard_services.html", _dashboard_context(request))
+
+
+def _dashboard_context(request: HttpRequest) -> dict[str, object]:
+    return {
+        "summaries": page_selectors.service_summaries(),
+        "appliance_url": request.build_absolute_uri("/").rstrip("/"),
+    }
+
+
+@require_GET
+@page
+def service_detail(request: HttpRequest, name: str) -> HttpResponse:
+    service = selectors.service_get(name=name)
+    history = list(page_selectors.service_deployments(service=service))
+    return render(
+        request,
+        "web/service.html",
+        {
+            "service": service,
+            "workers": page_selectors.service_workers(service=service),
+            "deployments": history,
+            "requests": page_selectors.service_recent_requests(service=service),
+            "diff_default": (history[1].version, history[0].version) if len(history) > 1 else None,
+            "scale_range": range(service.min_workers, service.max_workers + 1),
+        },
+    )
+
+
+@require_GET
+@page
+def service_diff(request: HttpRequest, name: str) -> HttpResponse:
+    service = selectors.service_get(name=name)
+    form = DiffForm(request.GET)
+    if not form.is_valid():
+        raise _form_error(form)
+    left = selectors.deployment_get(service=service, version=form.cleaned_data["a"])
+    right = selectors.deployment_get(service=service, version=form.cleaned_data["b"])
+    rows = sources.source_diff(
+        left=sources.deployment_source(deployment=left),
+        right=sources.deployment_source(deployment=right),
+    )
+    return render(
+        request,
+        "web/diff.html",
+        {"service": service, "left": left, "right": right, "rows": rows},
+    )
+
+
+@require_POST
+@page
+def service_rollback(request: HttpRequest, name: str) -> HttpResponse:
+    service = selectors.service_get(name=name)
+    form = RollbackForm(request.POST)
+    if not form.is_valid():
+        raise _form_error(form)
+    deployment = deployments.deployment_rollback(
+        service=service, version=form.cleaned_data["version"], created_by=request.user
+    )
+    return redirect("web:rollout", deployment_id=deployment.pk)
+
+
+@require_POST
+@page
+def service_scale(request: HttpRequest, name: str) -> HttpResponse:
+    service = selectors.service_get(name=name)
+    form = ScaleForm(request.POST)
+    if not form.is_valid():
+        raise _form_error(form)
+    scale_service(service=service, workers=form.cleaned_data["workers"], by=request.user)
+    messages.success(request, f"{service.name} scales to {form.cleaned_data['workers']} worker(s)")
+    return redirect("web:service", name=service.name)
+
+
+@csrf_exempt
+def deploy(request: HttpRequest) -> HttpResponse:
+    """The deploy form. The upload streams to disk under the size cap, so that is set up
+    before the CSRF check reads the body (Django's documented order for upload handlers)."""
+    if request.method == "POST" and request.user.is_authenticated:
+        try:
+            uploads.upload_prepare(request)
+        except DomainError as exc:
+            return error_page(request, exc)
+    return _deploy(request)
+
+
+@page
+@csrf_protect
+def _deploy(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        form = DeployForm(initial={"service": request.GET.get("service", "")})
+        return render(request, "web/deploy.html", {"form": form})
+    form = DeployForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise _form_error(form)
+        with _received(request, form) as upload:
+            deployment = deployments.deployment_upload(
+                service_name=form.cleaned_data["service"],
+                upload=upload,
+                created_by=request.user,
+                overrides=form.overrides(),
+            )
+    except DomainError as exc:
+        return render(request, "web/deploy.html", {"form": form, "error": exc}, status=exc.status)
+    return redirect("web:rollout", deployment_id=deployment.pk)
+
+
+@contextlib.contextmanager
+def _received(request: HttpRequest, form: DeployForm) -> Iterator[uploads.Upload]:
+    message = form.cleaned_data["message"]
+    if request.FILES.getlist(uploads.UPLOAD_FIELD):
+        with uploads.upload_receive(request=request, message=message) as upload:
+            yield upload
+    elif form.cleaned_data["source"].strip():
+        with uploads.upload_from_text(text=form.cleaned_data["source"], message=message) as upload:
+            yield upload
+    else:
+        raise DomainError(
+            "nothing to deploy: drop or pick a handler .py or a package .tar.gz, or paste "
+            "the handler's code",
+            status=400,
+            details={"fields": {uploads.UPLOAD_FIELD: ["required"]}},
+        )
+
+
+@require_GET
+@page
+def rollout(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    deployment = selectors.deployment_get_by_id(deployment_id=deployment_id)
+    return render(
+        request,
+        "web/rollout.html",
+        {
+            "deployment": deployment,
+            "rollout": page_selectors.deployment_rollout(deployment=deployment),
+        },
+    )
+
+
+@require_GET
+@page
+def rollout_live(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    deployment = selectors.deployment_get_by_id(deployment_id=deployment_id)
+    return render(
+        request,
+        "web/_rollout_lines.html",
+        {
+            "deployment": deployment,
+            "rollout": page_selectors.deployment_rollout(deployment=deployment),
+        },
+    )
+
+
+@require_GET
+@page
+def request_lookup(request: HttpRequest) -> HttpResponse:
+    request_id = request.GET.get("id", "").strip()[:100]
+    context: dict[str, object] = {"request_id": request_id}
+    if request_id:
+        try:
+            context["state"] = invoke.request_get(request_id=request_id)
+        except DomainError as exc:
+            if exc.status != 404:
+                raise
+            context["missing"] = exc.message
+        context["lines"] = page_selectors.request_log_lines(request_id=request_id)
+    return render(request, "web/request.html", context)
+
+
+@page
+def tokens(request: HttpRequest) -> HttpResponse:
+    """The user's tokens; a POST creates one, whose secret this answer shows once."""
+    form = TokenForm(request.POST if request.method == "POST" else None)
+    context: dict[str, object] = {"form": form}
+    error: DomainError | None = None
+    if request.method == "POST":
+        try:
+            if not form.is_valid():
+                raise _form_error(form)
+            token, secret = services.apitoken_create(
+                user=request.user, name=form.cleaned_data["name"]
+            )
+        except DomainError as exc:
+            error = exc
+        else:
+            context |= {"created": token, "secret": secret, "form": TokenForm()}
+    context |= {"tokens": list(selectors.apitoken_list(user=request.user)), "error": error}
+    return render(request, "web/tokens.html", context, status=error.status if error else 200)
+
+
+@require_POST
+@page
+def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    token = selectors.apitoken_get(user=request.user, token_id=token_id)
+    services.apitoken_revoke(token=token)
+    messages.success(request, f"token {token.name} revoked")
+    return redirect(reverse("web:tokens"))
