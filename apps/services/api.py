@@ -164,7 +164,7 @@ def deadletters_list(
 # Before the {dead_letter_id} route, which would otherwise match "replay".
 @router.post(
     "/services/{name}/dead-letters/replay",
-    response={201: list[ReplayOut], 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
+    response={201: list[ReplayOut], 403: ErrorOut, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
     tags=["dead letters"],
     summary="Run dead letters again: same key and payload, attempt + 1, as new requests",
 )

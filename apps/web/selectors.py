@@ -1,187 +1,37 @@
 """Reads that shape what the pages show, each in a fixed number of queries whatever the
-number of services, workers or log lines: the dashboard's rows, a service's workers
-and recent requests, and a deployment's rollout as the lines the deploy page prints.
-
-The numbers come from what workers report in their heartbeats (`Worker.stats`); a
-worker that has stopped no longer counts.
+number of services, workers or log lines: a service's history, finished workers and
+recent requests, a request's log lines, and a deployment's rollout as the lines the
+deploy page prints. The numbers workers report are apps/workers/stats.py's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models import F, QuerySet
 
 from apps.services.models import Deployment, DeploymentStatus, Service
 from apps.workers.models import Worker, WorkerLogLine, WorkerState
 from memrun.wire.sizes import format_size
 
 RECENT_REQUESTS = 20
-SERVICE_PAGE_WORKERS = 100
+SERVICE_PAGE_FINISHED_WORKERS = 20
 SERVICE_PAGE_DEPLOYMENTS = 50
 REQUEST_LOG_LINES = 200
-TIERS = ("memory", "disk", "s3")
-
-
-@dataclass(frozen=True)
-class CacheView:
-    """Hit counts per tier (RAM, local disk, S3 fetch) and what the cache holds."""
-
-    hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
-    disk_used_bytes: int = 0
-    disk_capacity_bytes: int = 0
-    memory_used_bytes: int = 0
-    memory_budget_bytes: int = 0
-
-    @property
-    def lookups(self) -> int:
-        return sum(self.hits.values())
-
-    @property
-    def ratios(self) -> dict[str, str]:
-        """Per tier, the share of lookups it answered ("-" before the first lookup)."""
-        total = self.lookups
-        return {tier: f"{100 * n / total:.0f}%" if total else "-" for tier, n in self.hits.items()}
-
-    @property
-    def disk_used(self) -> str:
-        return f"{_size(self.disk_used_bytes)} / {_size(self.disk_capacity_bytes)}"
-
-    @property
-    def memory_used(self) -> str:
-        return f"{_size(self.memory_used_bytes)} / {_size(self.memory_budget_bytes)}"
 
 
 def _size(n: int) -> str:
     return f"{n} B" if n < 1024 else format_size(n)
 
 
-@dataclass(frozen=True)
-class WorkerView:
-    worker: Worker
-    in_flight: int
-    concurrency: int
-    completed: int
-    errors: int
-    lag: int | None
-    partitions: list[int]
-    cache: CacheView
-
-
-@dataclass(frozen=True)
-class ServiceSummary:
-    service: Service
-    live_version: int | None
-    workers_ready: int
-    requests: int
-    errors: int
-    in_flight: int
-    lag: int | None
-    cache: CacheView
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def cache_view(stats: dict[str, Any]) -> CacheView:
-    cache = stats.get("cache") if isinstance(stats.get("cache"), dict) else {}
-    assert isinstance(cache, dict)
-    hits = cache.get("hits") if isinstance(cache.get("hits"), dict) else {}
-    assert isinstance(hits, dict)
-    disk = cache.get("disk") if isinstance(cache.get("disk"), dict) else {}
-    memory = cache.get("memory") if isinstance(cache.get("memory"), dict) else {}
-    assert isinstance(disk, dict) and isinstance(memory, dict)
-    return CacheView(
-        hits={
-            "memory": _int(hits.get("memory")),
-            "disk": _int(hits.get("disk")),
-            "s3": _int(cache.get("misses")),
-        },
-        disk_used_bytes=_int(disk.get("used_bytes")),
-        disk_capacity_bytes=_int(disk.get("capacity_bytes")),
-        memory_used_bytes=_int(memory.get("named_bytes")) + _int(memory.get("decoded_bytes")),
-        memory_budget_bytes=_int(memory.get("budget_bytes")),
+def service_finished_workers(*, service: Service) -> QuerySet[Worker]:
+    """The service's most recently stopped or dead workers (the running ones and their
+    numbers are apps/workers/stats.py's)."""
+    return (
+        Worker.objects.filter(service=service, state__in=Worker.FINISHED_STATES)
+        .select_related("deployment")
+        .order_by("-state_changed_at", "-id")[:SERVICE_PAGE_FINISHED_WORKERS]
     )
-
-
-def worker_view(worker: Worker) -> WorkerView:
-    stats = worker.stats if isinstance(worker.stats, dict) else {}
-    partitions = stats.get("partitions") if isinstance(stats.get("partitions"), list) else []
-    assert isinstance(partitions, list)
-    lag = stats.get("lag")
-    return WorkerView(
-        worker=worker,
-        in_flight=_int(stats.get("in_flight")),
-        concurrency=_int(stats.get("concurrency")) or worker.service.concurrency,
-        completed=_int(stats.get("completed")),
-        errors=_int(stats.get("failed")) + _int(stats.get("timed_out")),
-        lag=lag if isinstance(lag, int) else None,
-        # Heartbeats report partition numbers; the worker's own stats, dicts with them.
-        partitions=sorted(
-            p if isinstance(p, int) else p["partition"]
-            for p in partitions
-            if isinstance(p, int) or (isinstance(p, dict) and isinstance(p.get("partition"), int))
-        ),
-        cache=cache_view(stats),
-    )
-
-
-def _live_version() -> Subquery:
-    active = Deployment.objects.filter(
-        service=OuterRef("pk"), status=DeploymentStatus.ACTIVE
-    ).order_by("-version")
-    return Subquery(active.values("version")[:1])
-
-
-def service_summaries() -> list[ServiceSummary]:
-    """Every service with its live version and ready workers, and the totals of its
-    running workers' reported counters. Two queries."""
-    services = list(
-        Service.objects.order_by("name").annotate(
-            live_version=_live_version(),
-            workers_ready=Count("workers", filter=Q(workers__state=WorkerState.READY)),
-        )
-    )
-    by_service: dict[int, list[WorkerView]] = {}
-    running = (
-        Worker.objects.exclude(state__in=Worker.FINISHED_STATES)
-        .select_related("service")
-        .only("id", "service_id", "stats", "service__concurrency")
-    )
-    for worker in running:
-        by_service.setdefault(worker.service_id, []).append(worker_view(worker))
-    return [_summary(service, by_service.get(service.pk, [])) for service in services]
-
-
-def _summary(service: Any, workers: list[WorkerView]) -> ServiceSummary:
-    hits = dict.fromkeys(TIERS, 0)
-    for view in workers:
-        for tier, count in view.cache.hits.items():
-            hits[tier] += count
-    lags = [view.lag for view in workers if view.lag is not None]
-    return ServiceSummary(
-        service=service,
-        live_version=service.live_version,
-        workers_ready=service.workers_ready,
-        requests=sum(view.completed + view.errors for view in workers),
-        errors=sum(view.errors for view in workers),
-        in_flight=sum(view.in_flight for view in workers),
-        lag=sum(lags) if lags else None,
-        cache=CacheView(hits=hits),
-    )
-
-
-def service_workers(*, service: Service) -> list[WorkerView]:
-    """The service's running workers, then the most recently finished ones."""
-    workers = (
-        Worker.objects.filter(service=service)
-        .select_related("service", "deployment")
-        .annotate(finished=Q(state__in=Worker.FINISHED_STATES))
-        .order_by("finished", "-created_at")[:SERVICE_PAGE_WORKERS]
-    )
-    return [worker_view(worker) for worker in workers]
 
 
 def service_deployments(*, service: Service) -> QuerySet[Deployment]:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.web import log_views, views
+from apps.web import dlq_views, log_views, views
 
 app_name = "web"
 
@@ -15,6 +15,17 @@ urlpatterns = [
     path("services/<str:name>/rollback/", views.service_rollback, name="rollback"),
     path("services/<str:name>/scale/", views.service_scale, name="scale"),
     path("services/<str:name>/logs/", log_views.service_logs, name="service-logs"),
+    path("services/<str:name>/dead-letters/", dlq_views.dead_letters, name="dead-letters"),
+    path(
+        "services/<str:name>/dead-letters/replay/",
+        dlq_views.dead_letters_replay,
+        name="dead-letters-replay",
+    ),
+    path(
+        "services/<str:name>/dead-letters/<str:dead_letter_id>/",
+        dlq_views.dead_letter,
+        name="dead-letter",
+    ),
     path("workers/<str:name>/logs/", log_views.worker_logs, name="worker-logs"),
     path("requests/", views.request_lookup, name="request"),
     path("tokens/", views.tokens, name="tokens"),

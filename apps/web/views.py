@@ -19,6 +19,7 @@ from apps.services import deployments, invoke, selectors, services, sources, upl
 from apps.web import selectors as page_selectors
 from apps.web.forms import DeployForm, DiffForm, RollbackForm, ScaleForm, TokenForm
 from apps.web.pages import error_page, page
+from apps.workers.stats import service_dashboard_list, service_stats_get
 
 
 def _form_error(form: DeployForm | DiffForm | RollbackForm | ScaleForm | TokenForm) -> DomainError:
@@ -43,7 +44,7 @@ def dashboard_live(request: HttpRequest) -> HttpResponse:
 
 def _dashboard_context(request: HttpRequest) -> dict[str, object]:
     return {
-        "summaries": page_selectors.service_summaries(),
+        "services": service_dashboard_list(),
         "appliance_url": request.build_absolute_uri("/").rstrip("/"),
     }
 
@@ -58,7 +59,8 @@ def service_detail(request: HttpRequest, name: str) -> HttpResponse:
         "web/service.html",
         {
             "service": service,
-            "workers": page_selectors.service_workers(service=service),
+            "stats": service_stats_get(service=service),
+            "finished_workers": page_selectors.service_finished_workers(service=service),
             "deployments": history,
             "requests": page_selectors.service_recent_requests(service=service),
             "diff_default": (history[1].version, history[0].version) if len(history) > 1 else None,

@@ -108,6 +108,8 @@ class Shots:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):
+            old.unlink()
         self.count = 0
 
     def __call__(self, page: Any, name: str) -> None:
@@ -163,7 +165,7 @@ def test_deploy_invoke_watch_logs_diff_and_roll_back_in_a_browser(
     from examples.warm_lookup.make_dataset import make_csv
 
     base = live_server.url
-    shots = Shots(SCREENSHOTS)
+    shots = Shots(SCREENSHOTS / "staff")
     User.objects.create_user(username="ops", password=PASSWORD, is_staff=True)
     name = service_name()
     key = f"tests/{unique_name}/sales.csv"
@@ -284,6 +286,38 @@ def test_deploy_invoke_watch_logs_diff_and_roll_back_in_a_browser(
     page.goto(f"{base}/services/{name}/")
     assert "rollback to v1" in page.inner_text("#v3")
     shots(page, "service-after-rollback")
+
+    # A request that raises lands in dead letters; fixed, its replay succeeds.
+    failing = invoke(base, token, name, {**payload, "column": "nope"})
+    assert failing["ok"] is False and "KeyError" in str(failing["error"]), failing
+    page.goto(f"{base}/services/{name}/dead-letters/")
+    row = f'tr[data-request="{failing["request_id"]}"]'
+    reload_until(page, lambda: page.locator(row).count() == 1, what="the dead letter")
+    assert "KeyError" in page.inner_text(row)
+    shots(page, "dead-letters")
+    page.click(f"{row} a >> nth=0")
+    assert "column 'nope' not in dataset" in page.inner_text("main")
+    shots(page, "dead-letter")
+    fixed = re.sub(r"raise KeyError\(.*\)", 'column = "amount"', README_HANDLER.read_text())
+    assert fixed != README_HANDLER.read_text()
+    page.goto(f"{base}/deploy/?service={name}")
+    page.fill("textarea[name=source]", fixed)
+    page.fill("input[name=message]", "fall back to the amount column")
+    page.click("#deploy-form button[type=submit]")
+    assert "done" in wait_for_done(page)
+    page.goto(f"{base}/services/{name}/dead-letters/")
+    page.check(f"{row} input[name=ids]")
+    page.click("#replay-form button[type=submit]")
+    notice = page.inner_text(".notice")
+    replayed = re.search(r"as request\(s\) (\S+)", notice)
+    assert replayed is not None, notice
+    assert "ops" in page.inner_text("main")  # the replay is recorded with who did it
+    page.goto(f"{base}/requests/?id={replayed.group(1)}")
+    reload_until(page, lambda: page.locator(".tag.ok").count() > 0, what="the replay's success")
+    assert '"rows": 1000' in page.inner_text(".result")
+    shots(page, "request-replayed")
+    page.goto(f"{base}/dashboard/")
+    assert page.inner_text(f"{card} .dead-letters").strip() == "1"
 
     # A phone's width: the dashboard has no horizontal scroll.
     phone = browser.new_context(viewport={"width": 375, "height": 740})

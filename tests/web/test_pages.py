@@ -20,6 +20,7 @@ from django.utils import timezone
 from apps.common.credentials import secret_hash
 from apps.services.models import ApiToken, Deployment, Service
 from apps.workers.models import Worker, WorkerLogLine
+from tests.fixtures.services import wait_for_topic_leaders
 
 pytestmark = pytest.mark.django_db
 
@@ -63,6 +64,8 @@ PAGES = [
     "/workers/w/logs/",
     "/requests/",
     "/tokens/",
+    "/services/x/dead-letters/",
+    "/services/x/dead-letters/0-1/",
 ]
 
 
@@ -298,13 +301,19 @@ def make_fleet(*, services: int, workers: int, lines: int) -> tuple[Service, Wor
         )
         for s in made
     )
+    # A heartbeat's stats as apps/workers/stats.py reads them.
     stats = {
         "in_flight": 1,
-        "completed": 10,
-        "failed": 1,
+        "concurrency": 16,
         "lag": 2,
-        "partitions": [3, 5],
-        "cache": {"hits": {"memory": 5, "disk": 2}, "misses": 1},
+        "partitions": [3, 4, 5, 9],
+        "requests": {"total": 11, "errors": 1, "last_minute": {"requests": 4, "errors": 0}},
+        "cache": {
+            "memory": {"hits": 5, "used_bytes": 100, "capacity_bytes": 1000},
+            "disk": {"hits": 2},
+            "remote": {"hits": 1},
+            "largest": [{"tier": "memory", "name": "model", "size_bytes": 100}],
+        },
     }
     fleet = Worker.objects.bulk_create(
         Worker(
@@ -362,8 +371,12 @@ def test_every_page_reads_in_a_bounded_number_of_queries(
         assert response.status_code == 200, (path, response.content[:300])
     dashboard = staff.get("/dashboard/").content.decode()
     assert dashboard.count('class="card"') == 50
-    # 10 workers per service, each reporting 10 completed and 1 failed.
+    # 10 workers per service, each reporting 11 requests, 1 of them failed.
     assert '<dd class="requests">110</dd>' in dashboard
+    assert '<dd class="per-minute">40</dd>' in dashboard
+    service_page = staff.get(f"/services/{service.name}/").content.decode()
+    assert '<td class="partitions">3-5, 9</td>' in service_page
+    assert "<code>model</code>" in service_page
 
 
 def test_logs_filter_page_follow_and_download(staff: Client) -> None:
@@ -388,3 +401,22 @@ def test_logs_filter_page_follow_and_download(staff: Client) -> None:
     lines = download.content.decode().strip().splitlines()
     assert lines and [line for line in lines if "line 4" not in line] == []
     assert staff.get(f"/workers/{worker.name}/logs/?level=loud").status_code == 422
+
+
+def test_dead_letters_page_lists_and_refuses_a_replay_without_staff_rights(
+    staff: Client, viewer: User, service_factory: Callable[..., Service], kafka_admin: Any
+) -> None:
+    service = service_factory()
+    # A DLQ topic just made has no partition leaders for a moment.
+    wait_for_topic_leaders(kafka_admin, service.dlq_topic, service.partitions)
+    page = staff.get(f"/services/{service.name}/dead-letters/")
+    assert page.status_code == 200, page.content.decode()
+    assert "No dead letters" in page.content.decode()
+    assert staff.get(f"/services/{service.name}/dead-letters/0-0/").status_code == 404
+    empty = staff.post(f"/services/{service.name}/dead-letters/replay/")
+    assert empty.status_code == 422 and "tick the dead letters" in empty.content.decode()
+    client = Client()
+    client.force_login(viewer)
+    refused = client.post(f"/services/{service.name}/dead-letters/replay/", {"ids": ["0-0"]})
+    assert refused.status_code == 403
+    assert "only staff users can replay dead letters" in refused.content.decode()
