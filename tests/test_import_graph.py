@@ -29,11 +29,9 @@ _SKIP_DIRS = {".venv", "var", "build", "dist", "node_modules", "__pycache__"}
 _DJANGO = ("django", "ninja", "apps", "memrun_site")
 LAYERS = ("common", "services", "workers", "provisioning")
 # Imports that run up the layers today (importing module, imported module). To remove:
-# the package route belongs with the workers' credential (apps/workers/api.py), and the
-# ready counts and the delete guard need the workers' states from a layer above.
+# the deployments' ready counts and the delete guard need the workers' states from a layer
+# above services.
 KNOWN_UPWARD = {
-    ("apps.services.api", "apps.workers.auth"),
-    ("apps.services.api", "apps.workers.models"),
     ("apps.services.selectors", "apps.workers.models"),
     ("apps.services.services", "apps.workers.models"),
 }

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import HttpRequest
 from ninja import Query, Router, Status
 
 from apps.common.errors import DomainError
 from apps.services import deadletters, deployments, invoke, selectors, services, uploads
-from apps.services.artifacts import artifact_open
-from apps.services.auth import ApiTokenAuth, SessionCsrfHeaderAuth, api_auth
+from apps.services.auth import ApiTokenAuth, SessionCsrfHeaderAuth
 from apps.services.health import health_check
 from apps.services.models import ApiToken, Deployment, Service
 from apps.services.schemas import (
@@ -31,8 +30,6 @@ from apps.services.schemas import (
     TokenIn,
     TokenOut,
 )
-from apps.workers.auth import worker_auth
-from apps.workers.models import Worker
 
 router = Router(tags=["services"])
 
@@ -318,50 +315,3 @@ def deployments_rollback(
         created_by=request.auth,
     )
     return Status(201, deployment)
-
-
-def package_download_allowed(request: HttpRequest, deployment: Deployment) -> bool:
-    """Whether the caller may fetch `deployment`'s package: any user (token or session),
-    and a worker (its own credential) only the packages of its own service."""
-    caller = request.auth
-    if isinstance(caller, Worker):
-        return caller.service_id == deployment.service_id
-    return bool(getattr(caller, "is_authenticated", False))
-
-
-_PACKAGE_RESPONSE = {
-    "responses": {
-        200: {
-            "description": "the package's bytes; `X-Memrun-Sha256` is their sha256",
-            "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
-        }
-    }
-}
-
-
-@router.get(
-    "/deployments/{deployment_id}/package",
-    auth=[*api_auth, worker_auth],
-    response={403: ErrorOut, 404: ErrorOut, 503: ErrorOut},
-    openapi_extra=_PACKAGE_RESPONSE,
-    tags=["deployments"],
-)
-def deployments_package(request: HttpRequest, deployment_id: int) -> HttpResponse:
-    """Stream the package archive of a deployment: for its service's workers (which
-    verify it against `X-Memrun-Sha256`) and for users."""
-    deployment = selectors.deployment_get_by_id(deployment_id=deployment_id)
-    if not package_download_allowed(request, deployment):
-        raise DomainError(
-            f"this credential may not fetch packages of {deployment.service.name}",
-            status=403,
-            details={"deployment_id": deployment_id},
-        )
-    response = FileResponse(
-        artifact_open(url=deployment.artifact_url),
-        content_type="application/gzip",
-        as_attachment=True,
-        filename=f"{deployment.service.name}-v{deployment.version}.tar.gz",
-    )
-    response["Content-Length"] = str(deployment.size_bytes)
-    response["X-Memrun-Sha256"] = deployment.sha256
-    return response

@@ -1,19 +1,26 @@
-"""The workers API: what runs where, the heartbeat of the workers themselves, and their
-logs (workers post their lines; users read a worker's, or a service's merged across its
-workers, page by page)."""
+"""The workers API: what runs where, the heartbeat of the workers themselves, the package
+each fetches, and their logs (workers post their lines; users read a worker's, or a
+service's merged across its workers, page by page)."""
 
 from __future__ import annotations
 
 import pydantic
-from django.http import HttpRequest
+from django.http import FileResponse, HttpRequest, HttpResponse
 from ninja import Query, Router, Status
 from ninja.errors import ValidationError
 
 from apps.common.errors import DomainError
+from apps.services.artifacts import artifact_open
+from apps.services.auth import api_auth
 from apps.services.schemas import ErrorOut
-from apps.services.selectors import service_get
+from apps.services.selectors import deployment_get_by_id, service_get
 from apps.workers import selectors, services
-from apps.workers.auth import worker_auth, worker_log_auth, worker_require_self
+from apps.workers.auth import (
+    package_download_allowed,
+    worker_auth,
+    worker_log_auth,
+    worker_require_self,
+)
 from apps.workers.models import Worker
 from apps.workers.schemas import (
     HeartbeatIn,
@@ -121,6 +128,46 @@ def service_logs_read(request: HttpRequest, name: str, query: Query[ServiceLogQu
     worker_name = filters.pop("worker")
     worker = selectors.worker_get(name=worker_name, service=service) if worker_name else None
     return selectors.worker_log_page(service=service, worker=worker, **filters)
+
+
+# The package route lives here, with the worker credential it takes (workers fetch their
+# deployment's package); users may fetch it too.
+_PACKAGE_RESPONSE = {
+    "responses": {
+        200: {
+            "description": "the package's bytes; `X-Memrun-Sha256` is their sha256",
+            "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
+}
+
+
+@router.get(
+    "/deployments/{deployment_id}/package",
+    auth=[*api_auth, worker_auth],
+    response={403: ErrorOut, 404: ErrorOut, 503: ErrorOut},
+    openapi_extra=_PACKAGE_RESPONSE,
+    tags=["deployments"],
+)
+def deployments_package(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    """Stream the package archive of a deployment: for its service's workers (which
+    verify it against `X-Memrun-Sha256`) and for users."""
+    deployment = deployment_get_by_id(deployment_id=deployment_id)
+    if not package_download_allowed(request=request, deployment=deployment):
+        raise DomainError(
+            f"this credential may not fetch packages of {deployment.service.name}",
+            status=403,
+            details={"deployment_id": deployment_id},
+        )
+    response = FileResponse(
+        artifact_open(url=deployment.artifact_url),
+        content_type="application/gzip",
+        as_attachment=True,
+        filename=f"{deployment.service.name}-v{deployment.version}.tar.gz",
+    )
+    response["Content-Length"] = str(deployment.size_bytes)
+    response["X-Memrun-Sha256"] = deployment.sha256
+    return response
 
 
 def _log_batch(request: HttpRequest) -> LogBatchIn:

@@ -22,7 +22,7 @@ from ninja.security import HttpBearer
 
 from apps.common.credentials import WORKER_TOKEN_PREFIX
 from apps.common.errors import DomainError
-from apps.services.models import Service
+from apps.services.models import Deployment, Service
 from apps.workers.models import Worker
 from apps.workers.selectors import worker_get_by_credential
 
@@ -72,6 +72,15 @@ def worker_require_self(*, request: HttpRequest, name: str) -> Worker:
             status=403,
         )
     return worker
+
+
+def package_download_allowed(*, request: HttpRequest, deployment: Deployment) -> bool:
+    """Whether the caller may fetch `deployment`'s package: any user (token or session),
+    and a worker (its own credential) only the packages of its own service."""
+    caller = request.auth
+    if isinstance(caller, Worker):
+        return caller.service_id == deployment.service_id
+    return bool(getattr(caller, "is_authenticated", False))
 
 
 def worker_require_service(*, request: HttpRequest, service: Service) -> Worker:
