@@ -1,8 +1,8 @@
 """Admin pages for services, deployments and API tokens.
 
-Services are created through the API, the CLI or the UI, never here: creating one also
-creates its Kafka topics, which must be able to fail the request. Changes made here go
-through `service_update`, like the API's.
+A service added here is made by `service_create`, like the API's, which creates its
+Kafka topics and can refuse (a broker down, a name taken): the refusal shows on the form.
+Changes made here go through `service_update`, like the API's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ from django.http import HttpRequest
 
 from apps.common.errors import DomainError
 from apps.services.models import ApiToken, DeadLetterReplay, Deployment, Service
-from apps.services.services import SERVICE_UPDATABLE, apitoken_revoke, service_update
+from apps.services.services import (
+    SERVICE_UPDATABLE,
+    apitoken_revoke,
+    service_create,
+    service_update,
+)
 from memrun.errors import ConfigError
 from memrun.wire.sizes import format_size, parse_size
 
@@ -62,9 +67,51 @@ class ServiceChangeForm(forms.ModelForm):
         return self._size("disk")
 
 
+SERVICE_ADD_FIELDS = [
+    "name",
+    "min_workers",
+    "max_workers",
+    "concurrency",
+    "timeout_seconds",
+    "sticky_key",
+    "partitions",
+    "provider",
+    "server_type",
+    "location",
+]
+
+
+class ServiceAddForm(forms.ModelForm):
+    """A new service, made through `service_create` once the fields validate."""
+
+    memory = forms.CharField(initial="4Gi", help_text="e.g. 512Mi, 32Gi")
+    disk = forms.CharField(initial="50Gi", help_text="e.g. 50Gi, 600Gi")
+
+    class Meta:
+        model = Service
+        fields = SERVICE_ADD_FIELDS
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        if self.errors:
+            return
+        data = {field: self.cleaned_data[field] for field in SERVICE_ADD_FIELDS}
+        try:
+            self.instance = service_create(
+                **data, memory=self.cleaned_data["memory"], disk=self.cleaned_data["disk"]
+            )
+        except DomainError as exc:
+            fields = exc.details.get("fields", {})
+            for field, problems in fields.items():
+                self.add_error(field if field in self.fields else None, problems)
+            if not fields:
+                self.add_error(None, exc.message)
+
+
 @admin.register(Service)
 class ServiceAdmin(admin.ModelAdmin):
     form = ServiceChangeForm
+    add_form = ServiceAddForm
     list_display = [
         "name",
         "memory",
@@ -88,14 +135,21 @@ class ServiceAdmin(admin.ModelAdmin):
         "updated_at",
     ]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = self.add_form
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.readonly_fields if obj is not None else ["request_topic", "dlq_topic"]
 
     @admin.display(description="workers (min / desired / max)")
     def workers(self, obj: Service) -> str:
         return f"{obj.min_workers} / {obj.desired_workers} / {obj.max_workers}"
 
     def save_model(self, request: HttpRequest, obj: Service, form: Any, change: bool) -> None:
+        if not change:
+            return  # ServiceAddForm made it through service_create
         data = {field: form.cleaned_data[field] for field in SERVICE_UPDATABLE}
         try:
             service_update(service=obj, data=data)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -13,6 +14,7 @@ from django.utils import timezone
 from apps.services.models import DeadLetterReplay, Service
 from apps.services.services import apitoken_create, deployment_create
 from apps.workers.services import worker_create
+from tests.fixtures.services import wait_for_topic_leaders
 
 pytestmark = pytest.mark.django_db
 
@@ -89,5 +91,36 @@ def test_editing_a_service_goes_through_the_service_layer(
     assert b"is not a size" in bad_size.content
 
 
-def test_services_are_not_added_in_the_admin(admin_client_: Client) -> None:
-    assert admin_client_.get("/admin/services/service/add/").status_code == 403
+def test_a_service_added_in_the_admin_is_made_by_service_create(
+    admin_client_: Client, service_name: Callable[[], str], kafka_admin: Any
+) -> None:
+    name = service_name()
+    form = {
+        "name": name,
+        "memory": "2Gi",
+        "disk": "20Gi",
+        "min_workers": 1,
+        "max_workers": 2,
+        "concurrency": 4,
+        "timeout_seconds": 30,
+        "sticky_key": "user",
+        "partitions": 3,
+        "provider": "local",
+        "server_type": "",
+        "location": "",
+    }
+    assert admin_client_.get("/admin/services/service/add/").status_code == 200
+    added = admin_client_.post("/admin/services/service/add/", form)
+    assert added.status_code == 302, added.content.decode()[-2000:]
+    service = Service.objects.get(name=name)
+    assert (service.memory, service.partitions, service.desired_workers) == ("2Gi", 3, 1)
+    # Its topics exist with its partition count (raises after a deadline otherwise).
+    wait_for_topic_leaders(kafka_admin, service.request_topic, 3)
+
+    again = admin_client_.post("/admin/services/service/add/", form)
+    assert again.status_code == 200 and "already exists" in again.content.decode()
+    bad = admin_client_.post(
+        "/admin/services/service/add/", form | {"name": service_name(), "max_workers": 9}
+    )
+    assert bad.status_code == 200 and "cannot exceed partitions" in bad.content.decode()
+    assert Service.objects.count() == 1
