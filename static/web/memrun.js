@@ -1,5 +1,6 @@
-// Confirmation for forms that destroy or roll something (data-confirm), and the deploy
-// form's drop zone, which puts a dropped file into the file input.
+// Confirmation for forms that destroy or roll something (data-confirm); upload forms
+// (data-upload) sent with the CSRF token in a header, which the server checks before
+// reading the body; and the deploy form's drop zone, which fills the file input.
 document.addEventListener("submit", (event) => {
   const message = event.target.dataset && event.target.dataset.confirm;
   if (message && !window.confirm(message)) event.preventDefault();
@@ -15,4 +16,26 @@ document.addEventListener("DOMContentLoaded", () => {
       if (event.dataTransfer.files.length) input.files = event.dataTransfer.files;
     });
   });
+});
+document.addEventListener("submit", async (event) => {
+  const form = event.target;
+  if (!form.matches("form[data-upload]") || event.defaultPrevented) return;
+  event.preventDefault();
+  const token = form.querySelector("input[name=csrfmiddlewaretoken]").value;
+  form.querySelectorAll("button[type=submit]").forEach((button) => { button.disabled = true; });
+  const response = await fetch(form.action || window.location.href, {
+    method: "POST",
+    body: new FormData(form),
+    headers: { "X-CSRFToken": token },
+    credentials: "same-origin",
+  });
+  if (response.redirected) {
+    window.location.assign(response.url);
+    return;
+  }
+  // A refusal: the server's page, with the reason and the form as it was sent.
+  const page = await response.text();
+  document.open();
+  document.write(page);
+  document.close();
 });

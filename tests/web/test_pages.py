@@ -107,6 +107,28 @@ def test_a_post_without_csrf_is_refused_and_changes_nothing(user: User) -> None:
     assert not Service.objects.exists()
 
 
+def test_the_deploy_form_checks_csrf_in_a_header_before_reading_the_upload(
+    user: User, home: Path, service_name: Callable[[], str]
+) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    token = re.search(
+        r'name="csrfmiddlewaretoken" value="([^"]+)"', client.get("/deploy/").content.decode()
+    )
+    assert token is not None
+    name = service_name()
+    form = {"csrfmiddlewaretoken": token.group(1), "service": name, "source": handler_source(name)}
+    # A token in the body alone would need the body read (the upload written) to find it.
+    body_only = client.post("/deploy/", form)
+    assert body_only.status_code == 403 and b"X-CSRFToken" in body_only.content
+    assert not (home / "home" / "uploads").exists() or not any(
+        (home / "home" / "uploads").iterdir()
+    )
+    sent = client.post("/deploy/", form, headers={"X-CSRFToken": token.group(1)})
+    assert sent.status_code == 302, sent.content.decode()[-500:]
+    assert Service.objects.filter(name=name).exists()
+
+
 def test_a_user_without_staff_rights_cannot_deploy(
     viewer: User, home: Path, service_name: Callable[[], str]
 ) -> None:
