@@ -1,4 +1,7 @@
-"""The request path against Celery, side by side in one run, with ratios.
+"""The request path at the broker level, against Celery, side by side in one run, with ratios.
+
+It produces straight to Kafka and waits on Redis: no HTTP, no control plane, so it is
+not what a user pays per invoke. bench/bench_invoke_http.py measures that, beside this.
 
     eval "$(bash scripts/services env)"; .venv/bin/python bench/bench_request_path.py
 

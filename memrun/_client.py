@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import os
+import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -106,24 +107,68 @@ class Client:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def invoke(self, service: str, payload: Any, *, wait: float = 30.0) -> Any:
+    def invoke(self, service: str, payload: Any, *, wait: float = 30.0, queue: bool = False) -> Any:
         """Run `payload` through `service` and return the handler's result.
 
         Raises HandlerError when the handler failed, RequestTimeout (with the request id
         in `details`) when no answer came within `wait` seconds: the request stays queued.
+        A service that cannot serve now (never deployed, no ready worker) is an ApiError
+        (409) unless `queue` asks to queue the request anyway.
         """
-        outcome = self.invoke_request(service, payload, wait=wait)
+        outcome = self.invoke_request(service, payload, wait=wait, queue=queue)
         return _result_or_raise(outcome, wait)
 
-    def invoke_request(self, service: str, payload: Any, *, wait: float = 30.0) -> RequestResult:
+    def invoke_request(
+        self, service: str, payload: Any, *, wait: float = 30.0, queue: bool = False
+    ) -> RequestResult:
         """Like `invoke`, but return the whole `RequestResult` (worker, timings, status)."""
-        path = f"{_service_path(service)}/invoke?wait={wait:g}"
+        path = f"{_service_path(service)}/invoke?wait={wait:g}{_queue_flag(queue)}"
         body = self._call("POST", path, payload, timeout_s=wait + self.timeout_s)
         return RequestResult.from_api(body)
 
-    def submit(self, service: str, payload: Any) -> str:
+    def submit(self, service: str, payload: Any, *, queue: bool = False) -> str:
         """Queue `payload` for `service` without waiting; return the request id."""
-        return self.invoke_request(service, payload, wait=0).request_id
+        return self.invoke_request(service, payload, wait=0, queue=queue).request_id
+
+    def map(
+        self,
+        service: str,
+        payloads: Iterable[Any],
+        *,
+        wait: float = 30.0,
+        batch_size: int = 1000,
+        queue: bool = False,
+    ) -> list[Any]:
+        """Run every payload through `service` (each routed by its own sticky key) and
+        return the handlers' results in the payloads' order, sent `batch_size` at a time
+        through invoke-batch. Raises as `invoke` does for the first failed or unanswered one
+        (within `wait` seconds of its batch)."""
+        outcomes = self.map_requests(
+            service, payloads, wait=wait, batch_size=batch_size, queue=queue
+        )
+        return [_result_or_raise(outcome, wait) for outcome in outcomes]
+
+    def map_requests(
+        self,
+        service: str,
+        payloads: Iterable[Any],
+        *,
+        wait: float = 30.0,
+        batch_size: int = 1000,
+        queue: bool = False,
+    ) -> list[RequestResult]:
+        """Like `map`, but return each `RequestResult`; those still running after `wait`
+        are polled until `wait` has passed for them too."""
+        path = f"{_service_path(service)}/invoke-batch?wait={wait:g}{_queue_flag(queue)}"
+        outcomes: list[RequestResult] = []
+        for batch in _batches(payloads, batch_size):
+            body = self._call("POST", path, batch, timeout_s=wait + self.timeout_s)
+            outcomes.extend(RequestResult.from_api(item) for item in body["results"])
+        deadline = time.monotonic() + wait
+        for index, outcome in enumerate(outcomes):
+            if not outcome.done and (left := deadline - time.monotonic()) > 0:
+                outcomes[index] = self.result(outcome.request_id, wait=left)
+        return outcomes
 
     def result(self, request_id: str, *, wait: float = 0.0) -> RequestResult:
         """The request's current state; with `wait`, block up to that long for the outcome."""
@@ -276,6 +321,21 @@ def _chunks(stream: BinaryIO, total: int, progress: ProgressCallback | None) -> 
         if progress is not None:
             progress(sent, total)
         yield data
+
+
+def _queue_flag(queue: bool) -> str:
+    return "&queue=true" if queue else ""
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _service_path(service: str) -> str:

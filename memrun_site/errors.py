@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -59,7 +60,10 @@ def install_error_handlers(api: NinjaAPI) -> None:
 
 
 def _domain_error(request: HttpRequest, exc: DomainError) -> HttpResponse:
-    return error_response(exc.status, exc.message, exc.details)
+    response = error_response(exc.status, exc.message, exc.details)
+    for name, value in exc.headers.items():
+        response[name] = value
+    return response
 
 
 def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
@@ -105,27 +109,43 @@ def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
 
 class ApiErrorShapeMiddleware:
     """Give the API's error shape to the /api/ errors that never reach a ninja handler:
-    an unknown path (Django's 404) and a known path with a wrong method (ninja's 405)."""
+    an unknown path (Django's 404) and a known path with a wrong method (ninja's 405).
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    Sync and async: under ASGI a sync-only middleware would run every request, async
+    invoke included, in a thread held for the whole response."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        response = self.get_response(request)
-        if (
-            not request.path.startswith(API_PREFIX)
-            or response.status_code < 400
-            or response.get("Content-Type", "").startswith("application/json")
-        ):
-            return response
-        where = f"{request.method} {request.path}"
-        if response.status_code == 405:
-            allowed = sorted(method.strip() for method in response["Allow"].split(","))
-            shaped = error_response(
-                405, f"{where} is not allowed; use {', '.join(allowed)}", {"allowed": allowed}
-            )
-            shaped["Allow"] = response["Allow"]
-            return shaped
-        if response.status_code == 404:
-            return error_response(404, f"no such endpoint: {where}; see /api/v1/docs")
-        return error_response(response.status_code, response.reason_phrase)
+    def __call__(self, request: HttpRequest) -> Any:
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        return api_error_shape(request, self.get_response(request))
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        return api_error_shape(request, await self.get_response(request))
+
+
+def api_error_shape(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    if (
+        not request.path.startswith(API_PREFIX)
+        or response.status_code < 400
+        or response.get("Content-Type", "").startswith("application/json")
+    ):
+        return response
+    where = f"{request.method} {request.path}"
+    if response.status_code == 405:
+        allowed = sorted(method.strip() for method in response["Allow"].split(","))
+        shaped = error_response(
+            405, f"{where} is not allowed; use {', '.join(allowed)}", {"allowed": allowed}
+        )
+        shaped["Allow"] = response["Allow"]
+        return shaped
+    if response.status_code == 404:
+        return error_response(404, f"no such endpoint: {where}; see /api/v1/docs")
+    return error_response(response.status_code, response.reason_phrase)

@@ -167,15 +167,19 @@ TEMPLATES = [
     },
 ]
 
+# MEMRUN_DB_POOL=1 (set by `memrun up` for its ASGI web server): a connection pool per
+# process instead of persistent connections, which under ASGI would be one per request
+# thread, each left open when its thread ends.
+MEMRUN_DB_POOL = env_bool("MEMRUN_DB_POOL", False)
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{MEMRUN_HOME / 'memrun.sqlite3'}"),
-        conn_max_age=env_int("MEMRUN_DB_CONN_MAX_AGE", 60),
+        conn_max_age=0 if MEMRUN_DB_POOL else env_int("MEMRUN_DB_CONN_MAX_AGE", 60),
         conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # gunicorn, Celery and beat share the file: WAL lets readers run beside the writer,
+    # The web server, Celery and beat share the file: WAL lets readers run beside the writer,
     # and IMMEDIATE transactions take the write lock up front instead of failing later.
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
@@ -184,6 +188,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 else:
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    if MEMRUN_DB_POOL:
+        DATABASES["default"]["OPTIONS"]["pool"] = {
+            "min_size": 1,
+            "max_size": env_int("MEMRUN_DB_POOL_MAX", 8),
+            "timeout": 10,
+        }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -217,6 +227,15 @@ if MEMRUN_SERVE_STATIC:
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:16379/0")
 KAFKA_BOOTSTRAP_SERVERS = env_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
 MEMRUN_KAFKA_TIMEOUT_S = 5.0
+
+# The invoke front door (apps/services/admission.py, invoke.py), per web process.
+MEMRUN_INVOKE_WAITING_PER_SERVICE = env_int("MEMRUN_INVOKE_WAITING_PER_SERVICE", 1000)
+MEMRUN_INVOKE_WAITING_PER_TOKEN = env_int("MEMRUN_INVOKE_WAITING_PER_TOKEN", 1000)
+MEMRUN_INVOKE_BACKLOG_PER_SERVICE = env_int("MEMRUN_INVOKE_BACKLOG_PER_SERVICE", 20_000)
+MEMRUN_INVOKE_BATCH_MAX = env_int("MEMRUN_INVOKE_BATCH_MAX", 1000)
+# How long a web process trusts its cached token and service look-ups: the bound on how
+# late a revoked token or a changed service is seen when the invalidation message is lost.
+MEMRUN_LOOKUP_CACHE_TTL_S = float(env_int("MEMRUN_LOOKUP_CACHE_TTL_S", 5))
 MEMRUN_ARTIFACTS_URL = _artifacts_url(
     env_str("MEMRUN_ARTIFACTS_URL", str(MEMRUN_HOME / "artifacts"))
 )

@@ -1,4 +1,5 @@
-"""WSGI entry point for gunicorn: `gunicorn memrun_site.wsgi:application`."""
+"""WSGI entry point, for a WSGI server or `manage.py runserver`; `memrun up` serves the
+ASGI application (memrun_site/asgi.py), which invoke needs to hold no thread."""
 
 import os
 

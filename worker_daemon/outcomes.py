@@ -16,14 +16,15 @@ from typing import Any, Protocol
 from confluent_kafka import Producer
 from redis.exceptions import NoScriptError
 
-from memrun.wire.protocol import dlq_topic, now_ms, outcome_key, reply_key
+from memrun.wire.protocol import dlq_topic, done_channel, now_ms, outcome_key, reply_key
 from worker_daemon.decode import Request
 
-# KEYS: outcome, reply list. ARGV: outcome json, ttl seconds.
+# KEYS: outcome, reply list. ARGV: outcome json, ttl seconds, done channel, request id.
 REPLY_SCRIPT = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('RPUSH', KEYS[2], '1')
   redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[1])
   return 1
 end
 return 0
@@ -68,8 +69,9 @@ class Failure:
 class OutcomeStore:
     """Batched outcome I/O on one Redis connection at a time (thread-safe client)."""
 
-    def __init__(self, redis: RedisLike, *, reply_ttl_s: int) -> None:
+    def __init__(self, redis: RedisLike, *, service: str, reply_ttl_s: int) -> None:
         self._redis = redis
+        self._channel = done_channel(service)
         self._ttl = str(reply_ttl_s)
         self._sha: str | None = None
 
@@ -95,7 +97,14 @@ class OutcomeStore:
             pipe.exists(outcome_key(request_id))
         for request_id, body in stores:
             pipe.evalsha(
-                self._sha, 2, outcome_key(request_id), reply_key(request_id), body, self._ttl
+                self._sha,
+                2,
+                outcome_key(request_id),
+                reply_key(request_id),
+                body,
+                self._ttl,
+                self._channel,
+                request_id,
             )
         results = pipe.execute()
         split = len(check_ids)

@@ -93,7 +93,7 @@ class Worker:
         self._stopping = threading.Event()
         self._give_up = threading.Event()
         self._replies = ReplyStage(
-            store=OutcomeStore(redis, reply_ttl_s=settings.reply_ttl_s),
+            store=OutcomeStore(redis, service=service.name, reply_ttl_s=settings.reply_ttl_s),
             completions=self._completions,
             run=self._submit,
             give_up=self._give_up,

@@ -13,15 +13,22 @@ from django.db import models
 
 
 class DomainError(Exception):
-    """A refusal a client can act on: `status` is the HTTP status, `details` JSON-able."""
+    """A refusal a client can act on: `status` is the HTTP status, `details` JSON-able,
+    `headers` extra response headers (`Retry-After` on a 429)."""
 
     def __init__(
-        self, message: str, *, status: int = 400, details: dict[str, Any] | None = None
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.details: dict[str, Any] = details or {}
+        self.headers: dict[str, str] = headers or {}
 
 
 def domain_error_from_validation(exc: ValidationError, *, what: str) -> DomainError:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest
+from django.http import HttpRequest, JsonResponse
 from ninja import Query, Router, Status
 
-from apps.common.errors import DomainError
 from apps.services import deadletters, deployments, invoke, selectors, services, uploads
-from apps.services.auth import ApiTokenAuth, SessionCsrfHeaderAuth
+from apps.services.auth import (
+    ApiTokenAuth,
+    SessionCsrfHeaderAuth,
+    api_auth_async,
+    caller_of,
+)
 from apps.services.health import health_check
 from apps.services.models import ApiToken, Deployment, Service
 from apps.services.schemas import (
+    BatchOut,
     DeadLetterDetailOut,
     DeadLetterPageOut,
     DeploymentOut,
@@ -78,7 +83,6 @@ def services_delete(request: HttpRequest, name: str) -> Status[None]:
     return Status(204, None)
 
 
-MAX_WAIT_S = 300.0
 _INVOKE_BODY = {
     "requestBody": {
         "required": True,
@@ -92,53 +96,93 @@ _INVOKE_RESPONSES = {
     202: RequestOut,
     400: ErrorOut,
     404: ErrorOut,
+    409: ErrorOut,
     413: ErrorOut,
     422: ErrorOut,
+    429: ErrorOut,
     503: ErrorOut,
 }
 
 
-def _wait_seconds(wait: float) -> float:
-    if not 0 <= wait <= MAX_WAIT_S:
-        raise DomainError(
-            f"wait must be between 0 and {MAX_WAIT_S:g} seconds, got {wait:g}",
-            status=422,
-            details={"fields": {"wait": [f"between 0 and {MAX_WAIT_S:g}"]}},
-        )
-    return wait
+def _invoke_response(status: int, body: dict[str, Any]) -> JsonResponse:
+    # Built here rather than validated against RequestOut by ninja: that validation was
+    # the largest single cost of an invoke. `RequestState.to_api` has RequestOut's shape
+    # (tests/api/test_invoke_frontdoor.py checks it against the schema).
+    return JsonResponse(body, status=status)
 
 
 @router.post(
     "/services/{name}/invoke",
+    auth=api_auth_async,
     response=_INVOKE_RESPONSES,
     openapi_extra=_INVOKE_BODY,
     tags=["invoke"],
     summary="Run a payload through the service; wait up to `wait` seconds for its answer",
 )
-def services_invoke(request: HttpRequest, name: str, wait: float = 30.0) -> Status[dict]:
+async def services_invoke(
+    request: HttpRequest, name: str, wait: float = 30.0, queue: bool = False
+) -> JsonResponse:
     """200 with the outcome when it came within `wait` seconds, else 202 with the request
-    id to poll at GET /requests/{id}: an expired wait never loses the request."""
-    wait_s = _wait_seconds(wait)
-    service = selectors.service_get(name=name)
-    request_id = invoke.request_submit(
-        service=service.name,
-        sticky_template=service.sticky_key or None,
+    id to poll at GET /requests/{id}: an expired wait never loses the request. 202 at once
+    when too many callers already wait (on this service or with this token); 429 with
+    Retry-After when the service's backlog is full. A service that cannot serve now (never
+    deployed, no ready worker) answers 409 unless `queue` is true."""
+    state = await invoke.service_invoke(
+        name=name,
         body=request.body,
-        timeout_seconds=service.timeout_seconds,
+        wait_s=invoke.wait_seconds(wait),
+        queue=queue,
+        caller=caller_of(request),
     )
-    state = invoke.request_wait(request_id=request_id, wait_s=wait_s, known_pending=True)
-    return Status(200 if state.status == "done" else 202, state.to_api())
+    return _invoke_response(invoke.invoke_status([state]), state.to_api())
+
+
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "array", "items": {}}}},
+        "description": "a JSON array of payloads; each is routed by its own sticky key",
+    }
+}
+
+
+@router.post(
+    "/services/{name}/invoke-batch",
+    auth=api_auth_async,
+    response={**_INVOKE_RESPONSES, 200: BatchOut, 202: BatchOut},
+    openapi_extra=_BATCH_BODY,
+    tags=["invoke"],
+    summary="Run many payloads; wait up to `wait` seconds for all of their answers",
+)
+async def services_invoke_batch(
+    request: HttpRequest, name: str, wait: float = 30.0, queue: bool = False
+) -> JsonResponse:
+    """The outcomes in the payloads' order: 200 when all are done, else 202 with the
+    request ids of those still running (`status` "queued"). Limits as for invoke; a
+    payload that lacks its sticky key fields refuses the whole batch (422 with its index)."""
+    payloads = invoke.batch_payloads(request.body)
+    states = await invoke.service_invoke_batch(
+        name=name,
+        payloads=payloads,
+        wait_s=invoke.wait_seconds(wait),
+        queue=queue,
+        caller=caller_of(request),
+    )
+    return _invoke_response(
+        invoke.invoke_status(states), {"results": [state.to_api() for state in states]}
+    )
 
 
 @router.get(
     "/requests/{request_id}",
+    auth=api_auth_async,
     response={200: RequestOut, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
     tags=["invoke"],
 )
-def requests_get(request: HttpRequest, request_id: str, wait: float = 0.0) -> Status[dict]:
+async def requests_get(request: HttpRequest, request_id: str, wait: float = 0.0) -> JsonResponse:
     """The request's state; with `wait`, block up to that long for its outcome."""
-    state = invoke.request_wait(request_id=request_id, wait_s=_wait_seconds(wait))
-    return Status(200, state.to_api())
+    state = await invoke.request_wait(request_id=request_id, wait_s=invoke.wait_seconds(wait))
+    return _invoke_response(200, state.to_api())
 
 
 @router.get(

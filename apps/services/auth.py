@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, QueryDict
 from django.utils.datastructures import MultiValueDict
@@ -12,7 +13,8 @@ from ninja.errors import HttpError
 from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
-from apps.services.services import apitoken_authenticate
+from apps.common.credentials import secret_hash
+from apps.services.services import apitoken_authenticate, apitoken_cached_user
 
 
 class ApiTokenAuth(HttpBearer):
@@ -20,7 +22,34 @@ class ApiTokenAuth(HttpBearer):
         user = apitoken_authenticate(secret=token)
         if user is not None:
             request.user = user
+            request.memrun_caller = token_caller(token)  # type: ignore[attr-defined]
         return user
+
+
+def token_caller(token: str) -> str:
+    """The caller a token is, for per-caller bounds (not the secret itself)."""
+    return f"token:{secret_hash(token)[:16]}"
+
+
+class AsyncApiTokenAuth(ApiTokenAuth):
+    """The bearer token, for async operations: a token this process knows costs neither
+    a query nor a thread; only a cache miss goes to the database (in a thread)."""
+
+    async def __call__(self, request: HttpRequest) -> Any:  # type: ignore[override]
+        scheme, _, token = request.headers.get(self.header, "").partition(" ")
+        if scheme.lower() != self.openapi_scheme or not token:
+            return None
+        user = apitoken_cached_user(secret=token)
+        if user is None:
+            return await sync_to_async(self.authenticate)(request, token)
+        request.user = user
+        request.memrun_caller = token_caller(token)  # type: ignore[attr-defined]
+        return user
+
+
+def caller_of(request: HttpRequest) -> str:
+    """Who is calling, for per-caller bounds: the token, else the session's user."""
+    return str(getattr(request, "memrun_caller", "anonymous"))
 
 
 class SessionCsrfAuth(APIKeyCookie):
@@ -41,6 +70,7 @@ class SessionCsrfAuth(APIKeyCookie):
                 "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken "
                 "header, or authenticate with a bearer token instead",
             )
+        request.memrun_caller = f"user:{request.user.pk}"  # type: ignore[attr-defined]
         return request.user
 
 
@@ -75,3 +105,5 @@ def csrf_header_ok(request: HttpRequest) -> bool:
 
 
 api_auth = [ApiTokenAuth(), SessionCsrfAuth()]
+# The same, for async operations (invoke and request polling).
+api_auth_async = [AsyncApiTokenAuth(), SessionCsrfAuth()]

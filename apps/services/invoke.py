@@ -1,27 +1,38 @@
-"""Invoke: route a payload to its service's partition by sticky key, and wait for the reply.
+"""Invoke: route payloads to their service's partitions by sticky key, and wait for replies.
 
-The produce and the wait are the control plane's hot path: one Kafka producer and one
-Redis pool per process, no database query beyond reading the service.
+The control plane's hot path, async end to end: a waiting caller is a future (woken by
+the process's one outcome subscription, apps/services/broker.py), never a thread or a
+Redis connection. In the steady state a request touches no database: the service's
+invoke target (routing, timeout, whether anything can serve it) is cached per process
+for `MEMRUN_LOOKUP_CACHE_TTL_S` and dropped when the service changes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from confluent_kafka import KafkaError, Message, Producer
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db.models import Count, Q
 
 from apps.common.errors import DomainError
+from apps.common.ttlcache import TtlCache
+from apps.services import broker
+from apps.services.admission import admission
+from apps.services.models import Deployment, Service
+from apps.workers.models import WorkerState
 from memrun.errors import StickyKeyError
 from memrun.wire import protocol, redact_urls
 from memrun.wire.sticky import StickyTemplate
 
-_DELIVERY_TIMEOUT_S = 10.0
+MAX_WAIT_S = 300.0
+_LIVE = (Deployment.Status.ACTIVE, Deployment.Status.ROLLING)
+_STARTING = (WorkerState.PROVISIONING, WorkerState.BOOTING)
 
 
 @dataclass(frozen=True)
@@ -46,173 +57,320 @@ class RequestState:
         return body
 
 
-class _Delivery:
-    """Producer delivery reports, handed to the thread waiting for each one."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.error: KafkaError | None = None
-
-    def __call__(self, error: KafkaError | None, message: Message) -> None:
-        self.error = error
-        self.done.set()
-
-
-class _Clients:
-    """Lazily built, process-wide broker and Redis clients (one per gunicorn worker)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._producer: Producer | None = None
-        self._redis: redis.Redis | None = None
-
-    def producer(self) -> Producer:
-        with self._lock:
-            if self._producer is None:
-                self._producer = Producer(
-                    {
-                        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
-                        "partitioner": protocol.PARTITIONER,
-                        "enable.idempotence": True,
-                        "linger.ms": 1,
-                        "message.timeout.ms": int(_DELIVERY_TIMEOUT_S * 1000),
-                        "socket.nagle.disable": True,
-                    }
-                )
-                threading.Thread(
-                    target=self._serve_delivery_reports, name="memrun-producer", daemon=True
-                ).start()
-            return self._producer
-
-    def _serve_delivery_reports(self) -> None:
-        assert self._producer is not None
-        while True:
-            self._producer.poll(1.0)
-
-    def redis(self) -> redis.Redis:
-        with self._lock:
-            if self._redis is None:
-                # No socket timeout: a BLPOP legitimately blocks for the caller's whole
-                # wait; connecting still fails fast when Redis is down.
-                self._redis = redis.Redis.from_url(
-                    settings.REDIS_URL,
-                    max_connections=256,
-                    health_check_interval=30,
-                    socket_timeout=None,
-                    socket_connect_timeout=5,
-                )
-            return self._redis
-
-
-clients = _Clients()
-
-
-def sticky_key_for(*, template: str | None, payload: Any) -> str | None:
-    """The Kafka key for `payload`; 422 naming the field when the payload lacks one."""
-    if not template:
-        return None
-    try:
-        return StickyTemplate.parse(template).key_for(payload)
-    except StickyKeyError as exc:
-        raise DomainError(exc.message, status=422, details=exc.details) from None
-
-
-def request_submit(
-    *, service: str, sticky_template: str | None, body: bytes, timeout_seconds: int
-) -> str:
-    """Queue `body` (JSON) for `service`; return the request id once Kafka has it."""
-    if len(body) > protocol.MAX_PAYLOAD_BYTES:
+def wait_seconds(wait: float) -> float:
+    """`wait` when it is a wait the API allows; else 422."""
+    if not 0 <= wait <= MAX_WAIT_S:
         raise DomainError(
-            f"the payload is {len(body)} bytes; the limit is {protocol.MAX_PAYLOAD_BYTES}. "
+            f"wait must be between 0 and {MAX_WAIT_S:g} seconds, got {wait:g}",
+            status=422,
+            details={"fields": {"wait": [f"between 0 and {MAX_WAIT_S:g}"]}},
+        )
+    return wait
+
+
+def invoke_status(states: list[RequestState]) -> int:
+    """200 when every request is done, 202 while any is still queued."""
+    return 200 if all(state.status == "done" for state in states) else 202
+
+
+@dataclass(frozen=True)
+class InvokeTarget:
+    """What invoke needs to know of a service. `refusal` says why nothing can serve it
+    now (never deployed, no ready worker): a 409 unless the caller asks to queue."""
+
+    service: str
+    sticky: StickyTemplate | None
+    timeout_seconds: int
+    refusal: DomainError | None
+
+
+@functools.lru_cache(maxsize=1024)
+def _sticky(template: str) -> StickyTemplate:
+    """Parsed once per template (so once per deployment), not per request."""
+    return StickyTemplate.parse(template)
+
+
+def invoke_target_get(*, name: str) -> InvokeTarget:
+    """The service's invoke target, from the database in one query; 404 when unknown."""
+    row = (
+        Service.objects.filter(name=name)
+        .annotate(
+            deployed=Count("deployments", distinct=True),
+            live=Count("deployments", filter=Q(deployments__status__in=_LIVE), distinct=True),
+            ready=Count("workers", filter=Q(workers__state=WorkerState.READY), distinct=True),
+            starting=Count("workers", filter=Q(workers__state__in=_STARTING), distinct=True),
+        )
+        .first()
+    )
+    if row is None:
+        raise DomainError(
+            f"no service named {name!r}; list them with GET /api/v1/services",
+            status=404,
+            details={"name": name},
+        )
+    return InvokeTarget(
+        service=row.name,
+        sticky=_sticky(row.sticky_key) if row.sticky_key else None,
+        timeout_seconds=row.timeout_seconds,
+        refusal=_refusal(row),
+    )
+
+
+def _refusal(row: Any) -> DomainError | None:
+    name = row.name
+    queue_hint = "; pass ?queue=true to queue the request anyway"
+    if row.deployed == 0:
+        reason, why = "never_deployed", f"{name} has never been deployed: `memrun deploy` it"
+    elif row.live == 0:
+        reason, why = "no_live_deployment", f"{name} has no live deployment (all failed or old)"
+    elif row.ready == 0 and row.starting:
+        reason, why = "starting", f"{name} has no ready worker yet: {row.starting} starting"
+    elif row.ready == 0:
+        reason, why = "no_ready_worker", f"{name} has no ready worker: see `memrun workers {name}`"
+    else:
+        return None
+    return DomainError(why + queue_hint, status=409, details={"service": name, "reason": reason})
+
+
+_targets: TtlCache[str, InvokeTarget] = TtlCache(lambda: settings.MEMRUN_LOOKUP_CACHE_TTL_S)
+
+
+def invoke_target_forget(name: str | None = None) -> None:
+    """Drop the cached target of `name` (all when None) in this process."""
+    if name is None:
+        _targets.clear()
+    else:
+        _targets.discard(name)
+
+
+def _on_invalidate(message: bytes) -> None:
+    kind, _, name = message.decode().partition(":")
+    if kind == "service":
+        invoke_target_forget(name)
+
+
+broker.listener.on_invalidate.append(_on_invalidate)
+broker.listener.on_done.append(admission.answered)
+
+
+# A refusal is kept briefly: long enough that a flood of invokes on a service that cannot
+# serve costs one query a second, short enough that a service becoming ready is seen soon.
+_REFUSAL_TTL_S = 1.0
+
+
+async def invoke_target(*, name: str) -> InvokeTarget:
+    """Cached for MEMRUN_LOOKUP_CACHE_TTL_S, a refusal for at most a second."""
+    target = _targets.get(name)
+    if target is None:
+        target = await sync_to_async(invoke_target_get)(name=name)
+        _targets.put(name, target, ttl_s=None if target.refusal is None else _REFUSAL_TTL_S)
+    return target
+
+
+def _payload(body: bytes) -> Any:
+    return _json(body, limit=protocol.MAX_PAYLOAD_BYTES, what="the payload")
+
+
+def batch_payloads(body: bytes) -> list[Any]:
+    """The payloads of an invoke-batch body: a JSON array."""
+    limit = settings.MEMRUN_INVOKE_BATCH_MAX * protocol.MAX_PAYLOAD_BYTES
+    payloads = _json(body, limit=limit, what="the batch")
+    if not isinstance(payloads, list):
+        raise DomainError(
+            "the body of invoke-batch is a JSON array of payloads, e.g. [{...}, {...}]",
+            status=422,
+            details={"body": type(payloads).__name__},
+        )
+    return payloads
+
+
+def _json(body: bytes, *, limit: int, what: str) -> Any:
+    if len(body) > limit:
+        raise DomainError(
+            f"{what} is {len(body)} bytes; the limit is {limit}. "
             "Put large inputs in S3 and pass their URL",
             status=413,
-            details={"size": len(body), "limit": protocol.MAX_PAYLOAD_BYTES},
+            details={"size": len(body), "limit": limit},
         )
     try:
-        payload = json.loads(body or b"null")
+        return json.loads(body or b"null")
     except ValueError as exc:
         raise DomainError(
-            f"the payload is not valid JSON: {exc}", status=400, details={"body": str(exc)}
+            f"{what} is not valid JSON: {exc}", status=400, details={"body": str(exc)}
         ) from None
-    key = sticky_key_for(template=sticky_template, payload=payload)
-    return request_produce(service=service, key=key, body=body, timeout_seconds=timeout_seconds)
 
 
-def request_produce(
-    *, service: str, key: str | None, body: bytes, timeout_seconds: int, attempt: int = 1
-) -> str:
-    """Produce `body` with Kafka key `key` to the service's request topic as a new
-    request (its record kept for GET /requests/{id}); return its id once Kafka has it.
-    `attempt` > 1 marks a replay of a failed request."""
-    request_id = protocol.new_request_id()
-    submitted_ms = protocol.now_ms()
-    record = {"service": service, "key": key, "submitted_ms": submitted_ms}
-    _redis_call(
-        lambda r: r.set(
-            protocol.request_key(request_id), json.dumps(record), ex=protocol.REPLY_TTL_S
-        )
-    )
-    delivery = _Delivery()
+def _key(target: InvokeTarget, payload: Any, index: int | None = None) -> str | None:
+    """The Kafka key for `payload`; 422 naming the field when the payload lacks one."""
+    if target.sticky is None:
+        return None
     try:
-        clients.producer().produce(
-            protocol.request_topic(service),
-            value=body,
-            key=key.encode() if key is not None else None,
-            headers=protocol.encode_headers(
-                request_id=request_id,
-                deadline_ms=submitted_ms + timeout_seconds * 1000,
-                attempt=attempt,
-                submitted_ms=submitted_ms,
-            ),
-            on_delivery=delivery,
-        )
-    except BufferError:
-        raise _broker_down("the producer queue is full") from None
-    if not delivery.done.wait(_DELIVERY_TIMEOUT_S + 1.0):
-        raise _broker_down("no delivery report")
-    if delivery.error is not None:
-        raise _broker_down(str(delivery.error))
-    return request_id
+        return target.sticky.key_for(payload)
+    except StickyKeyError as exc:
+        if index is None:
+            raise DomainError(exc.message, status=422, details=exc.details) from None
+        raise DomainError(
+            f"payload {index}: {exc.message}", status=422, details={**exc.details, "index": index}
+        ) from None
 
 
-def request_wait(*, request_id: str, wait_s: float, known_pending: bool = False) -> RequestState:
-    """The request's state, blocking up to `wait_s` seconds for its outcome.
-
-    `known_pending` skips the first look-up for a request this process just submitted.
-    """
-    if not known_pending:
-        state = request_get(request_id=request_id)
-        if state.status == "done":
-            return state
-    if wait_s <= 0:
-        return RequestState(request_id, "queued")
-    deadline = time.monotonic() + wait_s
-    reply = protocol.reply_key(request_id)
-    while (remaining := deadline - time.monotonic()) > 0:
-        # BLPOP only wakes us; the outcome itself is read from its own key. The token goes
-        # back on the list so that any other waiter on the same id wakes too.
-        woke = _redis_call(lambda r: r.blpop([reply], max(round(remaining, 3), 0.001)))
-        if woke is None:
-            break
-        outcome_raw = _redis_call(lambda r: _rewake_and_read(r, reply, request_id))
-        if outcome_raw is not None:
-            return RequestState(request_id, "done", protocol.Outcome.from_json(outcome_raw))
-    return RequestState(request_id, "queued")
+def _message(target: InvokeTarget, request_id: str, key: str | None, value: bytes) -> dict:
+    submitted_ms = protocol.now_ms()
+    return {
+        "topic": protocol.request_topic(target.service),
+        "value": value,
+        "key": key.encode() if key is not None else None,
+        "headers": protocol.encode_headers(
+            request_id=request_id,
+            deadline_ms=submitted_ms + target.timeout_seconds * 1000,
+            submitted_ms=submitted_ms,
+        ),
+    }
 
 
-def _rewake_and_read(r: redis.Redis, reply: str, request_id: str) -> bytes | None:
-    pipe = r.pipeline(transaction=False)
-    pipe.rpush(reply, b"1").expire(reply, protocol.REPLY_TTL_S)
-    pipe.get(protocol.outcome_key(request_id))
-    outcome_raw: bytes | None = pipe.execute()[-1]
-    return outcome_raw
-
-
-def request_get(*, request_id: str) -> RequestState:
-    """ "done" with the outcome, "queued" while pending; 404 for an id never submitted."""
-    outcome_raw, record = _redis_call(
-        lambda r: r.mget(protocol.outcome_key(request_id), protocol.request_key(request_id))
+async def requests_submit(
+    *, target: InvokeTarget, items: list[tuple[str | None, bytes]], request_ids: list[str]
+) -> None:
+    """Record and produce each (Kafka key, payload json) under its request id; return
+    once Kafka has them all. 429 when the service's backlog is full."""
+    admission.admit(
+        service=target.service, request_ids=request_ids, timeout_s=target.timeout_seconds
     )
+    submitted_ms = protocol.now_ms()
+    records = [
+        (
+            protocol.request_key(request_id),
+            json.dumps({"service": target.service, "key": key, "submitted_ms": submitted_ms}),
+        )
+        for request_id, (key, _) in zip(request_ids, items, strict=True)
+    ]
+    messages = [
+        _message(target, request_id, key, value)
+        for request_id, (key, value) in zip(request_ids, items, strict=True)
+    ]
+    try:
+        # The record and the produce go out together: one round trip each, overlapped.
+        await asyncio.gather(
+            broker.records_set(records, ttl_s=protocol.REPLY_TTL_S), broker.produce_many(messages)
+        )
+    except redis.RedisError as exc:
+        raise _redis_down(exc) from None
+    except broker.BrokerDown as exc:
+        raise _broker_down(exc.reason) from None
+
+
+async def service_invoke(
+    *, name: str, body: bytes, wait_s: float, queue: bool, caller: str
+) -> RequestState:
+    """Queue `body` (JSON) for service `name`, and wait up to `wait_s` seconds for its
+    outcome unless the caller or the service is past its bound of waiting callers."""
+    target = await invoke_target(name=name)
+    key = _key(target, _payload(body))
+    if target.refusal is not None and not queue:
+        raise target.refusal
+    return (await _submit_and_wait(target, [(key, body)], wait_s=wait_s, caller=caller))[0]
+
+
+async def service_invoke_batch(
+    *, name: str, payloads: list[Any], wait_s: float, queue: bool, caller: str
+) -> list[RequestState]:
+    """Queue each payload (routed by its own sticky key) and wait up to `wait_s` seconds
+    for all outcomes; the states come back in the payloads' order."""
+    limit = settings.MEMRUN_INVOKE_BATCH_MAX
+    if not 1 <= len(payloads) <= limit:
+        raise DomainError(
+            f"a batch holds 1 to {limit} payloads, got {len(payloads)}",
+            status=422,
+            details={"count": len(payloads), "limit": limit},
+        )
+    target = await invoke_target(name=name)
+    items = []
+    for index, payload in enumerate(payloads):
+        value = json.dumps(payload, separators=(",", ":")).encode()
+        if len(value) > protocol.MAX_PAYLOAD_BYTES:
+            raise DomainError(
+                f"payload {index} is {len(value)} bytes; the limit is {protocol.MAX_PAYLOAD_BYTES}",
+                status=413,
+                details={"index": index, "size": len(value), "limit": protocol.MAX_PAYLOAD_BYTES},
+            )
+        items.append((_key(target, payload, index), value))
+    if target.refusal is not None and not queue:
+        raise target.refusal
+    return await _submit_and_wait(target, items, wait_s=wait_s, caller=caller)
+
+
+async def _submit_and_wait(
+    target: InvokeTarget, items: list[tuple[str | None, bytes]], *, wait_s: float, caller: str
+) -> list[RequestState]:
+    request_ids = [protocol.new_request_id() for _ in items]
+    with admission.waiting(service=target.service, caller=caller) as may_wait:
+        if not may_wait or wait_s <= 0:
+            await requests_submit(target=target, items=items, request_ids=request_ids)
+            return [RequestState(request_id, "queued") for request_id in request_ids]
+        waiter = _Waiters()
+        try:
+            # Wake-ups are registered before the produce, so none can be missed.
+            for request_id in request_ids:
+                waiter.add(request_id)
+            await requests_submit(target=target, items=items, request_ids=request_ids)
+            return await waiter.wait(wait_s)
+        finally:
+            waiter.close()
+
+
+class _Waiters:
+    """Futures for some request ids, in order, unregistered on close (also when the
+    caller disconnects and its task is cancelled)."""
+
+    def __init__(self) -> None:
+        self._futures: list[tuple[str, asyncio.Future[bytes]]] = []
+
+    def add(self, request_id: str) -> None:
+        try:
+            future = broker.listener.register(request_id)
+        except redis.RedisError as exc:
+            raise _redis_down(exc) from None
+        self._futures.append((request_id, future))
+
+    async def wait(self, wait_s: float) -> list[RequestState]:
+        if wait_s > 0:
+            await asyncio.wait([f for _, f in self._futures], timeout=wait_s)
+        return [
+            RequestState(i, "done", protocol.Outcome.from_json(f.result()))
+            if f.done()
+            else RequestState(i, "queued")
+            for i, f in self._futures
+        ]
+
+    def close(self) -> None:
+        for request_id, future in self._futures:
+            broker.listener.unregister(request_id, future)
+            future.cancel()
+
+
+async def request_wait(*, request_id: str, wait_s: float) -> RequestState:
+    """The request's state, waiting up to `wait_s` seconds for its outcome; 404 for an
+    id never submitted (or expired)."""
+    waiter = _Waiters()
+    try:
+        if wait_s > 0:
+            waiter.add(request_id)
+        state = await request_get(request_id=request_id)
+        if state.status == "done" or wait_s <= 0:
+            return state
+        return (await waiter.wait(wait_s))[0]
+    finally:
+        waiter.close()
+
+
+async def request_get(*, request_id: str) -> RequestState:
+    """ "done" with the outcome, "queued" while pending; 404 for an id never submitted."""
+    try:
+        outcome_raw, record = await broker.redis_async().mget(
+            protocol.outcome_key(request_id), protocol.request_key(request_id)
+        )
+    except redis.RedisError as exc:
+        raise _redis_down(exc) from None
     if outcome_raw is not None:
         return RequestState(request_id, "done", protocol.Outcome.from_json(outcome_raw))
     if record is None:
@@ -225,17 +383,14 @@ def request_get(*, request_id: str) -> RequestState:
     return RequestState(request_id, "queued")
 
 
-def _redis_call(call: Any) -> Any:
-    try:
-        return call(clients.redis())
-    except redis.RedisError as exc:
-        where = redact_urls(settings.REDIS_URL)
-        raise DomainError(
-            f"Redis at {where} is unreachable ({redact_urls(str(exc))}); "
-            "start it with `bash scripts/services up` or set REDIS_URL",
-            status=503,
-            details={"redis_url": where},
-        ) from None
+def _redis_down(exc: Exception) -> DomainError:
+    where = redact_urls(settings.REDIS_URL)
+    return DomainError(
+        f"Redis at {where} is unreachable ({redact_urls(str(exc))}); "
+        "start it with `bash scripts/services up` or set REDIS_URL",
+        status=503,
+        details={"redis_url": where},
+    )
 
 
 def _broker_down(reason: str) -> DomainError:

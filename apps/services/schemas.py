@@ -141,6 +141,12 @@ class RequestOut(Schema):
     meta: dict[str, object] = {}
 
 
+class BatchOut(Schema):
+    """The outcomes of an invoke-batch, in the payloads' order."""
+
+    results: list[RequestOut]
+
+
 class DeploymentOut(Schema):
     """One version of a service. `workers_ready` counts this version's ready workers;
     `workers_desired` is the service's current target. `degraded` is true while its

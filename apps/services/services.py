@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -24,6 +25,8 @@ from apps.common.credentials import (
     secret_shown_part,
 )
 from apps.common.errors import DomainError, full_clean_or_raise
+from apps.common.ttlcache import TtlCache
+from apps.services.broker import listener, publish_invalidate
 from apps.services.models import (
     DEFAULT_PARTITIONS,
     DUPLICATE_NAME,
@@ -139,6 +142,7 @@ def service_update(*, service: Service, data: Mapping[str, Any]) -> Service:
                 setattr(service, field, data[field])
         _service_clean(service, errors=errors)
         service.save()
+        _invalidate_on_commit(f"service:{service.name}")
     return service
 
 
@@ -161,6 +165,7 @@ def service_delete(*, service: Service) -> None:
                 details={"running_workers": running},
             )
         service.delete()
+        _invalidate_on_commit(f"service:{service.name}")
 
 
 def deployment_create(
@@ -219,20 +224,59 @@ def apitoken_create(*, user: AbstractBaseUser, name: str) -> tuple[ApiToken, str
 
 
 def apitoken_revoke(*, token: ApiToken) -> ApiToken:
-    """Revoke `token` from now on; revoking twice keeps the first time."""
+    """Revoke `token` from now on; revoking twice keeps the first time. Every web
+    process forgets it at once (a message), or at worst within MEMRUN_LOOKUP_CACHE_TTL_S."""
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+        _tokens.discard(token.token_hash)
+        _invalidate_on_commit(f"token:{token.token_hash}")
     return token
 
 
+# token hash -> its active user, as of at most MEMRUN_LOOKUP_CACHE_TTL_S ago.
+_tokens: TtlCache[str, AbstractBaseUser] = TtlCache(lambda: settings.MEMRUN_LOOKUP_CACHE_TTL_S)
+
+
+def _invalidate_on_commit(what: str) -> None:
+    transaction.on_commit(lambda: publish_invalidate(what))
+
+
+def _on_invalidate(message: bytes) -> None:
+    kind, _, key = message.decode().partition(":")
+    if kind == "token":
+        _tokens.discard(key)
+
+
+listener.on_invalidate.append(_on_invalidate)
+
+
 def apitoken_authenticate(*, secret: str) -> AbstractBaseUser | None:
-    """The active user whose active token `secret` is, else None. Records the use."""
+    """The active user whose active token `secret` is, else None. Records the use (to
+    the minute). Cached per process: a known token costs no query."""
     if not secret.startswith(API_TOKEN_PREFIX):
         return None
+    key = secret_hash(secret)
+    user = _tokens.get(key)
+    if user is None:
+        user = _apitoken_lookup(token_hash=key)
+        if user is not None:
+            _tokens.put(key, user)
+    return user
+
+
+def apitoken_cached_user(*, secret: str) -> AbstractBaseUser | None:
+    """The user of `secret` if this process knows it as active; None means "ask
+    apitoken_authenticate", not "refused". Never touches the database."""
+    if not secret.startswith(API_TOKEN_PREFIX):
+        return None
+    return _tokens.get(secret_hash(secret))
+
+
+def _apitoken_lookup(*, token_hash: str) -> AbstractBaseUser | None:
     token = (
         ApiToken.objects.select_related("user")
-        .filter(token_hash=secret_hash(secret), revoked_at__isnull=True)
+        .filter(token_hash=token_hash, revoked_at__isnull=True)
         .first()
     )
     if token is None or not token.user.is_active:

@@ -1,9 +1,10 @@
 """`memrun up`: run the control plane on this machine.
 
 Checks that the database, Redis and Kafka answer, migrates, creates the admin user and the
-CLI token on first start, then runs gunicorn, a Celery worker, Celery beat and the local
-workers' supervisor as child processes until Ctrl-C or SIGTERM, which it forwards. Django
-runs only in the children: this module starts `python -m django ...` and never imports it.
+CLI token on first start, then runs the web server (uvicorn, ASGI), a Celery worker, Celery
+beat and the local workers' supervisor as child processes until Ctrl-C or SIGTERM, which it
+forwards. Django runs only in the children: this module starts `python -m django ...` and
+never imports it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -32,6 +33,7 @@ POLL_INTERVAL_S = 0.2
 class Child:
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def register(subparsers: Any) -> None:
@@ -45,7 +47,7 @@ def register(subparsers: Any) -> None:
         "--bind", default=DEFAULT_BIND, help=f"address for the web server (default {DEFAULT_BIND})"
     )
     parser.add_argument(
-        "--web-workers", type=int, default=2, help="gunicorn worker processes (default 2)"
+        "--web-workers", type=int, default=2, help="web server processes (default 2)"
     )
     parser.set_defaults(handler=run)
 
@@ -72,14 +74,19 @@ def manage(*args: str, capture: bool = False) -> subprocess.CompletedProcess[str
 def children(*, bind: str, web_workers: int) -> list[Child]:
     module = [sys.executable, "-m"]
     celery = [*module, "celery", "-A", "memrun_site"]
-    # Threads, because an invoke may hold its request open for many seconds.
+    host, _, port = bind.rpartition(":")
+    # ASGI, so that a waiting invoke is a coroutine, not one of a few threads that
+    # heartbeats and health also need. No access log: at a thousand invokes a second it
+    # would cost more than the invokes. Sync views run in per-request threads under ASGI,
+    # where a persistent connection would be left behind by each: the pool replaces them.
     web = (
-        f"gunicorn memrun_site.wsgi:application --bind {bind} --workers {web_workers} "
-        "--worker-class gthread --threads 16 --graceful-timeout 20 --access-logfile - "
-        "--no-control-socket"
+        f"uvicorn memrun_site.asgi:application --host {host.strip('[]') or '0.0.0.0'} "
+        f"--port {port} --workers {web_workers} --loop uvloop --http httptools "
+        "--lifespan off --no-access-log --timeout-graceful-shutdown 20 --backlog 4096"
     )
+    web_env = {"MEMRUN_DB_CONN_MAX_AGE": "0", "MEMRUN_DB_POOL": "1"}
     return [
-        Child("web (gunicorn)", [*module, *web.split()]),
+        Child("web (uvicorn)", [*module, *web.split()], web_env),
         Child("Celery worker", [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2"]),
         Child("Celery beat", [*celery, "beat", "--loglevel", "INFO"]),
         # Runs the local provisioner's workers: Celery's task processes come and go.
@@ -124,7 +131,12 @@ def supervise(plan: Sequence[Child], *, bind: str) -> int:
         for child in plan:
             # Own session: Ctrl-C reaches only us, and each child gets exactly one SIGTERM.
             running.append(
-                (child, subprocess.Popen(child.argv, env=django_env(), start_new_session=True))
+                (
+                    child,
+                    subprocess.Popen(
+                        child.argv, env={**django_env(), **child.env}, start_new_session=True
+                    ),
+                )
             )
         _say(f"running at http://{bind}/  (admin: /admin/, API docs: /api/v1/docs); Ctrl-C stops")
         while not received and died is None:

@@ -49,6 +49,16 @@ def outcome_key(request_id: str) -> str:
     return f"memrun:outcome:{request_id}"
 
 
+def done_channel(service: str) -> str:
+    """Redis pub/sub channel on which a worker publishes `{request_id} {outcome json}`
+    when it stores a first outcome: the control plane waits on it with one subscription
+    per process instead of one blocked connection per caller."""
+    return f"{DONE_CHANNEL_PREFIX}{service}"
+
+
+DONE_CHANNEL_PREFIX = "memrun:done:"
+
+
 def request_key(request_id: str) -> str:
     """Redis string holding the submission record while the request is pending."""
     return f"memrun:request:{request_id}"

@@ -4,8 +4,6 @@ process and hands back its answer; the SDK Client does the same over HTTP."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from django.test import Client
@@ -18,39 +16,10 @@ from tests.worker_daemon.harness import WorkerProcess, make_package, wait_for, w
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def served(
-    api_client: Client,
-    service_name: Callable[[], str],
-    kafka_bootstrap: str,
-    redis_url: str,
-    tmp_path: Path,
-) -> Iterator[str]:
-    """A service created through the API (so its topic exists) with one worker serving."""
-    name = service_name()
-    created = api_client.post(
-        "/api/v1/services",
-        {"name": name, "sticky_key": "user", "partitions": 4, "max_workers": 2},
-        content_type="application/json",
-    )
-    assert created.status_code == 201, created.content
-    package = make_package(tmp_path / "pkg", service=name)
-    env = worker_env(
-        service=name, bootstrap=kafka_bootstrap, redis_url=redis_url, cache_root=tmp_path / "c"
-    )
-    worker = WorkerProcess(
-        service=name, package=package, worker_id="w1", env=env, log_path=tmp_path / "w1.log"
-    )
-    try:
-        worker.wait_event("worker.assigned")
-        yield name
-    finally:
-        worker.stop()
-
-
 def invoke(client: Client, name: str, payload: object, wait: float = 30) -> tuple[int, dict]:
+    """Invoke with `queue`: these services' workers run by hand, not as deployed workers."""
     response = client.post(
-        f"/api/v1/services/{name}/invoke?wait={wait}",
+        f"/api/v1/services/{name}/invoke?wait={wait}&queue=true",
         json.dumps(payload),
         content_type="application/json",
     )
@@ -125,7 +94,7 @@ def test_the_sdk_client_round_trips_over_http(
         "/api/v1/services", {"name": name, "sticky_key": "user"}, content_type="application/json"
     )
     assert created.status_code == 201, created.content
-    request_id = client.submit(name, {"user": "early", "op": "echo"})
+    request_id = client.submit(name, {"user": "early", "op": "echo"}, queue=True)
     package = make_package(tmp_path / "pkg", service=name)
     env = worker_env(
         service=name, bootstrap=kafka_bootstrap, redis_url=redis_url, cache_root=tmp_path / "c"
@@ -138,13 +107,15 @@ def test_the_sdk_client_round_trips_over_http(
         early = wait_for(lambda: client.result(request_id, wait=5).done, what="early request")
         assert early
         assert client.result(request_id).result["key"] == "early"
-        assert client.invoke(name, {"user": "u", "op": "echo", "n": 1})["echo"]["n"] == 1
+        assert (
+            client.invoke(name, {"user": "u", "op": "echo", "n": 1}, queue=True)["echo"]["n"] == 1
+        )
         with pytest.raises(HandlerError, match="boom"):
-            client.invoke(name, {"user": "u", "op": "raise", "message": "boom"})
+            client.invoke(name, {"user": "u", "op": "raise", "message": "boom"}, queue=True)
     finally:
         worker.stop()
     with pytest.raises(RequestTimeout) as timed_out:
-        client.invoke(name, {"user": "u", "op": "echo"}, wait=0.2)
+        client.invoke(name, {"user": "u", "op": "echo"}, wait=0.2, queue=True)
     assert len(timed_out.value.details["request_id"]) == 32
 
 

@@ -319,9 +319,11 @@ def test_invoke_prints_the_request_id_when_async_or_timed_out(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = service_factory().name
-    code, out, _ = memrun(capsys, "invoke", name, '{"n": 1}', "--async")
+    code, _, err = memrun(capsys, "invoke", name, '{"n": 1}')
+    assert code == 1 and "never been deployed" in err
+    code, out, _ = memrun(capsys, "invoke", name, '{"n": 1}', "--async", "--queue")
     assert code == 0 and len(out.strip()) >= 16
-    code, out, err = memrun(capsys, "invoke", name, '{"n": 1}', "--wait", "0")
+    code, out, err = memrun(capsys, "invoke", name, '{"n": 1}', "--wait", "0", "--queue")
     assert code == 3
     assert out.strip() in err
     code, _, err = memrun(capsys, "invoke", name, "{not json")

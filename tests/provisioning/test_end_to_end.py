@@ -144,14 +144,21 @@ class Scenario:
         return [self.submit_payload({"user": user}, sticky_template="user") for user in users]
 
     def submit_payload(self, payload: dict[str, Any], *, sticky_template: str) -> str:
-        from apps.services.invoke import request_submit
+        from asgiref.sync import async_to_sync
 
-        return request_submit(
-            service=self.name,
-            sticky_template=sticky_template,
-            body=json.dumps(payload).encode(),
-            timeout_seconds=120,
+        from apps.services.invoke import InvokeTarget, requests_submit
+        from memrun.wire.protocol import new_request_id
+        from memrun.wire.sticky import StickyTemplate
+
+        sticky = StickyTemplate.parse(sticky_template)
+        target = InvokeTarget(service=self.name, sticky=sticky, timeout_seconds=120, refusal=None)
+        request_id = new_request_id()
+        async_to_sync(requests_submit)(
+            target=target,
+            items=[(sticky.key_for(payload), json.dumps(payload).encode())],
+            request_ids=[request_id],
         )
+        return request_id
 
     def outcomes(self, request_ids: list[str]) -> list[Any]:
         """The outcomes, read where the workers write them (the wait is the harness's)."""

@@ -36,7 +36,18 @@ def test_authenticate_finds_the_user_and_records_the_use(user: User) -> None:
     assert token.last_used_at is not None
 
 
-def test_last_use_is_written_at_most_once_a_minute(user: User, django_assert_num_queries) -> None:
+def test_a_known_token_costs_no_query(user: User, django_assert_num_queries) -> None:
+    _token, secret = apitoken_create(user=user, name="laptop")
+    with django_assert_num_queries(2):  # the look-up, and the first use recorded
+        apitoken_authenticate(secret=secret)
+    with django_assert_num_queries(0):
+        assert apitoken_authenticate(secret=secret) == user
+
+
+def test_last_use_is_written_at_most_once_a_minute(
+    user: User, django_assert_num_queries, settings
+) -> None:
+    settings.MEMRUN_LOOKUP_CACHE_TTL_S = 0  # every call looks the token up
     token, secret = apitoken_create(user=user, name="laptop")
     apitoken_authenticate(secret=secret)
     with django_assert_num_queries(1):

@@ -494,7 +494,9 @@ def test_a_provisioned_worker_process_ships_its_lines(
         log_path=tmp_path / "worker.log",
     )
     try:
-        done = MemrunClient(live_server.url, api_token[1]).invoke_request(service.name, {}, wait=30)
+        client = MemrunClient(live_server.url, api_token[1])
+        # Queued: the service has a worker but no deployment record.
+        done = client.invoke_request(service.name, {}, wait=30, queue=True)
         assert done.ok, done
     finally:
         process.terminate()

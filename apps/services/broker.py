@@ -1,0 +1,310 @@
+"""The control plane's connections for invoke, one set per process, none per request.
+
+- One Kafka producer, polled by one thread; each delivery report is handed to the event
+  loop of the coroutine waiting for it, so a produce holds no thread.
+- One asyncio Redis pool per event loop (uvicorn runs one loop per process; Django's
+  test client makes one per request, hence the per-loop map).
+- One Redis subscription per process (a thread) to every service's done channel
+  (`memrun:done:*`, where workers publish each first outcome): a waiting caller is a
+  future in a dict, not a blocked connection, so a thousand of them cost a thousand
+  futures. The same subscription carries cache invalidations (`memrun:invalidate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from confluent_kafka import KafkaError, Producer
+from django.conf import settings
+
+from memrun.wire import protocol
+
+logger = logging.getLogger(__name__)
+
+DELIVERY_TIMEOUT_S = 10.0
+INVALIDATE_CHANNEL = "memrun:invalidate"
+_RECONNECT_MAX_S = 2.0
+_SUBSCRIBE_TIMEOUT_S = 5.0
+
+Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[bytes]"]
+
+
+class BrokerDown(Exception):
+    """Kafka did not take a message; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Settled:
+    """A delivery report, settled on the waiting coroutine's own loop."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[KafkaError | None] = loop.create_future()
+
+    def __call__(self, error: KafkaError | None, message: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # that loop is closed: its caller has gone
+            self.loop.call_soon_threadsafe(_settle, self.future, error)
+
+
+def _settle(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+class _ProducerThread:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._producer: Producer | None = None
+
+    def get(self) -> Producer:
+        with self._lock:
+            if self._producer is None:
+                producer = Producer(
+                    {
+                        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+                        "partitioner": protocol.PARTITIONER,
+                        "enable.idempotence": True,
+                        "linger.ms": 1,
+                        "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
+                        "socket.nagle.disable": True,
+                    }
+                )
+                threading.Thread(
+                    target=_poll_forever, args=(producer,), name="memrun-producer", daemon=True
+                ).start()
+                self._producer = producer
+            return self._producer
+
+
+def _poll_forever(producer: Producer) -> None:
+    while True:
+        producer.poll(1.0)
+
+
+_producer = _ProducerThread()
+
+
+async def produce_many(messages: list[dict[str, Any]]) -> None:
+    """Produce each message (kwargs of `Producer.produce`) and wait for all of their
+    delivery reports; BrokerDown when any was refused or none came in time."""
+    producer = _producer.get()
+    loop = asyncio.get_running_loop()
+    reports = []
+    for message in messages:
+        report = _Settled(loop)
+        try:
+            producer.produce(**message, on_delivery=report)
+        except BufferError:
+            raise BrokerDown("the producer queue is full") from None
+        except Exception as exc:  # KafkaException: a bad topic or a closed producer
+            raise BrokerDown(str(exc)) from None
+        reports.append(report.future)
+    try:
+        errors = await asyncio.wait_for(asyncio.gather(*reports), DELIVERY_TIMEOUT_S + 1.0)
+    except TimeoutError:
+        raise BrokerDown("no delivery report") from None
+    refused = next((error for error in errors if error is not None), None)
+    if refused is not None:
+        raise BrokerDown(str(refused))
+
+
+_loop_redis: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def redis_async() -> aioredis.Redis:
+    """The asyncio Redis client of the running loop (pooled; short commands only)."""
+    loop = asyncio.get_running_loop()
+    client = _loop_redis.get(loop)
+    if client is None:
+        client = aioredis.Redis.from_url(
+            settings.REDIS_URL,
+            max_connections=64,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+        )
+        _loop_redis[loop] = client
+    return client
+
+
+class _Records:
+    """Request records (SET with a TTL) of all the invokes of one loop turn, written in
+    one pipelined round trip: under load, many requests share each."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._pending: list[tuple[list[tuple[str, str]], int, asyncio.Future[None]]] = []
+
+    async def set_many(self, items: list[tuple[str, str]], *, ttl_s: int) -> None:
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[None] = loop.create_future()
+        self._pending.append((items, ttl_s, written))
+        if len(self._pending) == 1:
+            loop.call_soon(lambda: loop.create_task(self._flush()))
+        await written
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        pipe = self._client.pipeline(transaction=False)
+        for items, ttl_s, _ in batch:
+            for key, value in items:
+                pipe.set(key, value, ex=ttl_s)
+        try:
+            await pipe.execute()
+        except Exception as exc:
+            for _, _, written in batch:
+                if not written.done():
+                    written.set_exception(exc)
+            return
+        for _, _, written in batch:
+            _settle(written, None)
+
+
+_loop_records: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Records] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def records_set(items: list[tuple[str, str]], *, ttl_s: int) -> None:
+    """SET each (key, value) with `ttl_s`, coalesced with the loop's other writers."""
+    loop = asyncio.get_running_loop()
+    records = _loop_records.get(loop)
+    if records is None:
+        records = _loop_records[loop] = _Records(redis_async())
+    await records.set_many(items, ttl_s=ttl_s)
+
+
+class OutcomeListener:
+    """Wakes waiting callers when their outcome is published. Thread-safe.
+
+    `on_done(service, request_id)` sees every outcome of every service (admission counts
+    backlogs with it); `on_invalidate(message)` every invalidation.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[Waiter]] = {}
+        self._started = False
+        self._subscribed = threading.Event()
+        self.on_done: list[Callable[[str, str], None]] = []
+        self.on_invalidate: list[Callable[[bytes], None]] = []
+
+    def start(self, *, wait: bool = True) -> None:
+        """Start the subscription (once per process); the first call waits until it is
+        live. Later losses are healed by the thread: on resubscribing it looks up the
+        outcomes of everyone registered, so nothing published meanwhile is missed."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            threading.Thread(target=self._serve, name="memrun-outcomes", daemon=True).start()
+        if wait and not self._subscribed.wait(_SUBSCRIBE_TIMEOUT_S):
+            raise redis.ConnectionError(f"could not subscribe to {settings.REDIS_URL}")
+
+    def register(self, request_id: str) -> asyncio.Future[bytes]:
+        """A future that gets `request_id`'s outcome json; `unregister` it when done."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
+        with self._lock:
+            self._waiters.setdefault(request_id, []).append((loop, future))
+        return future
+
+    def unregister(self, request_id: str, future: asyncio.Future[bytes]) -> None:
+        with self._lock:
+            waiters = self._waiters.get(request_id)
+            if waiters is None:
+                return
+            remaining = [w for w in waiters if w[1] is not future]
+            if remaining:
+                self._waiters[request_id] = remaining
+            else:
+                del self._waiters[request_id]
+
+    def waiting(self) -> int:
+        with self._lock:
+            return sum(len(w) for w in self._waiters.values())
+
+    def _serve(self) -> None:
+        delay_s = 0.05
+        client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=5, health_check_interval=30
+        )
+        while True:
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=False)
+                pubsub.psubscribe(f"{protocol.DONE_CHANNEL_PREFIX}*")
+                pubsub.subscribe(INVALIDATE_CHANNEL)
+                for message in pubsub.listen():
+                    delay_s = 0.05
+                    self._handle(client, message)
+            except redis.RedisError as exc:
+                self._subscribed.clear()
+                logger.warning("outcome subscription lost (%s); reconnecting", exc)
+                threading.Event().wait(delay_s)
+                delay_s = min(delay_s * 2, _RECONNECT_MAX_S)
+
+    def _handle(self, client: redis.Redis, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "pmessage":
+            service = message["channel"][len(protocol.DONE_CHANNEL_PREFIX) :].decode()
+            request_id, _, outcome = message["data"].partition(b" ")
+            self._wake(request_id.decode(), outcome)
+            for done in self.on_done:
+                done(service, request_id.decode())
+        elif kind == "message":
+            for invalidate in self.on_invalidate:
+                invalidate(message["data"])
+        elif kind == "psubscribe" and not self._subscribed.is_set():
+            # A (re)subscription: what was published while we were away is only in the
+            # outcome keys, so look those up for everyone still waiting.
+            self._recheck(client)
+            self._subscribed.set()
+
+    def _recheck(self, client: redis.Redis) -> None:
+        with self._lock:
+            ids = list(self._waiters)
+        if not ids:
+            return
+        found = client.mget([protocol.outcome_key(request_id) for request_id in ids])
+        for request_id, outcome in zip(ids, found, strict=True):
+            if outcome is not None:
+                self._wake(request_id, outcome)
+
+    def _wake(self, request_id: str, outcome: bytes) -> None:
+        with self._lock:
+            waiters = self._waiters.pop(request_id, None)
+        for loop, future in waiters or ():
+            with contextlib.suppress(RuntimeError):  # that caller's loop is closed
+                loop.call_soon_threadsafe(_settle, future, outcome)
+
+
+listener = OutcomeListener()
+
+
+_sync_redis: list[redis.Redis] = []
+
+
+def publish_invalidate(what: str) -> None:
+    """Tell every process's caches that `what` changed (best effort: the caches' TTL is
+    the bound when Redis is away)."""
+    if not _sync_redis:
+        _sync_redis.append(redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2))
+    try:
+        _sync_redis[0].publish(INVALIDATE_CHANNEL, what)
+    except redis.RedisError as exc:
+        logger.warning("could not publish an invalidation of %s: %s", what, exc)
