@@ -191,7 +191,7 @@ else:
     if MEMRUN_DB_POOL:
         DATABASES["default"]["OPTIONS"]["pool"] = {
             "min_size": 1,
-            "max_size": env_int("MEMRUN_DB_POOL_MAX", 8),
+            "max_size": env_int("MEMRUN_DB_POOL_MAX", 16),
             "timeout": 10,
         }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -59,8 +59,9 @@ def name(api_client: Client, service_name: Callable[[], str]) -> str:
 
 
 def invoke(client: Client, name: str, payload: object) -> dict[str, Any]:
+    # Queued: these workers run by hand, with no deployment behind them.
     response = client.post(
-        f"/api/v1/services/{name}/invoke?wait=30",
+        f"/api/v1/services/{name}/invoke?wait=30&queue=true",
         json.dumps(payload),
         content_type="application/json",
     )

@@ -66,7 +66,7 @@ def test_list_show_and_replay_after_a_fix(
     service: str, start: Callable[[str, str], WorkerProcess], capsys: pytest.CaptureFixture[str]
 ) -> None:
     v1 = start(service, "picky_v1.py")
-    failed = Client().invoke_request(service, {"user": "bad"}, wait=30)
+    failed = Client().invoke_request(service, {"user": "bad"}, wait=30, queue=True)
     assert failed.ok is False
 
     def listed() -> list[str]:

@@ -551,7 +551,7 @@ def test_concurrent_handlers_lines_carry_their_own_request_id(
     )
     client = MemrunClient(live_server.url, api_token[1])
     try:
-        request_ids = [client.submit(service.name, {"n": n}) for n in range(8)]
+        request_ids = [client.submit(service.name, {"n": n}, queue=True) for n in range(8)]
         for request_id in request_ids:
             assert client.result(request_id, wait=60).ok
     finally:
