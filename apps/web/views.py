@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from asgiref.sync import async_to_sync
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -206,7 +207,8 @@ def request_lookup(request: HttpRequest) -> HttpResponse:
     context: dict[str, object] = {"request_id": request_id}
     if request_id:
         try:
-            context["state"] = invoke.request_get(request_id=request_id)
+            # The same read as the async API's (a sync page waits for one Redis round trip).
+            context["state"] = async_to_sync(invoke.request_get)(request_id=request_id)
         except DomainError as exc:
             if exc.status != 404:
                 raise
