@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db.models import Count, Q
 
@@ -25,14 +25,15 @@ from apps.common.ttlcache import TtlCache
 from apps.services import broker
 from apps.services.admission import admission
 from apps.services.models import Deployment, Service
-from apps.workers.models import WorkerState
 from memrun.errors import StickyKeyError
 from memrun.wire import protocol, redact_urls
 from memrun.wire.sticky import StickyTemplate
 
 MAX_WAIT_S = 300.0
 _LIVE = (Deployment.Status.ACTIVE, Deployment.Status.ROLLING)
-_STARTING = (WorkerState.PROVISIONING, WorkerState.BOOTING)
+# Worker states by value: services sits below workers and does not import it.
+_READY = "ready"
+_STARTING = ("provisioning", "booting")
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def invoke_target_get(*, name: str) -> InvokeTarget:
         .annotate(
             deployed=Count("deployments", distinct=True),
             live=Count("deployments", filter=Q(deployments__status__in=_LIVE), distinct=True),
-            ready=Count("workers", filter=Q(workers__state=WorkerState.READY), distinct=True),
+            ready=Count("workers", filter=Q(workers__state=_READY), distinct=True),
             starting=Count("workers", filter=Q(workers__state__in=_STARTING), distinct=True),
         )
         .first()
@@ -214,7 +215,9 @@ def _key(target: InvokeTarget, payload: Any, index: int | None = None) -> str | 
         ) from None
 
 
-def _message(target: InvokeTarget, request_id: str, key: str | None, value: bytes) -> dict:
+def _message(
+    target: InvokeTarget, request_id: str, key: str | None, value: bytes, attempt: int
+) -> dict:
     submitted_ms = protocol.now_ms()
     return {
         "topic": protocol.request_topic(target.service),
@@ -223,16 +226,22 @@ def _message(target: InvokeTarget, request_id: str, key: str | None, value: byte
         "headers": protocol.encode_headers(
             request_id=request_id,
             deadline_ms=submitted_ms + target.timeout_seconds * 1000,
+            attempt=attempt,
             submitted_ms=submitted_ms,
         ),
     }
 
 
 async def requests_submit(
-    *, target: InvokeTarget, items: list[tuple[str | None, bytes]], request_ids: list[str]
+    *,
+    target: InvokeTarget,
+    items: list[tuple[str | None, bytes]],
+    request_ids: list[str],
+    attempt: int = 1,
 ) -> None:
     """Record and produce each (Kafka key, payload json) under its request id; return
-    once Kafka has them all. 429 when the service's backlog is full."""
+    once Kafka has them all. 429 when the service's backlog is full. `attempt` > 1 marks
+    a replay of a failed request."""
     admission.admit(
         service=target.service, request_ids=request_ids, timeout_s=target.timeout_seconds
     )
@@ -245,7 +254,7 @@ async def requests_submit(
         for request_id, (key, _) in zip(request_ids, items, strict=True)
     ]
     messages = [
-        _message(target, request_id, key, value)
+        _message(target, request_id, key, value, attempt)
         for request_id, (key, value) in zip(request_ids, items, strict=True)
     ]
     try:
@@ -257,6 +266,22 @@ async def requests_submit(
         raise _redis_down(exc) from None
     except broker.BrokerDown as exc:
         raise _broker_down(exc.reason) from None
+
+
+def request_produce(
+    *, service: str, key: str | None, body: bytes, timeout_seconds: int, attempt: int = 1
+) -> str:
+    """Produce `body` with Kafka key `key` to the service's request topic as a new
+    request (its record kept for GET /requests/{id}); return its id once Kafka has it.
+    For sync callers (dead letter replays); invoke itself is async."""
+    target = InvokeTarget(
+        service=service, sticky=None, timeout_seconds=timeout_seconds, refusal=None
+    )
+    request_id = protocol.new_request_id()
+    async_to_sync(requests_submit)(
+        target=target, items=[(key, body)], request_ids=[request_id], attempt=attempt
+    )
+    return request_id
 
 
 async def service_invoke(

@@ -207,3 +207,11 @@ def test_cli_invoke_batch_prints_one_outcome_per_line_in_order(
     batch.write_text('{"user": 1}\n{not json\n')
     assert main(["invoke", served, "--batch", str(batch)]) == 1
     assert "line 2: not valid JSON" in capsys.readouterr().err
+
+
+def test_invoke_reads_worker_states_by_their_values() -> None:
+    from apps.services import invoke
+    from apps.workers.models import WorkerState
+
+    assert invoke._READY == WorkerState.READY
+    assert set(invoke._STARTING) == {WorkerState.PROVISIONING, WorkerState.BOOTING}
