@@ -250,6 +250,9 @@ def test_deploy_invoke_watch_logs_diff_and_roll_back_in_a_browser(
     page.goto(f"{base}/services/{name}/logs/")
     page.wait_for_selector(".logline")
     shots(page, "service-logs")
+    # Follow mode: a new request's line appears without a reload.
+    followed = invoke(base, token, name, payload)["request_id"]
+    page.wait_for_selector(f'.logline[data-request="{followed}"]', timeout=60_000)
 
     # The request lookup page.
     page.goto(f"{base}/requests/?id={request_id}")
