@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.db import transaction
 
 from apps.common.errors import DomainError
@@ -15,7 +16,8 @@ from apps.services.models import Service
 
 def service_scale(*, service: Service, workers: int, by: Any = None) -> Service:
     """Set the service's desired worker count, within its min_workers..max_workers; a
-    count outside is a 422 that names the bound. Only staff users (`by`) scale."""
+    count outside is a 422 that names the bound. Only staff users (`by`) scale; who
+    scaled, when and to what is recorded in the service's admin history."""
     staff_require(user=by, action="scale a service")
     with transaction.atomic():
         locked = Service.objects.select_for_update().get(pk=service.pk)
@@ -39,7 +41,16 @@ def service_scale(*, service: Service, workers: int, by: Any = None) -> Service:
                 },
             )
         if locked.desired_workers != workers:
+            before = locked.desired_workers
             locked.desired_workers = workers
             locked.save(update_fields=["desired_workers", "updated_at"])
+            if by is not None:
+                LogEntry.objects.log_actions(
+                    user_id=by.pk,
+                    queryset=[locked],
+                    action_flag=CHANGE,
+                    change_message=f"scaled from {before} to {workers} worker(s)",
+                    single_object=True,
+                )
             transaction.on_commit(functools.partial(reconcile_soon, service_id=locked.pk))
     return locked

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.contrib.admin.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.db.models import F, QuerySet
 
 from apps.services.models import Deployment, DeploymentStatus, Service
@@ -17,6 +19,7 @@ from memrun.wire.sizes import format_size
 RECENT_REQUESTS = 20
 SERVICE_PAGE_FINISHED_WORKERS = 20
 SERVICE_PAGE_DEPLOYMENTS = 50
+SERVICE_PAGE_CHANGES = 10
 REQUEST_LOG_LINES = 200
 
 
@@ -31,6 +34,18 @@ def service_finished_workers(*, service: Service) -> QuerySet[Worker]:
         Worker.objects.filter(service=service, state__in=Worker.FINISHED_STATES)
         .select_related("deployment")
         .order_by("-state_changed_at", "-id")[:SERVICE_PAGE_FINISHED_WORKERS]
+    )
+
+
+def service_changes(*, service: Service) -> QuerySet[LogEntry]:
+    """Who changed the service outside a deploy (scaled it, edited it in the admin),
+    when and what, newest first."""
+    return (
+        LogEntry.objects.filter(
+            content_type=ContentType.objects.get_for_model(Service), object_id=str(service.pk)
+        )
+        .select_related("user")
+        .order_by("-action_time")[:SERVICE_PAGE_CHANGES]
     )
 
 

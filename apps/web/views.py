@@ -64,6 +64,7 @@ def service_detail(request: HttpRequest, name: str) -> HttpResponse:
             "service": service,
             "stats": service_stats_get(service=service),
             "finished_workers": page_selectors.service_finished_workers(service=service),
+            "changes": page_selectors.service_changes(service=service),
             "deployments": history,
             "requests": page_selectors.service_recent_requests(service=service),
             "diff_default": (history[1].version, history[0].version) if len(history) > 1 else None,

@@ -252,6 +252,8 @@ def test_history_diff_rollback_and_scale(
 
     assert staff.post(f"/services/{name}/scale/", {"workers": 2}).status_code == 302
     assert Service.objects.get(name=name).desired_workers == 2
+    page = staff.get(f"/services/{name}/").content.decode()
+    assert "alice · scaled from 1 to 2 worker(s)" in page
     too_many = staff.post(f"/services/{name}/scale/", {"workers": 9})
     assert too_many.status_code == 422 and "max_workers (2)" in too_many.content.decode()
     assert staff.get(f"/services/{name}/scale/").status_code == 405
