@@ -31,6 +31,13 @@ def test_up_serves_the_api_and_the_admin_and_stops_on_sigterm(appliance: Applian
     assert status == 200 and b"/static/admin/css/base.css" in page
     status, css, content_type = get(f"{appliance.url}/static/admin/css/base.css")
     assert status == 200 and content_type.startswith("text/css") and len(css) > 1000
+    # The web UI: / leads to its login page; its stylesheet and htmx come from the appliance.
+    status, page, _ = get(f"{appliance.url}/")
+    assert status == 200 and b'name="username"' in page and b"/static/web/memrun.css" in page
+    status, css, content_type = get(f"{appliance.url}/static/web/memrun.css")
+    assert status == 200 and content_type.startswith("text/css")
+    status, script, _ = get(f"{appliance.url}/static/vendor/htmx/htmx.min.js")
+    assert status == 200 and b"htmx" in script
 
     created = memrun(appliance.home, "token", "create", "--name", "ci")
     assert created.returncode == 0, created.stderr

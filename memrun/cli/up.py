@@ -138,7 +138,10 @@ def supervise(plan: Sequence[Child], *, bind: str) -> int:
                     ),
                 )
             )
-        _say(f"running at http://{bind}/  (admin: /admin/, API docs: /api/v1/docs); Ctrl-C stops")
+        _say(
+            f"running at http://{bind}/  (web UI: /, admin: /admin/, API docs: /api/v1/docs); "
+            "Ctrl-C stops"
+        )
         while not received and died is None:
             time.sleep(POLL_INTERVAL_S)
             died = next(
