@@ -159,7 +159,7 @@ class ServiceAdmin(admin.ModelAdmin):
 
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
-    list_display = ["service", "version", "status", "size", "created_by", "created_at"]
+    list_display = ["service", "version", "status", "degraded", "size", "created_by", "created_at"]
     list_filter = ["status", "service", "created_at"]
     list_select_related = ["service", "created_by"]
     search_fields = ["service__name", "sha256", "message"]
@@ -173,6 +173,10 @@ class DeploymentAdmin(admin.ModelAdmin):
         "message",
         "status",
         "failure_reason",
+        # Reconcile's crash-loop state: shown, never edited by hand.
+        "degraded_reason",
+        "degraded_at",
+        "crash_backoff_until",
         "created_by",
         "created_at",
     ]
@@ -183,6 +187,10 @@ class DeploymentAdmin(admin.ModelAdmin):
     @admin.display(description="size", ordering="size_bytes")
     def size(self, obj: Deployment) -> str:
         return format_size(obj.size_bytes)
+
+    @admin.display(description="degraded", boolean=True)
+    def degraded(self, obj: Deployment) -> bool:
+        return obj.degraded
 
 
 @admin.register(ApiToken)

@@ -118,6 +118,53 @@ def test_a_refused_credential_is_not_restarted(home: Path, supervisor: LocalSupe
     assert status(home, "w-refused")["restarts"] == 0
 
 
+def left_running(home: Path, name: str, *, state: str = "running") -> subprocess.Popen[bytes]:
+    """A worker an earlier supervisor started and recorded, then died without stopping."""
+    proc = subprocess.Popen(python("import time\nwhile True: time.sleep(1)"))
+    write_json_atomic(
+        LocalLayout(home).status_path(name),
+        {
+            "name": name,
+            "state": state,
+            "pid": proc.pid,
+            "pid_start_ticks": process_start_ticks(proc.pid),
+            "restarts": 2,
+        },
+    )
+    return proc
+
+
+def test_a_left_worker_whose_spec_went_is_stopped_and_one_whose_pid_was_reused_is_not_adopted(
+    home: Path, supervisor: LocalSupervisor
+) -> None:
+    orphan = left_running(home, "w-orphan")  # its spec went while no supervisor ran
+    kept = left_running(home, "w-kept")
+    add_spec(home, "w-kept", python("import time\nwhile True: time.sleep(1)"))
+    # The recorded pid now names another process (other start time): not ours to adopt.
+    reused = left_running(home, "w-reused")
+    data = read_json(LocalLayout(home).status_path("w-reused"))
+    assert data is not None
+    write_json_atomic(
+        LocalLayout(home).status_path("w-reused"),
+        {**data, "pid_start_ticks": data["pid_start_ticks"] - 1},
+    )
+    add_spec(home, "w-reused", python("import time\nwhile True: time.sleep(1)"))
+    try:
+        until(supervisor, lambda: orphan.poll() is not None, "the orphan to be stopped")
+        assert orphan.returncode == -signal.SIGTERM
+        assert not LocalLayout(home).status_path("w-orphan").exists()
+        # Adopted: the same process, its restart count kept; no second one started.
+        assert supervisor.pid_of("w-kept") == kept.pid and kept.poll() is None
+        assert status(home, "w-kept")["restarts"] == 2
+        # Not adopted: a process of its own; the stranger is left alone.
+        assert supervisor.pid_of("w-reused") not in (None, reused.pid)
+        assert reused.poll() is None
+    finally:
+        for proc in (orphan, kept, reused):
+            proc.kill()
+            proc.wait()
+
+
 def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(home: Path) -> None:
     supervisor = LocalSupervisor(LocalLayout(home), settings=SupervisorSettings(stop_grace_s=0.5))
     stubborn = (
