@@ -44,7 +44,7 @@ def entrypoint_roles() -> set[str]:
 
 def settings_env_names() -> set[str]:
     text = (ROOT / "memrun_site" / "settings.py").read_text()
-    text += (ROOT / "memrun" / "_home.py").read_text()
+    text += (ROOT / "memrun" / "home.py").read_text()
     return set(re.findall(r"""(?:env_\w+|environ\.get)\(\s*["']([A-Z0-9_]+)["']""", text))
 
 
