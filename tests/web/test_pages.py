@@ -21,6 +21,7 @@ from apps.common.credentials import secret_hash
 from apps.services.models import ApiToken, Deployment, Service
 from apps.workers.models import Worker, WorkerLogLine
 from tests.fixtures.services import wait_for_topic_leaders
+from tests.worker_daemon.harness import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -431,10 +432,15 @@ def test_dead_letters_page_lists_and_refuses_a_replay_without_staff_rights(
     staff: Client, viewer: User, service_factory: Callable[..., Service], kafka_admin: Any
 ) -> None:
     service = service_factory()
-    # A DLQ topic just made has no partition leaders for a moment.
+    # A DLQ topic just made has no partition leaders for a moment: its page says so (503)
+    # until the broker answers for every partition.
     wait_for_topic_leaders(kafka_admin, service.dlq_topic, service.partitions)
-    page = staff.get(f"/services/{service.name}/dead-letters/")
-    assert page.status_code == 200, page.content.decode()
+    url = f"/services/{service.name}/dead-letters/"
+    page = wait_for(
+        lambda: (answer := staff.get(url)).status_code == 200 and answer,
+        timeout_s=30,
+        what="the dead letters page to read the new DLQ topic",
+    )
     assert "No dead letters" in page.content.decode()
     assert staff.get(f"/services/{service.name}/dead-letters/0-0/").status_code == 404
     empty = staff.post(f"/services/{service.name}/dead-letters/replay/")
