@@ -5,6 +5,7 @@ Used by `GET /api/v1/health` and by `memrun up` before it starts anything.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from django.db import DatabaseError, connection
 
@@ -79,20 +81,28 @@ def _ping_database() -> str:
     return f"{connection.vendor} ok"
 
 
+# One client per (address, timeout) per process: a health check that built its own Kafka
+# client and Redis connection each time cost more than the rest of it, and under load
+# missed its own one-second bound (tests/test_frontdoor_load.py).
+@functools.lru_cache(maxsize=8)
+def _redis_client(url: str, timeout_s: float) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+
+
+@functools.lru_cache(maxsize=8)
+def _kafka_client(bootstrap: str, timeout_s: float) -> AdminClient:
+    return kafka_admin(timeout_s=timeout_s)
+
+
 def _ping_redis(timeout_s: float) -> str:
-    client = redis.Redis.from_url(
-        settings.REDIS_URL, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
-    )
-    try:
-        client.ping()
-    finally:
-        client.close()
+    _redis_client(settings.REDIS_URL, timeout_s).ping()
     return "ok"
 
 
 def _ping_kafka(timeout_s: float) -> str:
     try:
-        metadata = kafka_admin(timeout_s=timeout_s).list_topics(timeout=timeout_s)
+        admin = _kafka_client(settings.KAFKA_BOOTSTRAP_SERVERS, timeout_s)
+        metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise ConnectionError(exc.args[0].str() if exc.args else str(exc)) from None
     return f"{len(metadata.brokers)} broker(s)"
