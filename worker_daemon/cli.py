@@ -133,5 +133,16 @@ def run_provisioned(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     )
     worker_overrides = {k: v for k, v in overrides.items() if v is not None}
     return run_provisioned_worker(
-        settings, run_worker=run_worker, worker_overrides=worker_overrides
+        settings,
+        run_worker=run_worker,
+        worker_overrides=worker_overrides,
+        on_stopped=_ignore_sigterm,
     )
+
+
+def _ignore_sigterm() -> None:
+    # The worker has stopped: what is left (its final heartbeat, its last log lines) is
+    # bounded by timeouts, and a SIGTERM's default action would cut it short.
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -58,9 +58,13 @@ def run_provisioned_worker(
     control_plane: ControlPlane | None = None,
     log: EventLog | None = None,
     worker_overrides: dict[str, Any] | None = None,
+    on_stopped: Callable[[], None] = lambda: None,
 ) -> int:
     """Fetch, prepare and run the deployment's package; returns the exit code.
-    `run_worker` is worker_daemon.main.run_worker (passed in to keep this testable)."""
+    `run_worker` is worker_daemon.main.run_worker (passed in to keep this testable).
+    `on_stopped` is called once the worker has stopped (or failed to start), before its
+    final heartbeat: the process entry point makes SIGTERM harmless there, as the final
+    heartbeat is what tells a supervisor to send one, and the last lines must still leave."""
     log = log or _FailureTap(worker=settings.worker_id, service=settings.service)
     plane = control_plane or ControlPlane(
         url=settings.url, token=settings.token, timeout_s=settings.request_timeout_s
@@ -95,7 +99,7 @@ def run_provisioned_worker(
             settings.deployment_id, package, expected_sha256=settings.package_sha256
         )
     except (ControlPlaneError, MemrunError) as exc:
-        return _failed(heartbeat, log, f"{type(exc).__name__}: {exc.message}")
+        return _failed(heartbeat, log, f"{type(exc).__name__}: {exc.message}", on_stopped)
     if heartbeat.refused:
         heartbeat.stop()
         return EXIT_CREDENTIAL_REFUSED
@@ -112,10 +116,10 @@ def run_provisioned_worker(
             dataclasses.replace(base, package_path=package), log=log, on_worker=attach
         )
     except MemrunError as exc:  # the package, its dependencies, Kafka or Redis
-        return _failed(heartbeat, log, f"{type(exc).__name__}: {exc.message}")
+        return _failed(heartbeat, log, f"{type(exc).__name__}: {exc.message}", on_stopped)
     except Exception as exc:
         log.event("worker.crashed", error=repr(exc), traceback=traceback.format_exc())
-        return _failed(heartbeat, log, f"{type(exc).__name__}: {exc}")
+        return _failed(heartbeat, log, f"{type(exc).__name__}: {exc}", on_stopped)
     if heartbeat.refused:
         heartbeat.stop()
         return EXIT_CREDENTIAL_REFUSED
@@ -124,13 +128,15 @@ def run_provisioned_worker(
         heartbeat.stop()
         return code
     error = log.error if isinstance(log, _FailureTap) else ""
+    on_stopped()
     heartbeat.stop(final={"state": "stopped", "exit_code": code, "error": error})
     return code
 
 
-def _failed(heartbeat: Heartbeat, log: EventLog, error: str) -> int:
+def _failed(heartbeat: Heartbeat, log: EventLog, error: str, on_stopped: Callable[[], None]) -> int:
     error = error[:_ERROR_MAX_CHARS]
     log.event("worker.start_failed", error=error)
     log.flush()
+    on_stopped()
     heartbeat.stop(final={"state": "stopped", "exit_code": EXIT_START_FAILED, "error": error})
     return EXIT_CREDENTIAL_REFUSED if heartbeat.refused else EXIT_START_FAILED

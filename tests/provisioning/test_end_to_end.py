@@ -240,6 +240,13 @@ def test_deploy_invoke_scale_and_replace_dead_workers(scenario: Scenario) -> Non
     assert restarted_status["exit_code"] == -signal.SIGKILL
     [answer] = scenario.outcomes(scenario.submit(range(1)))
     assert answer.ok and answer.result["worker"] == survivor.name
+    # Its "ready" heartbeat is recorded before it is frozen: one still in flight would be
+    # recorded after a reconcile pass that started before it, and read as newer.
+    wait_for(
+        lambda: survivor.events.filter(from_state="booting", to_state="ready").count() == 2,
+        timeout_s=60,
+        what="the restarted worker's ready heartbeat",
+    )
 
     # Silent for 60 s (frozen, so it cannot heartbeat; its clock moved on): dead and replaced.
     from apps.workers.models import Worker
