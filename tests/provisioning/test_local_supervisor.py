@@ -150,9 +150,13 @@ def test_a_left_worker_whose_spec_went_is_stopped_and_one_whose_pid_was_reused_i
     )
     add_spec(home, "w-reused", python("import time\nwhile True: time.sleep(1)"))
     try:
-        until(supervisor, lambda: orphan.poll() is not None, "the orphan to be stopped")
+        orphan_status = LocalLayout(home).status_path("w-orphan")
+        until(
+            supervisor,
+            lambda: orphan.poll() is not None and not orphan_status.exists(),
+            "the orphan to be stopped and forgotten",
+        )
         assert orphan.returncode == -signal.SIGTERM
-        assert not LocalLayout(home).status_path("w-orphan").exists()
         # Adopted: the same process, its restart count kept; no second one started.
         assert supervisor.pid_of("w-kept") == kept.pid and kept.poll() is None
         assert status(home, "w-kept")["restarts"] == 2
