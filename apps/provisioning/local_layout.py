@@ -92,6 +92,8 @@ class LocalWorkerSpec:
     argv: list[str]
     env: dict[str, str]
     labels: dict[str, str] = field(default_factory=dict)
+    # The service's declared memory, which the kernel holds the worker to (0: no limit).
+    memory_bytes: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LocalWorkerSpec:
@@ -100,7 +102,11 @@ class LocalWorkerSpec:
             argv=[str(arg) for arg in data["argv"]],
             env={str(k): str(v) for k, v in data["env"].items()},
             labels={str(k): str(v) for k, v in data.get("labels", {}).items()},
+            memory_bytes=int(data.get("memory_bytes", 0)),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,9 @@ class LocalWorkerStatus:
     exit_code: int | None = None
     exited_at: float | None = None
     log_tail: str = ""
+    # Why the last exit happened, where the supervisor knows more than the exit code
+    # (the kernel killed it for its memory limit).
+    reason: str = ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LocalWorkerStatus:

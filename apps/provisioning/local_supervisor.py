@@ -15,6 +15,12 @@ Django-free and knows nothing of services: it watches `{home}/local-workers/` an
   code, log tail) next to its spec, for the provisioner's `list` and for its successor.
 On SIGTERM it stops every worker the same way and exits 0.
 
+Each worker runs confined (apps/provisioning/local_sandbox.py): in a bubblewrap sandbox as
+an unprivileged user that sees none of MEMRUN_HOME but its own folders, and in a memory
+cgroup at its service's declared memory. A worker the kernel kills for that limit is
+restarted like any crash, with the reason in its status and its log. Signals go to the
+worker's process group, which holds the sandbox and everything in it.
+
 Workers outlive a supervisor that dies without stopping them (SIGKILL, a crash): they keep
 serving, warm. A new supervisor ADOPTS each worker whose recorded pid still runs with the
 recorded start time (a pid alone may have been reused), rather than starting a duplicate
@@ -49,6 +55,15 @@ from apps.provisioning.local_layout import (
     read_log_tail,
     write_json_atomic,
 )
+from apps.provisioning.local_sandbox import (
+    SANDBOX_MODE_ENV,
+    MemoryCgroups,
+    Sandbox,
+    SandboxUnavailable,
+    confine_before_exec,
+    memory_cgroups_detect,
+    sandbox_detect,
+)
 from memrun.home import memrun_home
 
 # Exit codes after which a worker is not restarted: it stopped as asked (0), or the
@@ -65,11 +80,18 @@ class SupervisorSettings:
     poll_interval_s: float = 0.2
 
 
-Spawn = Callable[[Sequence[str], Mapping[str, str], IO[bytes], Path], "subprocess.Popen[bytes]"]
+Spawn = Callable[
+    [Sequence[str], Mapping[str, str], IO[bytes], Path, Callable[[], None]],
+    "subprocess.Popen[bytes]",
+]
 
 
 def spawn_process(
-    argv: Sequence[str], env: Mapping[str, str], log: IO[bytes], cwd: Path
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    log: IO[bytes],
+    cwd: Path,
+    before_exec: Callable[[], None],
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         list(argv),
@@ -79,7 +101,17 @@ def spawn_process(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=before_exec,  # the supervisor runs no threads: fork is safe
     )
+
+
+def _signal_group(proc: subprocess.Popen[bytes] | _Adopted, signum: int) -> None:
+    """`signum` to the worker's process group (it leads its own session): a sandboxed
+    worker is a child of bwrap, which forwards nothing."""
+    exited = not proc.alive() if isinstance(proc, _Adopted) else proc.poll() is not None
+    if not exited:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signum)
 
 
 class _Adopted:
@@ -92,14 +124,6 @@ class _Adopted:
 
     def alive(self) -> bool:
         return process_start_ticks(self.pid) == self.start_ticks
-
-    def send_signal(self, signum: int) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
 
     def wait(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -131,6 +155,7 @@ class _Child:
         self.restart_at: float | None = None
         self.kill_at: float | None = None
         self.draining = False
+        self.cgroup: Path | None = None
 
 
 class LocalSupervisor:
@@ -146,6 +171,8 @@ class LocalSupervisor:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         say: Callable[[str], None] = lambda message: print(message, flush=True),
+        sandbox: Sandbox | None = None,
+        cgroups: MemoryCgroups | None = None,
     ) -> None:
         self.layout = layout
         self.settings = settings
@@ -155,6 +182,8 @@ class LocalSupervisor:
         self._wall_clock = wall_clock
         self._say = say
         self._children: dict[str, _Child] = {}
+        self._sandbox = sandbox
+        self._cgroups = cgroups
 
     def tick(self) -> None:
         wanted = set(self.layout.spec_names())
@@ -202,7 +231,7 @@ class LocalSupervisor:
             try:
                 child.proc.wait(timeout=max(deadline - self._clock(), 0.1))
             except subprocess.TimeoutExpired:
-                child.proc.kill()
+                _signal_group(child.proc, signal.SIGKILL)
                 child.proc.wait()
             self._reap(child, wanted=False)
         for name in self._children:
@@ -226,6 +255,8 @@ class LocalSupervisor:
             return False
         child.proc = proc
         child.status = previous
+        if self._cgroups is not None and self._cgroups.path(child.spec.name).is_dir():
+            child.cgroup = self._cgroups.path(child.spec.name)
         child.draining = previous.state == "draining"
         self._say(f"memrun-supervisor: adopted {child.spec.name} (pid {proc.pid})")
         return True
@@ -251,9 +282,13 @@ class LocalSupervisor:
         child.log = self.layout.log_path(name).open("ab")
         restarts = child.status.restarts + (1 if child.proc is not None else 0)
         try:
-            child.proc = self._spawn(
-                child.spec.argv, self._base_env | child.spec.env, child.log, folder
+            argv, env = self._confined(child, folder)
+            before_exec = confine_before_exec(
+                cgroup=child.cgroup,
+                memory_bytes=child.spec.memory_bytes,
+                ignore_stop_signals=self._sandbox is not None,
             )
+            child.proc = self._spawn(argv, env, child.log, folder, before_exec)
         except OSError as exc:
             child.log.close()
             child.log = None
@@ -276,6 +311,41 @@ class LocalSupervisor:
             ),
         )
 
+    def _confined(self, child: _Child, folder: Path) -> tuple[list[str], dict[str, str]]:
+        """The argv and env that start `child` in its sandbox and cgroup (where there are)."""
+        env = self._base_env | child.spec.env
+        if self._cgroups is not None and child.spec.memory_bytes > 0:
+            child.cgroup = self._cgroups.create(child.spec.name, child.spec.memory_bytes)
+        if self._sandbox is None:
+            return child.spec.argv, env
+        writable = [folder / "cache", folder / "work"]
+        for path in writable:
+            path.mkdir(mode=0o700, exist_ok=True)
+            self._sandbox.give(path)
+        # The only folders it can write: its cache, and its work folder, which is also its
+        # home (uv's cache lives there); /tmp is its own tmpfs.
+        env |= {
+            "MEMRUN_CACHE_ROOT": str(writable[0]),
+            "MEMRUN_WORK_ROOT": str(writable[1]),
+            "HOME": str(writable[1]),
+            "TMPDIR": "/tmp",
+        }
+        return self._sandbox.wrap(child.spec.argv, writable=writable, cwd=writable[1]), env
+
+    def _exit_reason(self, child: _Child) -> str:
+        """Why the worker died, where its exit code alone does not say; the cgroup goes."""
+        if child.cgroup is None or self._cgroups is None:
+            return ""
+        killed = self._cgroups.oom_kills(child.cgroup)
+        self._cgroups.remove(child.cgroup)
+        child.cgroup = None
+        if not killed:
+            return ""
+        return (
+            f"killed by the kernel: over its memory limit of {child.spec.memory_bytes} bytes "
+            "(the service's declared memory)"
+        )
+
     def _reap(self, child: _Child, *, wanted: bool) -> None:
         """Record an exit; schedule a restart when `wanted` and the exit was not final."""
         if child.proc is None or child.status.state in ("exited", "backoff"):
@@ -283,7 +353,10 @@ class LocalSupervisor:
         exited, code = _exit_of(child.proc)
         if not exited:
             return
+        reason = self._exit_reason(child)
         if child.log is not None:
+            if reason:
+                child.log.write(f"memrun-supervisor: {child.spec.name} {reason}\n".encode())
             child.log.close()
             child.log = None
         final = code in FINAL_EXIT_CODES or not wanted
@@ -294,7 +367,9 @@ class LocalSupervisor:
             )
             child.restart_at = self._clock() + backoff
         how = "with an unknown code (adopted)" if code is None else f"with code {code}"
-        self._say(f"memrun-supervisor: {child.spec.name} exited {how}")
+        self._say(
+            f"memrun-supervisor: {child.spec.name} exited {how}{': ' if reason else ''}{reason}"
+        )
         self._write(
             child,
             replace(
@@ -303,6 +378,7 @@ class LocalSupervisor:
                 exit_code=code,
                 exited_at=self._wall_clock(),
                 log_tail=read_log_tail(self.layout.log_path(child.spec.name)),
+                reason=reason,
             ),
         )
 
@@ -316,7 +392,7 @@ class LocalSupervisor:
             self._terminate(child)
         elif self._clock() >= child.kill_at:
             self._say(f"memrun-supervisor: {child.spec.name} ignored SIGTERM; killing it")
-            child.proc.kill()
+            _signal_group(child.proc, signal.SIGKILL)
         return False
 
     def _drain(self, child: _Child) -> None:
@@ -325,7 +401,7 @@ class LocalSupervisor:
         child.draining = True
         child.restart_at = None
         if child.proc is not None and not _exit_of(child.proc)[0]:
-            child.proc.send_signal(signal.SIGTERM)
+            _signal_group(child.proc, signal.SIGTERM)
             self._say(f"memrun-supervisor: draining {child.spec.name}")
             self._write(child, replace(child.status, state="draining"))
 
@@ -338,7 +414,7 @@ class LocalSupervisor:
     def _terminate(self, child: _Child) -> None:
         if child.proc is None or _exit_of(child.proc)[0] or child.kill_at is not None:
             return
-        child.proc.send_signal(signal.SIGTERM)
+        _signal_group(child.proc, signal.SIGTERM)
         child.kill_at = self._clock() + self.settings.stop_grace_s
         self._write(child, replace(child.status, state="stopping"))
 
@@ -363,10 +439,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     layout = LocalLayout(args.home.resolve() if args.home else memrun_home())
+    try:
+        sandbox, why_not = sandbox_detect(
+            layout.home, mode=os.environ.get(SANDBOX_MODE_ENV, "auto").strip().lower() or "auto"
+        )
+    except (SandboxUnavailable, ValueError) as exc:
+        print(f"memrun-supervisor: {exc}", file=sys.stderr, flush=True)
+        return 1
+    if sandbox is None:
+        _warn_loudly(
+            f"local workers run UNSANDBOXED ({why_not}): a handler can read "
+            f"everything this user can, MEMRUN_HOME's secrets included"
+        )
+    cgroups, why_not = memory_cgroups_detect()
+    if cgroups is None:
+        _warn_loudly(
+            f"no memory cgroup for local workers ({why_not}): their memory is "
+            "capped by RLIMIT_AS only"
+        )
     supervisor = LocalSupervisor(
-        layout, settings=SupervisorSettings(stop_grace_s=args.stop_grace_s)
+        layout,
+        settings=SupervisorSettings(stop_grace_s=args.stop_grace_s),
+        sandbox=sandbox,
+        cgroups=cgroups,
     )
     return supervisor.run(stopping)
+
+
+def _warn_loudly(message: str) -> None:
+    print(f"memrun-supervisor: WARNING: {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -310,9 +310,10 @@ def test_a_new_supervisor_adopts_the_workers_of_a_killed_one(
     tmp_path: Path,
 ) -> None:
     service = service_factory(partitions=2)
-    package = make_package(tmp_path / "package", service=service.name)
     layout = LocalLayout(home)
     name = f"{service.name}-w1"
+    # In the worker's own folder: a sandboxed worker sees nothing else of the machine's.
+    package = make_package(layout.worker_dir(name) / "work" / "package", service=service.name)
     env = {
         "MEMRUN_SERVICE": service.name,
         "MEMRUN_WORKER_ID": name,
@@ -354,7 +355,8 @@ def test_a_new_supervisor_adopts_the_workers_of_a_killed_one(
         assert log_count("worker.consuming") == 1 and process_start_ticks(pid) is not None
 
         # The adopted worker dies: the new supervisor restarts it, and only it is a member.
-        os.kill(pid, signal.SIGKILL)
+        # Its process group is the worker (and, sandboxed, the bwrap that holds it).
+        os.killpg(pid, signal.SIGKILL)
         restarted = wait_for(
             lambda: (p := worker_pid()) not in (None, pid) and p, what="the restart"
         )
@@ -374,4 +376,4 @@ def test_a_new_supervisor_adopts_the_workers_of_a_killed_one(
                 supervisor.wait(60)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)

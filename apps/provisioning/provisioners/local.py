@@ -40,11 +40,14 @@ class LocalProvisioner:
             "--deployment",
             str(spec.deployment_id),
         ]
-        local = LocalWorkerSpec(name=spec.name, argv=argv, env=env, labels=dict(spec.labels))
-        write_json_atomic(
-            self.layout.spec_path(spec.name),
-            {"name": local.name, "argv": local.argv, "env": local.env, "labels": local.labels},
+        local = LocalWorkerSpec(
+            name=spec.name,
+            argv=argv,
+            env=env,
+            labels=dict(spec.labels),
+            memory_bytes=spec.memory_bytes,
         )
+        write_json_atomic(self.layout.spec_path(spec.name), local.to_dict())
         return spec.name
 
     def drain(self, ref: str) -> None:
