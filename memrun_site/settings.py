@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -133,6 +134,7 @@ INSTALLED_APPS = [
     "apps.workers",
     "apps.provisioning",
     "apps.web",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -144,6 +146,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it answers a locked-out login attempt.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "memrun_site.urls"
@@ -195,6 +199,20 @@ else:
             "timeout": 10,
         }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Password logins (the admin's and the web UI's) are rate-limited by django-axes: after
+# MEMRUN_LOGIN_FAILURE_LIMIT failures for one username from one address, that pair is
+# refused (429) for MEMRUN_LOGIN_COOLOFF_S; a success resets the count. API tokens are
+# not passwords and do not pass here.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("MEMRUN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("MEMRUN_LOGIN_COOLOFF_S", 900))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
