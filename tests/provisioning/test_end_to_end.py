@@ -350,7 +350,8 @@ def test_pep723_dependencies_install_with_the_machines_settings_and_no_secrets(
     """humanize comes from the machine's index over its trust store (here PyPI, reached
     through a CA that uv does not ship); the env probe, from an extra index set in the
     appliance's environment, records what the worker's installer saw."""
-    record = scenario.tmp / "installer-env.json"
+    # The worker is sandboxed: its installer writes the record in its own home folder.
+    record = Path("~/installer-env.json")
     worker_secrets = {"MEMRUN_WORKER_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     appliance_only = {"DATABASE_URL", "SECRET_KEY"}
     assert worker_secrets - {"MEMRUN_WORKER_TOKEN"} <= set(settings.MEMRUN_WORKER_S3_ENV)
@@ -373,7 +374,8 @@ def test_pep723_dependencies_install_with_the_machines_settings_and_no_secrets(
     assert outcome.ok, outcome.error
     assert outcome.result == {"size": "3.0 MB", "probed": True}
 
-    seen = json.loads(record.read_text())
+    [written] = scenario.home.glob(f"workers/{scenario.name}-*/work/installer-env.json")
+    seen = json.loads(written.read_text())
     assert seen["UV_EXTRA_INDEX_URL"] == index_url
     assert seen["no_proxy"] == "127.0.0.1,localhost"
     assert seen["UV_SYSTEM_CERTS"] == "1"
