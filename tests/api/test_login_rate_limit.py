@@ -15,25 +15,30 @@ pytestmark = pytest.mark.django_db
 LOGIN = "/admin/login/"
 
 
-def attempt(client: Client, username: str, password: str, ip: str) -> Any:
-    return client.post(LOGIN, {"username": username, "password": password}, REMOTE_ADDR=ip)
+def attempt(client: Client, username: str, password: str, ip: str, login: str = LOGIN) -> Any:
+    return client.post(login, {"username": username, "password": password}, REMOTE_ADDR=ip)
 
 
-def test_the_nth_bad_password_locks_out_that_username_from_that_address(settings: Any) -> None:
+@pytest.mark.parametrize("login", ["/admin/login/", "/login/"], ids=["admin", "web-ui"])
+def test_the_nth_bad_password_locks_out_that_username_from_that_address(
+    settings: Any, login: str
+) -> None:
     User.objects.create_user(username="ops", password="right-horse-battery", is_staff=True)
     client = Client()
     limit = settings.AXES_FAILURE_LIMIT
     for _ in range(limit - 1):
-        refused = attempt(client, "ops", "wrong", "127.0.0.11")
-        assert refused.status_code == 200 and "correct username" in refused.content.decode()
-    locked = attempt(client, "ops", "wrong", "127.0.0.11")
+        refused = attempt(client, "ops", "wrong", "127.0.0.11", login)
+        assert refused.status_code == 200 and refused.context["form"].errors
+        assert "_auth_user_id" not in client.session
+    locked = attempt(client, "ops", "wrong", "127.0.0.11", login)
     assert locked.status_code == 429
     # Locked out: now even the right password is refused from there...
-    assert attempt(client, "ops", "right-horse-battery", "127.0.0.11").status_code == 429
+    assert attempt(client, "ops", "right-horse-battery", "127.0.0.11", login).status_code == 429
     assert "_auth_user_id" not in client.session
     # ...but not from another address.
     elsewhere = Client()
-    assert attempt(elsewhere, "ops", "right-horse-battery", "127.0.0.12").status_code == 302
+    answer = attempt(elsewhere, "ops", "right-horse-battery", "127.0.0.12", login)
+    assert answer.status_code == 302
     assert "_auth_user_id" in elsewhere.session
 
 
