@@ -229,7 +229,7 @@ def test_deploy_invoke_scale_and_replace_dead_workers(scenario: Scenario) -> Non
     status = json.loads(
         (scenario.home / "local-workers" / f"{survivor.name}.status.json").read_text()
     )
-    os.kill(status["pid"], signal.SIGKILL)
+    os.killpg(status["pid"], signal.SIGKILL)  # the worker's group: its sandbox and it
 
     def restarted() -> dict[str, Any] | None:
         path = scenario.home / "local-workers" / f"{survivor.name}.status.json"
@@ -251,7 +251,7 @@ def test_deploy_invoke_scale_and_replace_dead_workers(scenario: Scenario) -> Non
     # Silent for 60 s (frozen, so it cannot heartbeat; its clock moved on): dead and replaced.
     from apps.workers.models import Worker
 
-    os.kill(restarted_status["pid"], signal.SIGSTOP)
+    os.killpg(restarted_status["pid"], signal.SIGSTOP)
     Worker.objects.filter(pk=survivor.pk).update(
         last_heartbeat_at=timezone.now() - timedelta(seconds=61)
     )
@@ -459,7 +459,8 @@ def test_a_crash_looping_version_backs_off_while_the_old_one_keeps_serving(
             (scenario.home / "local-workers" / f"{first.name}.status.json").read_text()
         )
         broken_at = timezone.now()
-        os.kill(status["pid"], signal.SIGKILL)
+        # Its process group: the worker, and the sandbox (bwrap) around it.
+        os.killpg(status["pid"], signal.SIGKILL)
         ids: list[str] = []
         batch = iter(range(0, 100_000, 10))
 
