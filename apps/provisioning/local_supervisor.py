@@ -111,7 +111,12 @@ def _signal_group(proc: subprocess.Popen[bytes] | _Adopted, signum: int) -> None
     exited = not proc.alive() if isinstance(proc, _Adopted) else proc.poll() is not None
     if not exited:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signum)
+            # A process that does not lead its own group (not started by a supervisor)
+            # gets the signal alone.
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signum)
+            else:
+                os.kill(proc.pid, signum)
 
 
 class _Adopted:
