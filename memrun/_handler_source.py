@@ -17,20 +17,12 @@ from typing import Any
 
 from memrun.errors import ConfigError
 from memrun.service import MemoryService
+from memrun.wire.config import SETTING_ARGS
 from memrun.wire.manifest import is_requirement
 from memrun.wire.sizes import parse_size
 from memrun.wire.sticky import StickyTemplate
 
-SERVICE_ARGUMENTS = (
-    "name",
-    "memory",
-    "disk",
-    "max_workers",
-    "min_workers",
-    "concurrency",
-    "timeout_seconds",
-    "sticky_key",
-)
+SERVICE_ARGUMENTS = ("name", *SETTING_ARGS)
 _SCRIPT_BLOCK = re.compile(
     r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$"
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,15 +42,6 @@ class MemoryService:
     the payload fields whose values pick the partition, hence the worker.
     """
 
-    name: str
-    memory_bytes: int
-    disk_bytes: int
-    max_workers: int
-    min_workers: int
-    concurrency: int
-    timeout_seconds: int
-    sticky_key: str | None
-
     def __init__(
         self,
         name: str,
@@ -62,20 +54,24 @@ class MemoryService:
         timeout_seconds: int = 300,
         sticky_key: str | None = None,
     ) -> None:
-        self.apply_config(
-            service_config_build(
-                name,
-                memory=memory,
-                disk=disk,
-                max_workers=max_workers,
-                min_workers=min_workers,
-                concurrency=concurrency,
-                timeout_seconds=timeout_seconds,
-                sticky_key=sticky_key,
-            )
+        # The signature spells the settings out for the user's editor; their defaults and
+        # rules live once, in memrun.wire.config.
+        self._config = service_config_build(
+            name,
+            memory=memory,
+            disk=disk,
+            max_workers=max_workers,
+            min_workers=min_workers,
+            concurrency=concurrency,
+            timeout_seconds=timeout_seconds,
+            sticky_key=sticky_key,
         )
         self.init_handlers: list[HandlerSpec] = []
         self.request_handler: HandlerSpec | None = None
+
+    @property
+    def name(self) -> str:
+        return self._config.name
 
     def __repr__(self) -> str:
         return f"MemoryService({self.name!r})"
@@ -97,12 +93,13 @@ class MemoryService:
             raise ConfigError("use @svc.handler(), with parentheses")
         if sticky_key is not None:
             template = str(StickyTemplate.parse(sticky_key))
-            if self.sticky_key is not None and self.sticky_key != template:
+            current = self._config.sticky_key
+            if current is not None and current != template:
                 raise ConfigError(
-                    f"sticky_key is {self.sticky_key!r} on MemoryService but {template!r} on "
+                    f"sticky_key is {current!r} on MemoryService but {template!r} on "
                     "@svc.handler(); give it in one place"
                 )
-            self.sticky_key = template
+            self._config = dataclasses.replace(self._config, sticky_key=template)
 
         def register(func: F) -> F:
             if self.request_handler is not None:
@@ -116,25 +113,9 @@ class MemoryService:
         return register
 
     def apply_config(self, config: ServiceConfig) -> None:
-        """Adopt `config`, the deployed settings (the code's merged with `memrun deploy`'s
-        flags, which win), keeping the registered handlers."""
-        self.name = validate_service_name(config.name)
-        self.memory_bytes = config.memory_bytes
-        self.disk_bytes = config.disk_bytes
-        self.max_workers = config.max_workers
-        self.min_workers = config.min_workers
-        self.concurrency = config.concurrency
-        self.timeout_seconds = config.timeout_seconds
-        self.sticky_key = config.sticky_key
+        """Adopt `config`, the deployed settings (the code's merged with the deploy's
+        overrides, which win), keeping the registered handlers."""
+        self._config = dataclasses.replace(config, name=validate_service_name(config.name))
 
     def config(self) -> ServiceConfig:
-        return ServiceConfig(
-            name=self.name,
-            memory_bytes=self.memory_bytes,
-            disk_bytes=self.disk_bytes,
-            max_workers=self.max_workers,
-            min_workers=self.min_workers,
-            concurrency=self.concurrency,
-            timeout_seconds=self.timeout_seconds,
-            sticky_key=self.sticky_key,
-        )
+        return self._config

@@ -3,9 +3,9 @@
 A provisioned worker is configured by its environment (set by the provisioner, see
 apps/provisioning/specs.py): MEMRUN_URL, MEMRUN_WORKER_ID, MEMRUN_WORKER_TOKEN (its own
 `mrw_` credential, I8), MEMRUN_SERVICE, MEMRUN_DEPLOYMENT_ID, MEMRUN_PACKAGE_SHA256,
-besides what WorkerSettings reads (MEMRUN_WORK_ROOT, MEMRUN_CACHE_ROOT, brokers, S3).
-HTTP goes through `memrun.httpclient` (pooling, timeouts, retries); the worker never
-imports Django.
+besides what WorkerSettings reads (MEMRUN_SERVICE_CONFIG, MEMRUN_WORK_ROOT,
+MEMRUN_CACHE_ROOT, brokers, S3). HTTP goes through `memrun.httpclient` (pooling,
+timeouts, retries); the worker never imports Django.
 """
 
 from __future__ import annotations

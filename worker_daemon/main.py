@@ -2,7 +2,7 @@
 
 This is what `memrun worker` runs. It prepares the package (a .tar.gz or a folder) and
 imports its service, opens the warm cache,
-connects Redis and Kafka, makes sure the DLQ topic exists, installs signal handlers
+connects Redis and Kafka, checks that the DLQ topic exists, installs signal handlers
 (which only set a flag) and runs the `Worker` until it stops; the return value is the
 process exit code (0 stopped, 1 could not start, 75 restart me).
 """
@@ -10,13 +10,13 @@ process exit code (0 stopped, 1 could not start, 75 restart me).
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from types import FrameType
 
 import redis
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from memrun.errors import MemrunError
 from memrun.service import MemoryService
@@ -28,6 +28,7 @@ from worker_daemon.runtime import Worker
 from worker_daemon.settings import WorkerSettings
 
 KAFKA_ADMIN_TIMEOUT_S = 30.0
+DLQ_POLL_INTERVAL_S = 0.2
 
 
 def run_worker(
@@ -41,16 +42,11 @@ def run_worker(
     log = log or EventLog(worker=settings.worker_id, service=settings.service)
     configure_stdlib_logging(worker=settings.worker_id, service=settings.service)
     service = load_package(settings)
-    try:
-        ensure_dlq_topic(settings.kafka_bootstrap_servers, settings.service)
-    except KafkaException as exc:
-        raise MemrunError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}; "
-            "check KAFKA_BOOTSTRAP_SERVERS"
-        ) from exc
+    check_dlq_topic(settings.kafka_bootstrap_servers, settings.service)
+    deployed = service.config()
     cache = WarmCache.open(
         CacheSettings.from_env(
-            service.name, disk_bytes=service.disk_bytes, memory_bytes=service.memory_bytes
+            service.name, disk_bytes=deployed.disk_bytes, memory_bytes=deployed.memory_bytes
         )
     )
     redis_client = redis.Redis.from_url(
@@ -98,15 +94,19 @@ def run_worker(
 
 def load_package(settings: WorkerSettings) -> MemoryService:
     """The service in `settings.package_path` (a .tar.gz or a folder), with its PEP 723
-    dependencies installed, configured as deployed (the manifest's config: the code's
-    merged with the deploy flags); it must be the service this worker was started for."""
+    dependencies installed, configured as deployed: `settings.service_config` when given
+    (the deployment's, which a settings change does not rebuild the package for), else
+    the manifest's (the code's merged with the deploy flags). It must be the service this
+    worker was started for."""
     prepared = prepare(
         settings.package_path,
         work_root=settings.work_root,
         expected_sha256=settings.package_sha256,
     )
     service = load_service(prepared)
-    if prepared.manifest is not None:
+    if settings.service_config is not None:
+        service.apply_config(settings.service_config)
+    elif prepared.manifest is not None:
         service.apply_config(prepared.manifest.config)
     if service.name != settings.service:
         raise ServiceLoadError(
@@ -116,16 +116,29 @@ def load_package(settings: WorkerSettings) -> MemoryService:
     return service
 
 
-def ensure_dlq_topic(bootstrap_servers: str, service: str) -> None:
-    """Create `memrun.dlq.{service}` if missing, so failures are never dropped for want
-    of a topic (the broker does not create topics on its own)."""
+def check_dlq_topic(
+    bootstrap_servers: str, service: str, *, timeout_s: float = KAFKA_ADMIN_TIMEOUT_S
+) -> None:
+    """Refuse to start without `memrun.dlq.{service}`, so failures are never dropped for
+    want of a topic. The control plane creates it with the service (one place, one
+    partition count: apps/services/topics.py); a worker holds no right to create topics.
+    A topic just created may take a moment to show in the broker's metadata: it is
+    looked for until `timeout_s` has passed."""
     topic = dlq_topic(service)
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
-    if topic in admin.list_topics(timeout=KAFKA_ADMIN_TIMEOUT_S).topics:
-        return
-    future = admin.create_topics([NewTopic(topic, num_partitions=1)])[topic]
-    try:
-        future.result(timeout=KAFKA_ADMIN_TIMEOUT_S)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            topics = admin.list_topics(timeout=timeout_s).topics
+        except KafkaException as exc:
+            raise MemrunError(
+                f"cannot reach Kafka at {bootstrap_servers}: {exc}; check KAFKA_BOOTSTRAP_SERVERS"
+            ) from exc
+        if topic in topics:
+            return
+        if time.monotonic() >= deadline:
+            raise MemrunError(
+                f"the dead-letter topic {topic} does not exist: create the service first "
+                f"(memrun deploy, or POST /api/v1/services with name {service!r})"
+            )
+        time.sleep(DLQ_POLL_INTERVAL_S)

@@ -7,6 +7,7 @@ heartbeat keeps what the control plane shows and serves at /metrics:
     partitions, partition_lag                   owned partitions only, lag of each
     requests                                    RequestMetrics.snapshot(): totals and the
                                                 last minute, latency in fixed buckets
+    config                                      the settings it runs (ServiceConfig)
     cache                                       per tier (memory, disk, remote): hits,
                                                 used and capacity bytes; largest entries
     stats                                       the other scalar counters (completed, ...)
@@ -29,7 +30,7 @@ REPORTED_STATE = {
     "stopping": "draining",
     "stopped": "draining",  # the final heartbeat says stopped, with the exit code
 }
-_TOP_LEVEL = ("in_flight", "concurrency", "lag", "requests")
+_TOP_LEVEL = ("in_flight", "concurrency", "lag", "requests", "config")
 _NOT_COUNTERS = ("worker", "service", "state", "partitions", "cache")
 NAME_MAX_CHARS = 300
 

@@ -74,8 +74,9 @@ class Worker:
             raise ValueError(f"service {service.name!r} has no @svc.handler()")
         self.settings = settings
         self.service = service
-        self.concurrency = settings.concurrency or service.concurrency
-        self.timeout_s = settings.timeout_s or float(service.timeout_seconds)
+        deployed = service.config()
+        self.concurrency = settings.concurrency or deployed.concurrency
+        self.timeout_s = settings.timeout_s or float(deployed.timeout_seconds)
         self.prefetch = self.concurrency if settings.prefetch is None else settings.prefetch
         self._cache = cache
         self._producer = producer
@@ -175,8 +176,13 @@ class Worker:
 
     def stats(self) -> dict[str, Any]:
         """State, in-flight, counts, assigned partitions with lag, paused, request
-        numbers (`RequestMetrics.snapshot`), cache; JSON-able."""
-        stats: dict[str, Any] = {"worker": self.settings.worker_id, "service": self.service.name}
+        numbers (`RequestMetrics.snapshot`), cache, and the settings it runs; JSON-able."""
+        stats: dict[str, Any] = {
+            "worker": self.settings.worker_id,
+            "service": self.service.name,
+            # What this worker runs, so the control plane can see it agrees (I10).
+            "config": self.service.config().to_dict(),
+        }
         if self._loop is None:
             stats.update(state=self._state, in_flight=0, assigned=0)
         else:

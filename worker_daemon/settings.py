@@ -7,6 +7,7 @@ variable of a field is `MEMRUN_` + the field name in upper case (`MEMRUN_GRACE_P
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from typing import Any
 
 from memrun.errors import ConfigError
 from memrun.wire import validate_service_name
+from memrun.wire.config import ServiceConfig, service_config_from_dict
 from memrun.wire.protocol import REPLY_TTL_S
 
 ENV_PREFIX = "MEMRUN_"
@@ -41,6 +43,9 @@ class WorkerSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     worker_id: str = ""
     group_instance_id: str | None = None
+    # The deployment's settings (MEMRUN_SERVICE_CONFIG, JSON, set by the provisioner):
+    # they win over the package's manifest. None: the manifest's.
+    service_config: ServiceConfig | None = None
     # None: the service's own `concurrency` / `timeout_seconds`.
     concurrency: int | None = None
     timeout_s: float | None = None
@@ -129,7 +134,9 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
             return raw.lower() in {"1", "true", "yes"}
         if type_name.startswith("Path"):
             return Path(raw)
-    except ValueError:
+        if type_name.startswith("ServiceConfig"):
+            return service_config_from_dict(json.loads(raw))
+    except (ValueError, ConfigError):
         raise ConfigError(
             f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type_name.split(' ')[0]}"
         ) from None

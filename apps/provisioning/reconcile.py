@@ -71,10 +71,20 @@ def reconcile_service(
             ).order_by("created_at")
         }
         live = {lw.name: lw for lw in backend.list({"service": service.name})}
-        policy = _policy(service)
+        # The bounds are the target's (the newest live deployment); a draining worker may
+        # be finishing a request of any live version's timeout.
+        target = next(iter(deployments.values()), None)
+        config = None if target is None else target.config
+        timeout_s = max(
+            (c.timeout_seconds for d in deployments.values() if (c := d.config)), default=0
+        )
+        policy = _policy(request_timeout_s=timeout_s)
         actions = p.plan_service(
             service=p.ServiceView(
-                service.name, service.desired_workers, service.min_workers, service.max_workers
+                service.name,
+                service.desired_workers,
+                config.min_workers if config else 0,
+                config.max_workers if config else 0,
             ),
             deployments=[
                 p.DeploymentView(
@@ -111,10 +121,10 @@ def reconcile_all(*, now: datetime | None = None) -> dict[str, list[p.Action]]:
     return done
 
 
-def _policy(service: Service) -> p.Policy:
+def _policy(*, request_timeout_s: int) -> p.Policy:
     return p.Policy(
         boot_timeout_s=settings.MEMRUN_WORKER_BOOT_TIMEOUT_S,
-        drain_grace_s=service.timeout_seconds + settings.MEMRUN_WORKER_DRAIN_GRACE_S,
+        drain_grace_s=request_timeout_s + settings.MEMRUN_WORKER_DRAIN_GRACE_S,
         min_ready_s=settings.MEMRUN_ROLLOUT_MIN_READY_S,
         crash_window_s=settings.MEMRUN_CRASH_WINDOW_S,
         crash_backoff_base_s=settings.MEMRUN_CRASH_BACKOFF_BASE_S,

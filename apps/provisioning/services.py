@@ -12,34 +12,26 @@ from apps.common.errors import DomainError
 from apps.common.permissions import staff_require
 from apps.provisioning.tasks import reconcile_soon
 from apps.services.models import Service
+from apps.services.services import desired_workers_check
 
 
 def service_scale(*, service: Service, workers: int, by: Any = None) -> Service:
-    """Set the service's desired worker count, within its min_workers..max_workers; a
-    count outside is a 422 that names the bound. Only staff users (`by`) scale; who
-    scaled, when and to what is recorded in the service's admin history."""
+    """Set the service's desired worker count, within its live settings'
+    min_workers..max_workers; a count outside is a 422 that names the bound, and a
+    service never deployed is a 409 (it has no bounds, and nothing to run). Only staff
+    users (`by`) scale; who scaled, when and to what is recorded in the service's admin
+    history."""
     staff_require(user=by, action="scale a service")
     with transaction.atomic():
         locked = Service.objects.select_for_update().get(pk=service.pk)
-        if workers < locked.min_workers:
-            bound = f"min_workers ({locked.min_workers})"
-        elif workers > locked.max_workers:
-            bound = f"max_workers ({locked.max_workers})"
-        else:
-            bound = ""
-        if bound:
+        if locked.config is None:
             raise DomainError(
-                f"{locked.name} cannot run {workers} worker(s): that is outside its bounds, "
-                f"{bound}; change the bounds in the handler's MemoryService(...) and deploy",
-                status=422,
-                details={
-                    "fields": {
-                        "workers": [f"between {locked.min_workers} and {locked.max_workers}"]
-                    },
-                    "min_workers": locked.min_workers,
-                    "max_workers": locked.max_workers,
-                },
+                f"{locked.name} has no live deployment to scale; deploy it first "
+                "(memrun deploy handler.py)",
+                status=409,
+                details={"service": locked.name},
             )
+        desired_workers_check(service=locked, workers=workers, field="workers")
         if locked.desired_workers != workers:
             before = locked.desired_workers
             locked.desired_workers = workers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from django.conf import settings
 
 from apps.provisioning.provisioners import WorkerSpec
@@ -13,8 +15,12 @@ def worker_spec_build(
     *, worker: Worker, credential: str, service: Service, deployment: Deployment
 ) -> WorkerSpec:
     """The spec of `worker`: the env of its daemon (see worker_daemon/control_plane.py)
-    carries its own credential, the brokers, the data path's S3 and the machine's install
-    settings (trust store, index, proxy), and nothing else."""
+    carries its own credential, the brokers, the data path's S3, the machine's install
+    settings (trust store, index, proxy) and its deployment's settings, and nothing
+    else. The machine is sized from those settings too (I10)."""
+    config = deployment.config
+    if config is None:
+        raise ValueError(f"{deployment} has no valid settings in its manifest")
     env = {
         **settings.MEMRUN_WORKER_INSTALL_ENV,
         "MEMRUN_URL": settings.MEMRUN_CONTROL_PLANE_URL,
@@ -23,6 +29,7 @@ def worker_spec_build(
         "MEMRUN_SERVICE": service.name,
         "MEMRUN_DEPLOYMENT_ID": str(deployment.pk),
         "MEMRUN_PACKAGE_SHA256": deployment.sha256,
+        "MEMRUN_SERVICE_CONFIG": json.dumps(config.to_dict(), sort_keys=True),
         "KAFKA_BOOTSTRAP_SERVERS": settings.KAFKA_BOOTSTRAP_SERVERS,
         "REDIS_URL": settings.REDIS_URL,
         **settings.MEMRUN_WORKER_S3_ENV,
@@ -38,6 +45,6 @@ def worker_spec_build(
             "worker": worker.name,
             "deployment": str(deployment.pk),
         },
-        memory_bytes=service.memory_bytes,
-        disk_bytes=service.disk_bytes,
+        memory_bytes=config.memory_bytes,
+        disk_bytes=config.disk_bytes,
     )

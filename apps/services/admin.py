@@ -2,11 +2,13 @@
 
 A service added here is made by `service_create`, like the API's, which creates its
 Kafka topics and can refuse (a broker down, a name taken): the refusal shows on the form.
-Changes made here go through `service_update`, like the API's.
+Changes made here go through `service_update`, like the API's; settings are shown, not
+edited (they come with a deployment).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
@@ -16,65 +18,51 @@ from django.http import HttpRequest
 
 from apps.common.errors import DomainError
 from apps.services.models import ApiToken, DeadLetterReplay, Deployment, Service
+from apps.services.selectors import service_list
 from apps.services.services import (
     SERVICE_UPDATABLE,
     apitoken_revoke,
+    desired_workers_check,
     service_create,
     service_update,
 )
-from memrun.errors import ConfigError
-from memrun.wire.sizes import format_size, parse_size
+from memrun.wire.config import SETTINGS, Setting
+from memrun.wire.sizes import format_size
+
+
+def _setting_column(setting: Setting) -> Callable[[Service], str]:
+    """An admin column showing `setting` of a service's live deployment."""
+
+    def show(obj: Service) -> str:
+        config = obj.config
+        return "-" if config is None else setting.show(getattr(config, setting.field))
+
+    show.short_description = setting.arg  # type: ignore[attr-defined]
+    return show
 
 
 class ServiceChangeForm(forms.ModelForm):
-    """Memory and disk as sizes ("32Gi"), like everywhere else a user writes them."""
-
-    memory = forms.CharField(help_text="e.g. 512Mi, 32Gi")
-    disk = forms.CharField(help_text="e.g. 50Gi, 600Gi")
+    """The fleet, with the desired worker count checked against the live settings."""
 
     class Meta:
         model = Service
-        fields = [
-            "min_workers",
-            "desired_workers",
-            "max_workers",
-            "concurrency",
-            "timeout_seconds",
-            "sticky_key",
-            "provider",
-            "server_type",
-            "location",
-        ]
+        fields = sorted(SERVICE_UPDATABLE)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.instance.pk:
-            self.initial["memory"] = format_size(self.instance.memory_bytes)
-            self.initial["disk"] = format_size(self.instance.disk_bytes)
-
-    def _size(self, field: str) -> str:
-        value: str = self.cleaned_data[field]
+    def clean_desired_workers(self) -> int:
+        workers: int = self.cleaned_data["desired_workers"]
         try:
-            setattr(self.instance, f"{field}_bytes", parse_size(value, field=field))
-        except ConfigError as exc:
+            desired_workers_check(service=self.instance, workers=workers)
+        except DomainError as exc:
             raise forms.ValidationError(exc.message) from None
-        return value
-
-    def clean_memory(self) -> str:
-        return self._size("memory")
-
-    def clean_disk(self) -> str:
-        return self._size("disk")
+        return workers
 
 
+# A service before its first deployment: identity and fleet (its settings come with
+# its code, by deploying).
 SERVICE_ADD_FIELDS = [
     "name",
-    "min_workers",
-    "max_workers",
-    "concurrency",
-    "timeout_seconds",
-    "sticky_key",
     "partitions",
+    "desired_workers",
     "provider",
     "server_type",
     "location",
@@ -83,9 +71,6 @@ SERVICE_ADD_FIELDS = [
 
 class ServiceAddForm(forms.ModelForm):
     """A new service, made through `service_create` once the fields validate."""
-
-    memory = forms.CharField(initial="4Gi", help_text="e.g. 512Mi, 32Gi")
-    disk = forms.CharField(initial="50Gi", help_text="e.g. 50Gi, 600Gi")
 
     class Meta:
         model = Service
@@ -97,9 +82,7 @@ class ServiceAddForm(forms.ModelForm):
             return
         data = {field: self.cleaned_data[field] for field in SERVICE_ADD_FIELDS}
         try:
-            self.instance = service_create(
-                **data, memory=self.cleaned_data["memory"], disk=self.cleaned_data["disk"]
-            )
+            self.instance = service_create(**data)
         except DomainError as exc:
             fields = exc.details.get("fields", {})
             for field, problems in fields.items():
@@ -110,24 +93,27 @@ class ServiceAddForm(forms.ModelForm):
 
 @admin.register(Service)
 class ServiceAdmin(admin.ModelAdmin):
+    """The fleet is edited here; the settings are shown, from the live deployment, and
+    change by deploying (or PATCH /api/v1/services/{name}, which deploys)."""
+
     form = ServiceChangeForm
     add_form = ServiceAddForm
+    fields = ["desired_workers", "provider", "server_type", "location"]
     list_display = [
         "name",
-        "memory",
-        "disk",
-        "workers",
-        "concurrency",
-        "timeout_seconds",
-        "sticky_key",
+        "version",
+        *(_setting_column(setting) for setting in SETTINGS),
+        "desired_workers",
         "partitions",
         "provider",
         "updated_at",
     ]
     list_filter = ["provider", "created_at"]
-    search_fields = ["name", "sticky_key"]
+    search_fields = ["name"]
     readonly_fields = [
         "name",
+        "version",
+        "settings",
         "partitions",
         "request_topic",
         "dlq_topic",
@@ -143,9 +129,25 @@ class ServiceAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return self.readonly_fields if obj is not None else ["request_topic", "dlq_topic"]
 
-    @admin.display(description="workers (min / desired / max)")
-    def workers(self, obj: Service) -> str:
-        return f"{obj.min_workers} / {obj.desired_workers} / {obj.max_workers}"
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Service]:
+        return service_list()
+
+    def get_fields(self, request: HttpRequest, obj: Service | None = None) -> list[str]:
+        if obj is None:
+            return SERVICE_ADD_FIELDS
+        return [*self.readonly_fields[:3], *self.fields, *self.readonly_fields[3:]]
+
+    @admin.display(description="live version")
+    def version(self, obj: Service) -> str:
+        live = obj.live_deployment
+        return "-" if live is None else f"v{live.version}"
+
+    @admin.display(description="settings (of the live deployment)")
+    def settings(self, obj: Service) -> str:
+        config = obj.config
+        if config is None:
+            return "none yet: deploy the service"
+        return ", ".join(f"{s.arg}={s.show(getattr(config, s.field))}" for s in SETTINGS)
 
     def save_model(self, request: HttpRequest, obj: Service, form: Any, change: bool) -> None:
         if not change:
@@ -153,7 +155,7 @@ class ServiceAdmin(admin.ModelAdmin):
         data = {field: form.cleaned_data[field] for field in SERVICE_UPDATABLE}
         try:
             service_update(service=obj, data=data)
-        except DomainError as exc:  # only a race can get here: the form validated the same
+        except DomainError as exc:  # only a race can get here: the form checked the same
             self.message_user(request, exc.message, messages.ERROR)
 
 

@@ -61,20 +61,37 @@ def services_list(request: HttpRequest) -> list[Service]:
     return list(selectors.service_list())
 
 
-@router.post("/services", response={201: ServiceOut, 503: ErrorOut, **_WRITE_ERRORS})
+@router.post(
+    "/services",
+    response={201: ServiceOut, 503: ErrorOut, **_WRITE_ERRORS},
+    summary="Create a service before its first deploy: name and fleet only",
+)
 def services_create(request: HttpRequest, payload: ServiceIn) -> Status[Service]:
+    """Creates the service and its Kafka topics, with no deployment. Its settings come
+    with its code: deploy it (POST /services/{name}/deployments), then PATCH them."""
     return Status(201, services.service_create(**payload.model_dump()))
 
 
 @router.get("/services/{name}", response={200: ServiceOut, 404: ErrorOut})
 def services_get(request: HttpRequest, name: str) -> Service:
-    return selectors.service_get(name=name)
+    return selectors.service_get(name=name, with_live_deployment=True)
 
 
-@router.patch("/services/{name}", response={200: ServiceOut, 404: ErrorOut, **_WRITE_ERRORS})
-def services_update(request: HttpRequest, name: str, payload: ServicePatch) -> Service:
-    service = selectors.service_get(name=name)
-    return services.service_update(service=service, data=payload.model_dump(exclude_unset=True))
+@router.patch(
+    "/services/{name}",
+    response={200: ServiceOut, 404: ErrorOut, **_WRITE_ERRORS},
+    summary="Change the fleet, or settings (a new deployment of the live package)",
+)
+def services_update(request: HttpRequest, name: str, payload: ServicePatch) -> Service:  # type: ignore[valid-type]
+    """A changed setting makes a new deployment of the live package with those settings,
+    recorded with a message and rolled out like a deploy (409 before the first deploy:
+    deploy first); `desired_workers`, `provider`, `server_type` and `location` change the
+    service itself."""
+    return deployments.service_patch(
+        service=selectors.service_get(name=name),
+        data=payload.model_dump(exclude_unset=True),  # type: ignore[attr-defined]
+        created_by=request.auth,
+    )
 
 
 @router.delete("/services/{name}", response={204: None, 404: ErrorOut, 409: ErrorOut})

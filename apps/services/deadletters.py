@@ -34,6 +34,7 @@ from apps.services import invoke
 from apps.services.models import DeadLetterReplay, Service
 from apps.services.topics import kafka_admin
 from memrun.wire import protocol
+from memrun.wire.config import service_config_build
 
 logger = logging.getLogger(__name__)
 
@@ -182,13 +183,15 @@ def deadletter_replay(
         )
     letters = [deadletter_get(service=service, dead_letter_id=i) for i in dead_letter_ids]
     who = actor if isinstance(actor, str) else actor.get_username()
+    # The deadline is the live settings'; a service never deployed has the defaults'.
+    timeout_seconds = (service.config or service_config_build(service.name)).timeout_seconds
     replays = []
     for letter in letters:
         request_id = invoke.request_produce(
             service=service.name,
             key=letter.key,
             body=letter.payload.encode(),
-            timeout_seconds=service.timeout_seconds,
+            timeout_seconds=timeout_seconds,
             attempt=letter.attempt + 1,
         )
         with transaction.atomic():

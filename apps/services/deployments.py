@@ -1,5 +1,6 @@
 """Deploying a service: validate an upload, store it by content hash, record the
-deployment and start its rollout; and rollbacks.
+deployment and start its rollout; rollbacks; and settings changes, which are deployments
+too (a service's settings are its live deployment's, I10).
 
 Nothing reaches the artifact store or the database until the package has passed every
 check (`package_check`); user code is compiled here, never imported. Receiving the
@@ -31,6 +32,7 @@ from memrun.errors import ConfigError, PackageRejected
 from memrun.packaging import build_package
 from memrun.wire import ServiceConfig, validate_service_name
 from memrun.wire.archive import Manifest, PackageLimits, inspect_package, open_tar
+from memrun.wire.config import SETTING_ARGS, service_config_changes
 
 MESSAGE_MAX_CHARS = 2000
 # The entry module is compiled in the web process: bound what that may cost.
@@ -50,11 +52,11 @@ def deployment_upload(
     overrides: Mapping[str, Any] | None = None,
 ) -> Deployment:
     """Validate `upload` (a package, or a handler .py built into one here) for the
-    service `service_name`, store it, and record a new deployment of it: the service is
-    created from the package's config on its first deploy, and takes that config on every
-    later one. `overrides` (MemoryService argument names, as `memrun deploy`'s flags) win
-    over a handler's code; a built package carries its config and takes none. Only staff
-    users deploy. Refusals are DomainErrors; a refused upload stores nothing."""
+    service `service_name`, store it, and record a new deployment of it, with
+    `overrides` (MemoryService argument names, as `memrun deploy`'s flags give them;
+    None: not given) merged over the package's settings into the manifest it stores.
+    The service is created on its first deploy. Only staff users deploy. Refusals are
+    DomainErrors; a refused upload stores nothing."""
     staff_require(user=created_by, action="deploy")
     service_name_check(service_name)
     message = _message(upload.message)
@@ -62,28 +64,87 @@ def deployment_upload(
     with tempfile.TemporaryDirectory(prefix="build-", dir=uploads_dir()) as work:
         package = _package_of(upload, Path(work), limits, overrides or {})
         manifest = package_check(path=package, service_name=service_name, limits=limits)
+        given = {
+            key: value
+            for key, value in (overrides or {}).items()
+            if key in SETTING_ARGS and value is not None
+        }
+        config = _config_with(manifest.config, given)
         with package.open("rb") as stream:
             sha256 = hashlib.file_digest(stream, "sha256").hexdigest()
         size_bytes = package.stat().st_size
         existing = Service.objects.filter(name=service_name).first()
         if existing is not None:
-            _config_check(existing, manifest.config)
+            _config_check(existing, config)
         url = artifact_put(path=package, key=f"deployments/{service_name}/{sha256}.tar.gz")
     with transaction.atomic():
-        service = _service_configure(service_name, manifest.config)
-        deployment = deployment_create(
+        service = Service.objects.filter(name=service_name).first() or service_create(
+            name=service_name, desired_workers=config.min_workers
+        )
+        return _deployment_record(
             service=service,
+            config=config,
             sha256=sha256,
             size_bytes=size_bytes,
             artifact_url=url,
-            manifest=manifest.to_dict(),
+            manifest={**manifest.to_dict(), "config": config.to_dict()},
             message=message,
             created_by=created_by,
         )
-        # Starts the rollout (provisioning listens). A broker that is down leaves the
-        # deployment pending for beat's periodic reconcile; never an upload error.
-        event_emit_on_commit(event=ServiceFleetChanged(service_id=service.pk))
-    return deployment
+
+
+def deployment_configure(
+    *,
+    service: Service,
+    changes: Mapping[str, object],
+    message: str = "",
+    created_by: AbstractBaseUser | None = None,
+) -> Deployment | None:
+    """A new deployment of the live deployment's package with `changes` (setting name ->
+    value in user units) merged into its settings: it rolls out like a deploy and rolls
+    back like one. None when nothing changes. Refused (409) before the first deploy,
+    since the settings come with the code."""
+    live = service.live_deployment
+    current = None if live is None else live.config
+    if live is None or current is None:
+        raise DomainError(
+            f"{service.name} has no live deployment, so it has no settings to change: "
+            f"its settings ({', '.join(sorted(changes))}) come with its code. Deploy first "
+            "(memrun deploy handler.py, whose flags such as --concurrency set them too), "
+            "then change them here",
+            status=409,
+            details={"service": service.name, "fields": {k: ["deploy first"] for k in changes}},
+        )
+    config = _config_with(current, changes)
+    if config == current:
+        return None
+    _config_check(service, config)
+    summary = "; ".join(service_config_changes(current, config))
+    return _deployment_record(
+        service=service,
+        config=config,
+        sha256=live.sha256,
+        size_bytes=live.size_bytes,
+        artifact_url=live.artifact_url,
+        manifest={**live.manifest, "config": config.to_dict()},
+        message=_message(message) or f"settings of v{live.version} changed: {summary}",
+        created_by=created_by,
+    )
+
+
+def service_patch(
+    *, service: Service, data: Mapping[str, Any], created_by: AbstractBaseUser | None = None
+) -> Service:
+    """PATCH of a service: settings in `data` make a new deployment
+    (`deployment_configure`), fleet fields change the row (`service_update`), together
+    or not at all."""
+    changes = {key: value for key, value in data.items() if key in SETTING_ARGS}
+    fleet = {key: value for key, value in data.items() if key not in SETTING_ARGS}
+    with transaction.atomic():
+        locked = Service.objects.select_for_update().get(pk=service.pk)
+        if changes:
+            deployment_configure(service=locked, changes=changes, created_by=created_by)
+        return service_update(service=locked, data=fleet)
 
 
 def deployment_rollback(
@@ -93,7 +154,7 @@ def deployment_rollback(
     message: str = "",
     created_by: AbstractBaseUser | None = None,
 ) -> Deployment:
-    """A new deployment of the package and config of `version`; by default of the one
+    """A new deployment of the package and settings of `version`; by default of the one
     that was active before the current active one. The artifact is reused, not copied.
     Only staff users roll back."""
     staff_require(user=created_by, action="roll back")
@@ -124,21 +185,16 @@ def deployment_rollback(
             details={"version": target.version},
         ) from None
     _config_check(service, config)
-    with transaction.atomic():
-        service = _service_configure(service.name, config)
-        deployment = deployment_create(
-            service=service,
-            sha256=target.sha256,
-            size_bytes=target.size_bytes,
-            artifact_url=target.artifact_url,
-            manifest=target.manifest,
-            message=_message(message) or f"rollback to v{target.version}",
-            created_by=created_by,
-        )
-        # Starts the rollout (provisioning listens). A broker that is down leaves the
-        # deployment pending for beat's periodic reconcile; never an upload error.
-        event_emit_on_commit(event=ServiceFleetChanged(service_id=service.pk))
-    return deployment
+    return _deployment_record(
+        service=service,
+        config=config,
+        sha256=target.sha256,
+        size_bytes=target.size_bytes,
+        artifact_url=target.artifact_url,
+        manifest=target.manifest,
+        message=_message(message) or f"rollback to v{target.version}",
+        created_by=created_by,
+    )
 
 
 def package_check(*, path: Path, service_name: str, limits: PackageLimits) -> Manifest:
@@ -176,21 +232,13 @@ def package_check(*, path: Path, service_name: str, limits: PackageLimits) -> Ma
 def _package_of(
     upload: Upload, work: Path, limits: PackageLimits, overrides: Mapping[str, Any]
 ) -> Path:
-    """The package to check: the upload itself, or one built from an uploaded handler."""
+    """The package to check: the upload itself, or one built from an uploaded handler
+    (with `overrides`; a package's settings take them in `deployment_upload`)."""
     with upload.path.open("rb") as stream:
         head = stream.read(2)
-    given = sorted(key for key, value in overrides.items() if value is not None and key != "name")
     # The bytes decide: gzip is a package whatever it was called; anything else is
     # checked as a package (and refused by name) unless it was sent as a handler.
     if head == b"\x1f\x8b" or not upload.is_source:
-        if given:
-            raise _refused(
-                "overrides_on_package",
-                f"a built package carries its own settings, so {', '.join(given)} cannot be "
-                "overridden here; rebuild it with memrun deploy and the flags, or upload "
-                "the handler .py",
-                overrides=given,
-            )
         return upload.path
     name = upload.filename if _SOURCE_NAME.match(upload.filename) else "handler.py"
     if upload.size_bytes > ENTRY_MAX_BYTES:
@@ -252,23 +300,34 @@ def _config_check(service: Service, config: ServiceConfig) -> None:
         )
 
 
-def _service_configure(name: str, config: ServiceConfig) -> Service:
-    """The service `name`, created with or updated to `config`. Scaling stays where it
-    was unless the new bounds exclude it."""
-    fields: dict[str, Any] = {
-        "memory": config.memory_bytes,
-        "disk": config.disk_bytes,
-        "min_workers": config.min_workers,
-        "max_workers": config.max_workers,
-        "concurrency": config.concurrency,
-        "timeout_seconds": config.timeout_seconds,
-        "sticky_key": config.sticky_key or "",
-    }
-    service = Service.objects.filter(name=name).first()
-    if service is None:
-        return service_create(name=name, **fields)
-    desired = min(max(service.desired_workers, config.min_workers), config.max_workers)
-    return service_update(service=service, data={**fields, "desired_workers": desired})
+def _config_with(config: ServiceConfig, changes: Mapping[str, object]) -> ServiceConfig:
+    """`config` with `changes` merged in; 422 naming a bad setting."""
+    try:
+        return config.with_settings(changes)
+    except ConfigError as exc:
+        named = [key for key in changes if key in exc.message] or sorted(changes)
+        raise DomainError(
+            f"invalid settings: {exc.message}",
+            status=422,
+            details={"fields": {key: [exc.message] for key in named}},
+        ) from None
+
+
+def _deployment_record(*, service: Service, config: ServiceConfig, **fields: Any) -> Deployment:
+    """Record the deployment, bring the desired worker count within its bounds, and start
+    its rollout once committed."""
+    with transaction.atomic():
+        deployment = deployment_create(service=service, **fields)
+        locked = deployment.service
+        desired = min(max(locked.desired_workers, config.min_workers), config.max_workers)
+        if desired != locked.desired_workers:
+            locked.desired_workers = desired
+            locked.save(update_fields=["desired_workers", "updated_at"])
+        service.desired_workers = desired
+        # Starts the rollout (provisioning listens). A broker that is down leaves the
+        # deployment pending for beat's periodic reconcile; never an upload error.
+        event_emit_on_commit(event=ServiceFleetChanged(service_id=locked.pk))
+    return deployment
 
 
 def _message(message: str) -> str:

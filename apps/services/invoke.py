@@ -18,15 +18,16 @@ from typing import Any
 import redis
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import Count, OuterRef, Q, Subquery
 
 from apps.common.errors import DomainError
 from apps.common.ttlcache import TtlCache
 from apps.services import broker
 from apps.services.admission import admission
-from apps.services.models import Deployment, Service
-from memrun.errors import StickyKeyError
+from apps.services.models import LIVE_STATUSES, Deployment, Service
+from memrun.errors import ConfigError, StickyKeyError
 from memrun.wire import protocol, redact_urls
+from memrun.wire.config import ServiceConfig, service_config_build, service_config_from_dict
 from memrun.wire.sticky import StickyTemplate
 
 MAX_WAIT_S = 300.0
@@ -92,10 +93,18 @@ def _sticky(template: str) -> StickyTemplate:
 
 
 def invoke_target_get(*, name: str) -> InvokeTarget:
-    """The service's invoke target, from the database in one query; 404 when unknown."""
+    """The service's invoke target, from the database in one query; 404 when unknown.
+    Its sticky key and timeout are its live deployment's settings (I10); a service with
+    none (refused unless queued) takes the settings a deploy defaults to."""
+    live_config = (
+        Deployment.objects.filter(service=OuterRef("pk"), status__in=LIVE_STATUSES)
+        .order_by("-version")
+        .values("manifest__config")[:1]
+    )
     row = (
         Service.objects.filter(name=name)
         .annotate(
+            live_config=Subquery(live_config),
             deployed=Count("deployments", distinct=True),
             live=Count("deployments", filter=Q(deployments__status__in=_LIVE), distinct=True),
             ready=Count("workers", filter=Q(workers__state=_READY), distinct=True),
@@ -109,12 +118,20 @@ def invoke_target_get(*, name: str) -> InvokeTarget:
             status=404,
             details={"name": name},
         )
+    config = _config_of(row.live_config) or service_config_build(row.name)
     return InvokeTarget(
         service=row.name,
-        sticky=_sticky(row.sticky_key) if row.sticky_key else None,
-        timeout_seconds=row.timeout_seconds,
+        sticky=_sticky(config.sticky_key) if config.sticky_key else None,
+        timeout_seconds=config.timeout_seconds,
         refusal=_refusal(row),
     )
+
+
+def _config_of(value: object) -> ServiceConfig | None:
+    try:
+        return service_config_from_dict(value)
+    except ConfigError:
+        return None
 
 
 def _refusal(row: Any) -> DomainError | None:

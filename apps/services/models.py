@@ -10,11 +10,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Q
 
 from memrun.errors import ConfigError
 from memrun.wire import protocol, validate_service_name
-from memrun.wire.sizes import format_size
+from memrun.wire.config import ServiceConfig, service_config_from_dict
 from memrun.wire.sticky import StickyTemplate
 
 DEFAULT_PARTITIONS = 64
@@ -29,6 +29,7 @@ def validate_name(value: str) -> None:
 
 
 def validate_sticky_key(value: str) -> None:
+    """Migration 0001 names this validator: the sticky key was a Service column then."""
     try:
         StickyTemplate.parse(value)
     except ConfigError as exc:
@@ -41,8 +42,10 @@ class Provider(models.TextChoices):
 
 
 class Service(models.Model):
-    """A warm service: its resources, scaling bounds and routing. The partition count of
-    its request topic is fixed at creation and never below `max_workers`."""
+    """A warm service's identity and fleet: its name, the partition count of its request
+    topic (fixed at creation and never below `max_workers`), how many workers it should
+    run and where. Its settings (memory, concurrency, ...) are not kept here: they are
+    the `ServiceConfig` of its live deployment (`config`), and change by deploying (I10)."""
 
     name = models.CharField(
         max_length=63,
@@ -50,19 +53,7 @@ class Service(models.Model):
         validators=[validate_name],
         error_messages={"unique": DUPLICATE_NAME},
     )
-    memory_bytes = models.BigIntegerField(validators=[MinValueValidator(1)])
-    disk_bytes = models.BigIntegerField(validators=[MinValueValidator(1)])
-    min_workers = models.PositiveIntegerField(default=1)
     desired_workers = models.PositiveIntegerField(default=1)
-    max_workers = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
-    concurrency = models.PositiveIntegerField(default=16, validators=[MinValueValidator(1)])
-    timeout_seconds = models.PositiveIntegerField(default=300, validators=[MinValueValidator(1)])
-    sticky_key = models.CharField(
-        max_length=200,
-        blank=True,
-        validators=[validate_sticky_key],
-        help_text="payload fields joined by ':' (user_id:dataset_id); blank: none",
-    )
     partitions = models.PositiveIntegerField(
         default=DEFAULT_PARTITIONS, validators=[MinValueValidator(1)]
     )
@@ -76,21 +67,7 @@ class Service(models.Model):
         ordering = ["name"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(partitions__gte=F("max_workers")),
-                name="service_partitions_gte_max_workers",
-            ),
-            models.CheckConstraint(
-                condition=Q(min_workers__lte=F("desired_workers"))
-                & Q(desired_workers__lte=F("max_workers")),
-                name="service_min_lte_desired_lte_max",
-            ),
-            models.CheckConstraint(
-                condition=Q(max_workers__gte=1) & Q(concurrency__gte=1) & Q(timeout_seconds__gte=1),
-                name="service_counts_positive",
-            ),
-            models.CheckConstraint(
-                condition=Q(memory_bytes__gt=0) & Q(disk_bytes__gt=0),
-                name="service_sizes_positive",
+                condition=Q(partitions__gte=1), name="service_partitions_positive"
             ),
             models.CheckConstraint(
                 condition=Q(provider__in=Provider.values), name="service_provider_known"
@@ -100,38 +77,21 @@ class Service(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    def clean(self) -> None:
-        # The check constraints above, reported on the field the client should change.
-        # On create the partition count is the free choice; later it is fixed.
-        if None in (self.min_workers, self.desired_workers, self.max_workers, self.partitions):
-            return
-        errors: dict[str, str] = {}
-        if self.partitions < self.max_workers:
-            field = "partitions" if self._state.adding else "max_workers"
-            errors[field] = (
-                f"max_workers ({self.max_workers}) cannot exceed partitions "
-                f"({self.partitions}): each worker needs a partition of its own, and the "
-                "partition count is fixed when the service is created"
-            )
-        if self.min_workers > self.max_workers:
-            errors["min_workers"] = (
-                f"min_workers ({self.min_workers}) cannot exceed max_workers ({self.max_workers})"
-            )
-        elif not self.min_workers <= self.desired_workers <= self.max_workers:
-            errors["desired_workers"] = (
-                f"desired_workers ({self.desired_workers}) must be between min_workers "
-                f"({self.min_workers}) and max_workers ({self.max_workers})"
-            )
-        if errors:
-            raise ValidationError(errors)
+    @property
+    def live_deployment(self) -> Deployment | None:
+        """The deployment whose settings the service has now: the newest one that is
+        pending, rolling or active (what reconcile rolls towards); None before the
+        first deploy, or when every deployment failed."""
+        prefetched = getattr(self, "live_deployments", None)
+        if prefetched is not None:
+            return prefetched[0] if prefetched else None
+        return self.deployments.filter(status__in=LIVE_STATUSES).order_by("-version").first()
 
     @property
-    def memory(self) -> str:
-        return format_size(self.memory_bytes)
-
-    @property
-    def disk(self) -> str:
-        return format_size(self.disk_bytes)
+    def config(self) -> ServiceConfig | None:
+        """The settings of the live deployment; None when it has none."""
+        live = self.live_deployment
+        return None if live is None else live.config
 
     @property
     def request_topic(self) -> str:
@@ -150,8 +110,13 @@ class DeploymentStatus(models.TextChoices):
     FAILED = "failed"
 
 
+LIVE_STATUSES = (DeploymentStatus.PENDING, DeploymentStatus.ROLLING, DeploymentStatus.ACTIVE)
+
+
 class Deployment(models.Model):
-    """One uploaded package version of a service; versions count up per service."""
+    """One version of a service: a package and the settings it runs with. Versions count
+    up per service. `manifest` is the package's, with the deploy's settings merged into
+    its `config`: a settings change is a new deployment of the same package."""
 
     Status = DeploymentStatus
 
@@ -204,6 +169,14 @@ class Deployment(models.Model):
     @property
     def degraded(self) -> bool:
         return bool(self.degraded_reason)
+
+    @property
+    def config(self) -> ServiceConfig | None:
+        """The settings this version runs with; None for a record without a valid one."""
+        try:
+            return service_config_from_dict(self.manifest.get("config"))
+        except (ConfigError, AttributeError):
+            return None
 
 
 class ApiToken(models.Model):

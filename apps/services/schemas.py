@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 from django.urls import reverse
-from ninja import Field, Schema
-from pydantic import ConfigDict, PlainValidator, WithJsonSchema
+from ninja import Schema
+from pydantic import (
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from apps.services.models import Deployment, Service
+from memrun.wire.config import SETTING_ARGS, SETTINGS, ServiceConfig, Setting
 
 
 def _size_input(value: object) -> str | int:
@@ -31,67 +41,119 @@ class ErrorOut(Schema):
     details: dict[str, object]
 
 
+# Bounds of what the database keeps in a PositiveIntegerField.
+DB_INT_MAX = 2**31 - 1
+SETTINGS_LATER = (
+    "a service's settings come with its code, not with its creation: deploy it (memrun "
+    "deploy handler.py, or POST /api/v1/services/{name}/deployments), then change them "
+    "with PATCH /api/v1/services/{name}"
+)
+
+
 class ServiceIn(Schema):
+    """A service before its first deployment: its name and fleet (how many workers,
+    where). Its settings (memory, disk, min/max workers, concurrency, timeout_seconds,
+    sticky_key) come with its first deploy; sending them here is a 422."""
+
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    memory: Size = "4Gi"
-    disk: Size = "50Gi"
-    max_workers: int = 1
-    min_workers: int = 1
-    desired_workers: int | None = None
-    concurrency: int = 16
-    timeout_seconds: int = 300
-    sticky_key: str | None = None
-    partitions: int | None = None
+    name: str = Field(max_length=63)
+    desired_workers: int = Field(1, ge=0, le=DB_INT_MAX)
+    partitions: int | None = Field(None, ge=1, le=DB_INT_MAX)
     provider: str = "local"
     server_type: str = ""
     location: str = ""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_settings(cls, data: object) -> object:
+        settings = sorted(set(data) & set(SETTING_ARGS)) if isinstance(data, dict) else []
+        if settings:
+            # One error per setting, each on its own field, like any other bad input.
+            raise ValidationError.from_exception_data(
+                cls.__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("settings_come_with_deploy", SETTINGS_LATER),
+                        loc=(setting,),
+                        input=data[setting],
+                    )
+                    for setting in settings
+                ],
+            )
+        return data
 
-class ServicePatch(Schema):
-    """Only the fields sent are changed. `partitions` is accepted only unchanged."""
 
-    model_config = ConfigDict(extra="forbid")
+def _setting_input(setting: Setting) -> tuple[Any, Any]:
+    """The PATCH field of a setting: its JSON type, not nullable (null is a 422), except
+    the sticky key, whose null means "none"."""
+    if setting.kind == "size":
+        return Size, Field(None, description=setting.help)
+    if setting.kind == "count":
+        return int, Field(None, ge=setting.minimum, le=DB_INT_MAX, description=setting.help)
+    return str | None, Field(None, max_length=200, description=setting.help)
 
-    memory: Size | None = None
-    disk: Size | None = None
-    max_workers: int | None = None
-    min_workers: int | None = None
-    desired_workers: int | None = None
-    concurrency: int | None = None
-    timeout_seconds: int | None = None
-    sticky_key: str | None = None
-    partitions: int | None = None
-    provider: str | None = None
-    server_type: str | None = None
-    location: str | None = None
+
+ServicePatch = create_model(
+    "ServicePatch",
+    __base__=Schema,
+    __doc__=(
+        "Only the fields sent are changed. A setting (memory, disk, min_workers, "
+        "max_workers, concurrency, timeout_seconds, sticky_key) makes a new deployment of "
+        "the live package with the changed settings, which rolls out like a deploy (409 "
+        "before the first deploy); the fleet fields change the service. `partitions` is "
+        "accepted only unchanged; null is accepted only for sticky_key (none)."
+    ),
+    __config__=None,
+    **{setting.arg: _setting_input(setting) for setting in SETTINGS},
+    desired_workers=(int, Field(None, ge=0, le=DB_INT_MAX)),
+    partitions=(int, Field(None, ge=1, le=DB_INT_MAX)),
+    provider=(str, Field(None, max_length=16)),
+    server_type=(str, Field(None, max_length=32)),
+    location=(str, Field(None, max_length=32)),
+)
+ServicePatch.model_config["extra"] = "forbid"
+ServicePatch.model_rebuild(force=True)
+
+
+_SETTING_HELP = {setting.field: setting.help for setting in SETTINGS}
+ServiceConfigOut = create_model(
+    "ServiceConfigOut",
+    __base__=Schema,
+    __doc__="A service's settings, in plain units (bytes, seconds): memrun.wire.ServiceConfig.",
+    **{
+        name: (hint, Field(description=_SETTING_HELP.get(name, "the service's name")))
+        for name, hint in get_type_hints(ServiceConfig).items()
+    },
+)
 
 
 class ServiceOut(Schema):
+    """A service: its fleet, and `config`, the settings of its live deployment (version
+    `version`); both null before the first deploy."""
+
     name: str
-    memory: str
-    memory_bytes: int
-    disk: str
-    disk_bytes: int
-    min_workers: int
     desired_workers: int
-    max_workers: int
-    concurrency: int
-    timeout_seconds: int
-    sticky_key: str | None
     partitions: int
     provider: str
     server_type: str
     location: str
     request_topic: str
     dlq_topic: str
+    version: int | None
+    config: ServiceConfigOut | None  # type: ignore[valid-type]
     created_at: datetime
     updated_at: datetime
 
     @staticmethod
-    def resolve_sticky_key(obj: Service) -> str | None:
-        return obj.sticky_key or None
+    def resolve_config(obj: Service) -> dict[str, object] | None:
+        config = obj.config
+        return None if config is None else config.to_dict()
+
+    @staticmethod
+    def resolve_version(obj: Service) -> int | None:
+        live = obj.live_deployment
+        return None if live is None else live.version
 
 
 class TokenIn(Schema):

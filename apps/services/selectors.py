@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 
 from apps.common.errors import DomainError
-from apps.services.models import ApiToken, Deployment, Service
+from apps.services.models import LIVE_STATUSES, ApiToken, Deployment, Service
 from apps.workers.models import WorkerState
+from memrun.errors import ConfigError
+from memrun.wire.config import ServiceConfig, service_config_from_dict
+
+
+def _with_live_deployment(services: QuerySet[Service]) -> QuerySet[Service]:
+    """`services` with `live_deployments` prefetched (what `Service.live_deployment` and
+    `Service.config` read), so a list costs two queries, not one per service."""
+    live = Deployment.objects.filter(status__in=LIVE_STATUSES).order_by("-version")
+    return services.prefetch_related(Prefetch("deployments", live, to_attr="live_deployments"))
 
 
 def service_list() -> QuerySet[Service]:
-    return Service.objects.order_by("name")
+    return _with_live_deployment(Service.objects.order_by("name"))
 
 
-def service_get(*, name: str) -> Service:
-    """The service called `name`; DomainError 404 when there is none."""
-    service = Service.objects.filter(name=name).first()
+def service_get(*, name: str, with_live_deployment: bool = False) -> Service:
+    """The service called `name` (with its live deployment loaded, to show its settings);
+    DomainError 404 when there is none."""
+    services = Service.objects.filter(name=name)
+    if with_live_deployment:
+        services = _with_live_deployment(services)
+    service = services.first()
     if service is None:
         raise DomainError(
             f"no service named {name!r}; list them with GET /api/v1/services",
@@ -24,6 +37,21 @@ def service_get(*, name: str) -> Service:
             details={"name": name},
         )
     return service
+
+
+def service_live_config_get(*, name: str) -> ServiceConfig | None:
+    """The settings of the live deployment of the service `name` (one indexed query);
+    None when it has no live deployment or does not exist."""
+    manifest = (
+        Deployment.objects.filter(service__name=name, status__in=LIVE_STATUSES)
+        .order_by("-version")
+        .values_list("manifest", flat=True)
+        .first()
+    )
+    try:
+        return None if manifest is None else service_config_from_dict(manifest.get("config"))
+    except (ConfigError, AttributeError):
+        return None
 
 
 def apitoken_list(*, user: AbstractBaseUser) -> QuerySet[ApiToken]:

@@ -13,7 +13,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -38,73 +37,43 @@ from apps.services.models import (
 )
 from apps.services.topics import topics_ensure
 from apps.workers.models import Worker
-from memrun.errors import ConfigError
-from memrun.wire.sizes import parse_size
-from memrun.wire.sticky import StickyTemplate
 
 # A token's last use is recorded at most this often, so that authenticating stays a
 # single indexed read on almost every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
-# API field -> model field, where the API takes a size and the model keeps bytes.
-_MODEL_FIELDS = {"memory": "memory_bytes", "disk": "disk_bytes"}
-
-SERVICE_UPDATABLE = frozenset(
-    {
-        "memory",
-        "disk",
-        "min_workers",
-        "desired_workers",
-        "max_workers",
-        "concurrency",
-        "timeout_seconds",
-        "sticky_key",
-        "provider",
-        "server_type",
-        "location",
-    }
-)
+# What PATCH changes on the row: the fleet. The settings change by a new deployment
+# (apps/services/deployments.py: deployment_configure).
+SERVICE_UPDATABLE = frozenset({"desired_workers", "provider", "server_type", "location"})
 
 
 def service_create(
     *,
     name: str,
-    memory: str | int = "4Gi",
-    disk: str | int = "50Gi",
-    max_workers: int = 1,
-    min_workers: int = 1,
-    desired_workers: int | None = None,
-    concurrency: int = 16,
-    timeout_seconds: int = 300,
-    sticky_key: str | None = None,
+    desired_workers: int = 1,
     partitions: int | None = None,
     provider: str = Provider.LOCAL,
     server_type: str = "",
     location: str = "",
 ) -> Service:
-    """Create a service and its Kafka topics.
+    """Create a service, not yet deployed, and its Kafka topics. Its settings come with
+    its first deployment; `partitions` defaults to 64.
 
-    `desired_workers` defaults to `min_workers`; `partitions` to 64, or `max_workers`
-    when that is larger. The topics are created inside the transaction, before the row
-    commits: a broker that is down is a 503 and leaves no service behind, and a commit
-    that fails after the topics exist leaves only topics that a retry reuses.
+    The topics are created inside the transaction, before the row commits: a broker that
+    is down is a 503 and leaves no service behind, and a commit that fails after the
+    topics exist leaves only topics that a retry reuses.
     """
     service = Service(
         name=name,
-        max_workers=max_workers,
-        min_workers=min_workers,
-        desired_workers=min_workers if desired_workers is None else desired_workers,
-        concurrency=concurrency,
-        timeout_seconds=timeout_seconds,
-        partitions=max(DEFAULT_PARTITIONS, max_workers) if partitions is None else partitions,
+        desired_workers=desired_workers,
+        partitions=DEFAULT_PARTITIONS if partitions is None else partitions,
         provider=provider,
         server_type=server_type,
         location=location,
     )
-    errors = _set_free_form(service, {"memory": memory, "disk": disk, "sticky_key": sticky_key})
     try:
         with transaction.atomic():
-            _service_clean(service, errors=errors)
+            full_clean_or_raise(service, what="service")
             service.save()
             topics_ensure(service=service.name, partitions=service.partitions)
     except IntegrityError:
@@ -116,8 +85,9 @@ def service_create(
 
 
 def service_update(*, service: Service, data: Mapping[str, Any]) -> Service:
-    """Change the fields in `data` (SERVICE_UPDATABLE). The name and the partition count
-    are fixed at creation: sending the current partition count is accepted."""
+    """Change the fleet fields in `data` (SERVICE_UPDATABLE). The name and the partition
+    count are fixed at creation: sending the current partition count is accepted. A
+    desired worker count must lie within the live settings' min_workers..max_workers."""
     with transaction.atomic():
         service = Service.objects.select_for_update().get(pk=service.pk)
         if "partitions" in data and data["partitions"] != service.partitions:
@@ -135,15 +105,39 @@ def service_update(*, service: Service, data: Mapping[str, Any]) -> Service:
                 status=422,
                 details={"fields": {field: ["cannot be updated"] for field in unknown}},
             )
-        free_form = {key: data[key] for key in ("memory", "disk", "sticky_key") if key in data}
-        errors = _set_free_form(service, free_form)
-        for field in SERVICE_UPDATABLE - set(free_form):
-            if field in data:
-                setattr(service, field, data[field])
-        _service_clean(service, errors=errors)
+        if "desired_workers" in data:
+            desired_workers_check(service=service, workers=data["desired_workers"])
+        for field in SERVICE_UPDATABLE & set(data):
+            setattr(service, field, data[field])
+        full_clean_or_raise(service, what="service")
         service.save()
         _invalidate_on_commit(f"service:{service.name}")
     return service
+
+
+def desired_workers_check(
+    *, service: Service, workers: int, field: str = "desired_workers"
+) -> None:
+    """DomainError 422 unless `workers` lies within the live settings' bounds (any count
+    goes before the first deploy: the deploy brings it within them)."""
+    config = service.config
+    if config is None or config.min_workers <= workers <= config.max_workers:
+        return
+    bound = (
+        f"min_workers ({config.min_workers})"
+        if workers < config.min_workers
+        else f"max_workers ({config.max_workers})"
+    )
+    raise DomainError(
+        f"{service.name} cannot run {workers} worker(s): that is outside its bounds, "
+        f"{bound}; change the bounds (PATCH min_workers / max_workers, or deploy) first",
+        status=422,
+        details={
+            "fields": {field: [f"between {config.min_workers} and {config.max_workers}"]},
+            "min_workers": config.min_workers,
+            "max_workers": config.max_workers,
+        },
+    )
 
 
 def service_delete(*, service: Service) -> None:
@@ -319,31 +313,6 @@ def cli_token_ensure(*, user: AbstractBaseUser, path: Path, name: str = "cli") -
         handle.write(secret + "\n")
     temporary.replace(path)
     return True
-
-
-def _set_free_form(service: Service, values: Mapping[str, Any]) -> dict[str, list[ValidationError]]:
-    """Parse sizes ("32Gi") and the sticky key template into `service` with memrun's own
-    parsers; return per-field errors for what did not parse."""
-    errors: dict[str, list[ValidationError]] = {}
-    for field in ("memory", "disk"):
-        if field in values:
-            try:
-                setattr(service, f"{field}_bytes", parse_size(values[field], field=field))
-            except ConfigError as exc:
-                errors[field] = [ValidationError(exc.message, code="invalid")]
-    if "sticky_key" in values:
-        raw = values["sticky_key"]
-        try:
-            service.sticky_key = str(StickyTemplate.parse(raw)) if raw else ""
-        except ConfigError as exc:
-            errors["sticky_key"] = [ValidationError(exc.message, code="invalid")]
-    return errors
-
-
-def _service_clean(service: Service, *, errors: dict[str, list[ValidationError]]) -> None:
-    # A field that failed to parse is left out of full_clean, or it would be reported twice.
-    exclude = [_MODEL_FIELDS.get(field, field) for field in errors]
-    full_clean_or_raise(service, what="service", errors=errors, exclude=exclude)
 
 
 def _duplicate_service(name: str) -> DomainError:

@@ -23,6 +23,7 @@ from apps.web import selectors as page_selectors
 from apps.web.forms import DeployForm, DiffForm, RollbackForm, ScaleForm, TokenForm
 from apps.web.pages import error_page, page
 from apps.workers.stats import service_dashboard_list, service_stats_get
+from memrun.wire.config import SETTINGS
 
 
 def _form_error(form: DeployForm | DiffForm | RollbackForm | ScaleForm | TokenForm) -> DomainError:
@@ -55,20 +56,25 @@ def _dashboard_context(request: HttpRequest) -> dict[str, object]:
 @require_GET
 @page
 def service_detail(request: HttpRequest, name: str) -> HttpResponse:
-    service = selectors.service_get(name=name)
+    service = selectors.service_get(name=name, with_live_deployment=True)
     history = list(page_selectors.service_deployments(service=service))
+    config = service.config
     return render(
         request,
         "web/service.html",
         {
             "service": service,
+            # The live deployment's settings, as a person writes them (none before a deploy).
+            "settings": [(s.arg, s.show(getattr(config, s.field))) for s in SETTINGS]
+            if config
+            else [],
+            "bounds": (config.min_workers, config.max_workers) if config else None,
             "stats": service_stats_get(service=service),
             "finished_workers": page_selectors.service_finished_workers(service=service),
             "changes": page_selectors.service_changes(service=service),
             "deployments": history,
             "requests": page_selectors.service_recent_requests(service=service),
             "diff_default": (history[1].version, history[0].version) if len(history) > 1 else None,
-            "scale_range": range(service.min_workers, service.max_workers + 1),
         },
     )
 

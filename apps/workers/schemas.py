@@ -101,6 +101,9 @@ class HeartbeatIn(Schema):
     partition_lag: dict[str, int] = Field({}, description="lag of each owned partition")
     lag: int | None = None
     requests: RequestsIn | None = None
+    config: dict[str, Any] | None = Field(
+        None, description="the settings it runs: its deployment's ServiceConfig"
+    )
     cache: dict[str, Any] = Field(
         {}, description="per tier (memory, disk, remote): hits, used/capacity bytes; largest"
     )

@@ -17,12 +17,13 @@ from typing import Any
 from memrun._client import Client
 from memrun.errors import ConfigError, MemrunError
 from memrun.packaging import build_package
+from memrun.wire.config import SETTINGS
+
+_METAVARS = {"size": "SIZE", "count": "N", "template": "FIELDS"}
 
 POLL_INTERVAL_S = 1.0
 ROLLOUT_TIMEOUT_S = 900.0
 EXIT_STILL_ROLLING = 3
-# Flags whose values are whole numbers: checked here, so a bad one is one line, exit 1.
-_INT_FLAGS = ("max_workers", "min_workers", "concurrency", "timeout_seconds")
 
 
 def register(subparsers: Any) -> None:
@@ -42,15 +43,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--name", metavar="NAME", help="service name (default: the one in the code)"
     )
-    parser.add_argument("--memory", metavar="SIZE", help="RAM per worker, e.g. 32Gi")
-    parser.add_argument("--disk", metavar="SIZE", help="local NVMe cache per worker, e.g. 600Gi")
-    parser.add_argument("--concurrency", metavar="N", help="handlers running at once per worker")
-    parser.add_argument("--max-workers", metavar="N", help="most workers")
-    parser.add_argument("--min-workers", metavar="N", help="fewest workers")
-    parser.add_argument("--timeout-seconds", metavar="S", help="time limit of one request")
-    parser.add_argument(
-        "--sticky-key", metavar="FIELDS", help="payload fields that pick the worker, e.g. a:b"
-    )
+    for setting in SETTINGS:
+        parser.add_argument(_flag(setting.arg), metavar=_METAVARS[setting.kind], help=setting.help)
     parser.add_argument(
         "--include",
         action="append",
@@ -93,19 +87,20 @@ def run(args: argparse.Namespace) -> int:
 
 def overrides_from_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The MemoryService settings given as flags (None: not given), whole numbers checked."""
-    overrides: dict[str, Any] = {
-        "name": args.name,
-        "memory": args.memory,
-        "disk": args.disk,
-        "sticky_key": args.sticky_key,
-    }
-    for key in _INT_FLAGS:
-        raw = getattr(args, key)
-        if raw is not None and not raw.strip().isdigit():
-            flag = "--" + key.replace("_", "-")
-            raise ConfigError(f"{flag} takes a whole number, got {raw!r}")
-        overrides[key] = None if raw is None else int(raw)
+    overrides: dict[str, Any] = {"name": args.name}
+    for setting in SETTINGS:
+        raw = getattr(args, setting.arg)
+        # Whole numbers are checked here, so a bad one is one line, exit 1.
+        if setting.kind == "count" and raw is not None:
+            if not raw.strip().isdigit():
+                raise ConfigError(f"{_flag(setting.arg)} takes a whole number, got {raw!r}")
+            raw = int(raw)
+        overrides[setting.arg] = raw
     return overrides
+
+
+def _flag(arg: str) -> str:
+    return "--" + arg.replace("_", "-")
 
 
 def follow_rollout(

@@ -25,8 +25,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     service = Client().scale(args.name, args.workers)
+    config = service["config"]
     print(
         f"{service['name']}: {service['desired_workers']} worker(s) desired "
-        f"(min {service['min_workers']}, max {service['max_workers']})"
+        f"(min {config['min_workers']}, max {config['max_workers']})"
     )
     return 0

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from memrun.errors import ConfigError, PackageRejected
-from memrun.wire.config import ServiceConfig, service_config_build
+from memrun.wire.config import ServiceConfig, service_config_from_dict
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -32,7 +32,6 @@ _KEYS = (
     "memrun_version",
     "created_at",
 )
-_CONFIG_KEYS = tuple(field.name for field in fields(ServiceConfig))
 
 
 def is_requirement(text: str) -> bool:
@@ -77,19 +76,8 @@ def _string(data: Mapping[str, Any], key: str, *, max_length: int = 200) -> str:
 
 
 def _service_config(value: object, service: str) -> ServiceConfig:
-    if not isinstance(value, dict) or sorted(value) != sorted(_CONFIG_KEYS):
-        raise _invalid(f"'config' must be an object with the keys {', '.join(_CONFIG_KEYS)}")
     try:
-        config = service_config_build(
-            value["name"],
-            memory=value["memory_bytes"],
-            disk=value["disk_bytes"],
-            max_workers=value["max_workers"],
-            min_workers=value["min_workers"],
-            concurrency=value["concurrency"],
-            timeout_seconds=value["timeout_seconds"],
-            sticky_key=value["sticky_key"],
-        )
+        config = service_config_from_dict(value)
     except ConfigError as exc:
         raise _invalid(f"'config' is not valid: {exc.message}") from None
     if config.name != service:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -15,18 +16,23 @@ from tests.worker_daemon.harness import WorkerProcess, make_package, worker_env
 def served(
     api_client: Client,
     service_name: Callable[[], str],
+    deploy_settings: Callable[..., Any],
     kafka_bootstrap: str,
     redis_url: str,
     tmp_path: Path,
 ) -> Iterator[str]:
-    """A service created through the API (so its topic exists) with one worker serving."""
+    """A service created through the API (so its topic exists), deployed with sticky key
+    `user`, with one worker serving."""
+    from apps.services.models import Service
+
     name = service_name()
     created = api_client.post(
-        "/api/v1/services",
-        {"name": name, "sticky_key": "user", "partitions": 4, "max_workers": 2},
-        content_type="application/json",
+        "/api/v1/services", {"name": name, "partitions": 4}, content_type="application/json"
     )
     assert created.status_code == 201, created.content
+    deploy_settings(
+        Service.objects.get(name=name), status="active", sticky_key="user", max_workers=2
+    )
     package = make_package(tmp_path / "pkg", service=name)
     env = worker_env(
         service=name, bootstrap=kafka_bootstrap, redis_url=redis_url, cache_root=tmp_path / "c"

@@ -47,14 +47,18 @@ def start(
 
 
 @pytest.fixture
-def name(api_client: Client, service_name: Callable[[], str]) -> str:
+def name(
+    api_client: Client, service_name: Callable[[], str], deploy_settings: Callable[..., Any]
+) -> str:
+    """A service created through the API, deployed with sticky key `user`."""
+    from apps.services.models import Service
+
     name = service_name()
     created = api_client.post(
-        "/api/v1/services",
-        {"name": name, "sticky_key": "user", "partitions": 2},
-        content_type="application/json",
+        "/api/v1/services", {"name": name, "partitions": 2}, content_type="application/json"
     )
     assert created.status_code == 201, created.content
+    deploy_settings(Service.objects.get(name=name), status="active", sticky_key="user")
     return name
 
 

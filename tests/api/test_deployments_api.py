@@ -100,8 +100,9 @@ def test_first_deploy_creates_the_service_and_redeploys_count_up(
     assert (body["sha256"], body["size_bytes"], body["message"]) == (sha, len(data), "first")
     assert (body["entry"], body["created_by"], body["workers_ready"]) == ("handler.py", "alice", 0)
     assert body["config"]["memory_bytes"] == 2**30
-    service = Service.objects.get(name=name)
-    assert (service.memory, service.disk, service.max_workers) == ("1Gi", "2Gi", 2)
+    config = Service.objects.get(name=name).config
+    assert config is not None
+    assert (config.memory_bytes, config.disk_bytes, config.max_workers) == (2**30, 2**31, 2)
 
     again = upload_form(api_client, name, "package.tar.gz", data, message="again")
     assert again.status_code == 201, again.json()
@@ -121,7 +122,8 @@ def test_a_redeploy_takes_the_new_config_and_keeps_scaling_in_bounds(
     response = upload(api_client, name, build(tmp_path, name, memory="3Gi"))
     assert response.status_code == 201, response.json()
     service = Service.objects.get(name=name)
-    assert (service.memory, service.desired_workers) == ("3Gi", 2)
+    assert service.config is not None and service.config.memory_bytes == 3 * 2**30
+    assert service.desired_workers == 2
     assert len(artifact_store()) == 2
 
 
@@ -180,7 +182,7 @@ def test_rollback_is_a_new_version_with_the_old_package(
     assert response.status_code == 201, response.json()
     v3 = response.json()
     assert (v3["version"], v3["sha256"], v3["message"]) == (3, v1["sha256"], "rollback to v1")
-    assert Service.objects.get(name=name).memory == "1Gi"
+    assert Service.objects.get(name=name).config.memory_bytes == 2**30
     assert (
         api_client.get(v3["package_url"]).getvalue() == api_client.get(v1["package_url"]).getvalue()
     )

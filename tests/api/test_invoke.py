@@ -8,6 +8,7 @@ import json
 import pytest
 from django.test import Client
 
+from apps.services.models import Service
 from memrun import Client as MemrunClient
 from memrun import HandlerError, RequestTimeout
 from memrun.wire.protocol import MAX_PAYLOAD_BYTES
@@ -85,15 +86,14 @@ def test_unknown_service_and_request_are_404(api_client: Client) -> None:
 
 
 def test_the_sdk_client_round_trips_over_http(
-    live_server, api_token, service_name, kafka_bootstrap, redis_url, tmp_path
+    live_server, api_token, service_name, deploy_settings, kafka_bootstrap, redis_url, tmp_path
 ) -> None:
     client = MemrunClient(live_server.url, api_token[1])
     name = service_name()
     api = Client(headers={"Authorization": f"Bearer {api_token[1]}"})
-    created = api.post(
-        "/api/v1/services", {"name": name, "sticky_key": "user"}, content_type="application/json"
-    )
+    created = api.post("/api/v1/services", {"name": name}, content_type="application/json")
     assert created.status_code == 201, created.content
+    deploy_settings(Service.objects.get(name=name), sticky_key="user")
     request_id = client.submit(name, {"user": "early", "op": "echo"}, queue=True)
     package = make_package(tmp_path / "pkg", service=name)
     env = worker_env(

@@ -19,49 +19,53 @@ def post(client: Client, body: dict[str, Any]) -> Any:
     return client.post("/api/v1/services", body, content_type=JSON)
 
 
-def test_create_then_get_and_list(api_client: Client, service_name: Callable[[], str]) -> None:
+def test_create_then_get_and_list(
+    api_client: Client, service_name: Callable[[], str], deploy_settings: Callable[..., Any]
+) -> None:
     name = service_name()
-    body = {
-        "name": name,
-        "memory": "32Gi",
-        "disk": "600Gi",
-        "max_workers": 4,
-        "min_workers": 1,
-        "sticky_key": "user_id:dataset_id",
-        "partitions": 8,
-    }
-    created = post(api_client, body)
+    created = post(api_client, {"name": name, "partitions": 8, "desired_workers": 2})
     assert created.status_code == 201, created.json()
     service = created.json()
-    assert service["memory"] == "32Gi" and service["memory_bytes"] == 32 * 2**30
     assert service["request_topic"] == f"memrun.requests.{name}"
     assert service["dlq_topic"] == f"memrun.dlq.{name}"
-    assert (service["partitions"], service["desired_workers"]) == (8, 1)
+    assert (service["partitions"], service["desired_workers"]) == (8, 2)
+    assert (service["config"], service["version"]) == (None, None)  # not deployed yet
 
     assert api_client.get(f"/api/v1/services/{name}").json() == service
     assert api_client.get("/api/v1/services").json() == [service]
 
+    deploy_settings(Service.objects.get(name=name), memory="32Gi", sticky_key="user_id")
+    shown = api_client.get(f"/api/v1/services/{name}").json()
+    assert shown["version"] == 1
+    assert shown["config"]["memory_bytes"] == 32 * 2**30
+    assert shown["config"]["sticky_key"] == "user_id"
+
 
 def test_list_needs_a_fixed_number_of_queries(
-    api_client: Client, service_factory: Callable[..., Service], django_assert_max_num_queries
+    api_client: Client,
+    service_factory: Callable[..., Service],
+    deploy_settings: Callable[..., Any],
+    django_assert_max_num_queries,
 ) -> None:
     for _ in range(5):
-        service_factory()
-    # token lookup, last-used write, services
-    with django_assert_max_num_queries(3):
+        deploy_settings(service_factory())
+    # token lookup, last-used write, services, their live deployments
+    with django_assert_max_num_queries(4):
         response = api_client.get("/api/v1/services")
-    assert len(response.json()) == 5
+    assert [service["version"] for service in response.json()] == [1] * 5
 
 
 @pytest.mark.parametrize(
     ("body", "field", "says"),
     [
-        ({"memory": "32Qi"}, "memory", "not a size"),
-        ({"memory": True}, "memory", ""),
-        ({"sticky_key": "user-id"}, "sticky_key", "not a field name"),
-        ({"partitions": 2, "max_workers": 3}, "partitions", "cannot exceed partitions"),
+        ({"memory": "32Gi"}, "memory", "settings come with its code"),
+        ({"sticky_key": None}, "sticky_key", "memrun deploy handler.py"),
+        ({"partitions": 0}, "partitions", "greater than or equal to 1"),
+        ({"partitions": 2**40}, "partitions", "less than or equal to"),
+        ({"desired_workers": -1}, "desired_workers", "greater than or equal to 0"),
         ({"colour": "blue"}, "colour", "Extra inputs are not permitted"),
-        ({"max_workers": "many"}, "max_workers", "integer"),
+        ({"provider": "aws"}, "provider", "not a valid choice"),
+        ({"server_type": None}, "server_type", "valid string"),
         ({"name": "Has Spaces"}, "name", "not valid"),
     ],
 )
@@ -79,10 +83,11 @@ def test_invalid_input_is_422_naming_the_field(
     assert list(error["details"]["fields"]) == [field]
     assert field in error["message"]
     assert says in error["message"]
+    assert not Service.objects.exists()
 
 
 def test_a_missing_name_is_422(api_client: Client) -> None:
-    response = post(api_client, {"memory": "1Gi"})
+    response = post(api_client, {"partitions": 4})
     assert response.status_code == 422
     assert list(response.json()["details"]["fields"]) == ["name"]
 
@@ -103,17 +108,72 @@ def test_broker_down_is_503(
     assert not Service.objects.exists()
 
 
-def test_patch_changes_only_what_is_sent(
-    api_client: Client, service_factory: Callable[..., Service]
+def test_patch_of_a_setting_deploys_it_and_of_the_fleet_changes_the_service(
+    api_client: Client, service_factory: Callable[..., Service], deploy_settings: Callable[..., Any]
 ) -> None:
-    service = service_factory(memory="8Gi", sticky_key="user_id")
+    service = service_factory()
+    deploy_settings(service, status="active", memory="8Gi", sticky_key="user_id")
     response = api_client.patch(
-        f"/api/v1/services/{service.name}", {"max_workers": 3, "disk": "1Ti"}, content_type=JSON
+        f"/api/v1/services/{service.name}",
+        {"max_workers": 3, "disk": "1Ti", "desired_workers": 3, "location": "fsn1"},
+        content_type=JSON,
     )
     assert response.status_code == 200, response.json()
     body = response.json()
-    assert (body["max_workers"], body["disk"], body["memory"]) == (3, "1Ti", "8Gi")
-    assert body["sticky_key"] == "user_id"
+    assert body["version"] == 2
+    config = body["config"]
+    assert (config["max_workers"], config["disk_bytes"], config["memory_bytes"]) == (
+        3,
+        2**40,
+        8 * 2**30,
+    )
+    assert config["sticky_key"] == "user_id"
+    assert (body["desired_workers"], body["location"]) == (3, "fsn1")
+    v2 = api_client.get(f"/api/v1/services/{service.name}/deployments/2").json()
+    assert v2["message"] == "settings of v1 changed: disk 50Gi -> 1Ti; max_workers 1 -> 3"
+    assert v2["created_by"] == "alice" and v2["config"] == config
+
+
+def test_patch_of_a_setting_before_the_first_deploy_is_409_saying_how(
+    api_client: Client, service_factory: Callable[..., Service]
+) -> None:
+    service = service_factory()
+    response = api_client.patch(
+        f"/api/v1/services/{service.name}", {"concurrency": 4}, content_type=JSON
+    )
+    assert response.status_code == 409
+    assert "Deploy first" in response.json()["message"]
+    assert list(response.json()["details"]["fields"]) == ["concurrency"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"server_type": None}, "server_type"),
+        ({"provider": None}, "provider"),
+        ({"desired_workers": None}, "desired_workers"),
+        ({"concurrency": None}, "concurrency"),
+        ({"memory": None}, "memory"),
+        ({"memory": ["1Gi"]}, "memory"),
+        ({"timeout_seconds": "soon"}, "timeout_seconds"),
+        ({"max_workers": 2**40}, "max_workers"),
+        ({"location": "x" * 33}, "location"),
+        ({"provider": "aws"}, "provider"),
+    ],
+)
+def test_patch_with_a_null_or_wrong_type_is_422(
+    api_client: Client,
+    service_factory: Callable[..., Service],
+    deploy_settings: Callable[..., Any],
+    body: dict[str, Any],
+    field: str,
+) -> None:
+    service = service_factory()
+    deploy_settings(service)
+    response = api_client.patch(f"/api/v1/services/{service.name}", body, content_type=JSON)
+    assert response.status_code == 422, response.json()
+    assert list(response.json()["details"]["fields"]) == [field]
+    assert service.deployments.count() == 1
 
 
 def test_patch_refuses_a_new_partition_count(

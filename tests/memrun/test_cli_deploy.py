@@ -95,7 +95,7 @@ def test_deploy_no_wait_uploads_and_prints_the_version(
     deployment = Deployment.objects.get(service__name=name)
     assert (deployment.version, deployment.message) == (1, "first")
     assert f"sha256 {deployment.sha256[:12]}" in out
-    assert Service.objects.get(name=name).memory == "3Gi"
+    assert Service.objects.get(name=name).config.memory_bytes == 3 * 2**30
     assert control_plane == [deployment.service_id]
 
     code, out, _ = memrun(capsys, "deploy", str(handler), "--no-wait")

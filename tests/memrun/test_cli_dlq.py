@@ -21,13 +21,16 @@ def service(
     live_server: Any,
     api_token: tuple[Any, str],
     service_name: Callable[[], str],
+    deploy_settings: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> str:
     from apps.services.services import service_create
 
     monkeypatch.setenv("MEMRUN_URL", live_server.url)
     monkeypatch.setenv("MEMRUN_TOKEN", api_token[1])
-    return service_create(name=service_name(), partitions=1, sticky_key="user").name
+    service = service_create(name=service_name(), partitions=1)
+    deploy_settings(service, status="active", sticky_key="user")
+    return service.name
 
 
 @pytest.fixture

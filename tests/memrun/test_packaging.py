@@ -70,10 +70,11 @@ def test_overrides_win_and_conflicts_become_warnings(tmp_path: Path) -> None:
             "timeout_seconds": 60,
         },
     )
-    assert service.name == "matrix-prod"
-    assert service.memory_bytes == 64 * 2**30
-    assert service.concurrency == 4
-    assert service.timeout_seconds == 60
+    config = service.config()
+    assert config.name == "matrix-prod"
+    assert config.memory_bytes == 64 * 2**30
+    assert config.concurrency == 4
+    assert config.timeout_seconds == 60
     assert len(warnings) == 2
     assert any("--memory '64Gi' overrides '32Gi'" in warning for warning in warnings)
     assert any("'matrix-qa'" in warning for warning in warnings)
@@ -101,7 +102,7 @@ def test_non_literal_settings_are_reported(tmp_path: Path, call: str, phrase: st
 def test_a_flag_stands_in_for_a_non_literal_setting(tmp_path: Path) -> None:
     handler = write(tmp_path / "handler.py", service_source('MemoryService("a-b", memory=SIZE)'))
     service, warnings = resolve_service(handler, {"memory": "8Gi"})
-    assert service.memory_bytes == 8 * 2**30
+    assert service.config().memory_bytes == 8 * 2**30
     assert warnings == []
 
 
@@ -146,7 +147,7 @@ def test_aliases_and_module_attribute_calls_are_found(tmp_path: Path) -> None:
         tmp_path / "b.py",
         "import memrun\nsvc: memrun.MemoryService = memrun.MemoryService('dotted')\n",
     )
-    assert resolve_service(aliased)[0].sticky_key == "k"
+    assert resolve_service(aliased)[0].config().sticky_key == "k"
     assert resolve_service(dotted)[0].name == "dotted"
 
 

@@ -496,3 +496,61 @@ def test_a_crash_looping_version_backs_off_while_the_old_one_keeps_serving(
     assert [w.deployment.version for w in scenario.workers("ready")] == [1]
     outcomes = scenario.outcomes(ids)
     assert all(o.ok for o in outcomes) and {o.result["version"] for o in outcomes} == {1}
+
+
+# Each setting, changed to a value the echo handler's v1 does not have.
+SETTING_CHANGES = [
+    ("memory", "3Gi", "memory_bytes", 3 * 2**30),
+    ("disk", "2Gi", "disk_bytes", 2 * 2**30),
+    ("concurrency", 2, "concurrency", 2),
+    ("timeout_seconds", 20, "timeout_seconds", 20),
+    ("sticky_key", "user:op", "sticky_key", "user:op"),
+    ("max_workers", 2, "max_workers", 2),
+    ("min_workers", 0, "min_workers", 0),
+]
+
+
+def test_each_setting_change_rolls_out_and_the_workers_and_provisioner_agree(
+    scenario: Scenario, api_client: Any
+) -> None:
+    """I10: a PATCH of any setting is a new deployment of the same package; its worker
+    runs, and is started and sized with, exactly that deployment's settings."""
+    v1 = scenario.deploy("echo.py")
+    scenario.until(lambda: scenario.status(v1) == "active", "v1 to be live")
+    url = f"/api/v1/services/{scenario.name}"
+    for arg, value, field, expected in SETTING_CHANGES:
+        response = api_client.patch(url, {arg: value}, content_type="application/json")
+        assert response.status_code == 200, response.json()
+        body = response.json()
+        assert body["config"][field] == expected
+        version = body["version"]
+        deployment = scenario.service.deployments.get(version=version)
+        assert deployment.sha256 == v1.sha256 and arg in deployment.message
+        scenario.until(
+            lambda d=deployment, v=version: (
+                scenario.status(d) == "active"
+                and [w.deployment.version for w in scenario.workers("ready")] == [v]
+                and scenario.workers("ready")[0].stats.get("config") is not None
+            ),
+            f"v{version} ({arg}={value}) to take over",
+        )
+        [worker] = scenario.workers("ready")
+        config = deployment.config
+        assert config is not None and getattr(config, field) == expected
+        # The worker runs these settings, and the cache it opened is sized from them.
+        assert worker.stats["config"] == config.to_dict()
+        assert worker.stats["cache"]["disk"]["capacity_bytes"] == config.disk_bytes
+        assert worker.stats["cache"]["memory"]["capacity_bytes"] == config.memory_bytes // 2
+        # The provisioner started it with them.
+        spec = json.loads((scenario.home / "local-workers" / f"{worker.name}.json").read_text())
+        assert json.loads(spec["env"]["MEMRUN_SERVICE_CONFIG"]) == config.to_dict()
+
+    # A change the service cannot take is refused, and nothing rolls.
+    refused = api_client.patch(url, {"max_workers": 65}, content_type="application/json")
+    assert refused.status_code == 422
+    assert "cannot exceed the 64 partitions" in refused.json()["message"]
+    assert scenario.service.deployments.count() == 1 + len(SETTING_CHANGES)
+    # The last settings serve: the sticky key is now "user:op".
+    request_id = scenario.submit_payload({"user": 1, "op": "x"}, sticky_template="user:op")
+    [answer] = scenario.outcomes([request_id])
+    assert answer.ok and answer.result["worker"] == scenario.workers("ready")[0].name

@@ -4,6 +4,7 @@ provisioner only records; the clock is passed in."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -18,14 +19,21 @@ from apps.services.services import deployment_create
 from apps.workers.models import Worker
 from apps.workers.selectors import worker_get_by_credential
 from apps.workers.services import worker_heartbeat
+from memrun.wire.config import service_config_build
 from tests.provisioning.conftest import Clock, RecordingProvisioner
 
 pytestmark = pytest.mark.django_db
 
 
-def deploy(service: Service, n: int) -> Deployment:
+def deploy(service: Service, n: int, **settings: object) -> Deployment:
+    """Version `n`, with 0..4 workers (and `settings`) unless told otherwise."""
+    config = service_config_build(service.name, **{"min_workers": 0, "max_workers": 4, **settings})
     return deployment_create(
-        service=service, sha256=f"{n:x}" * 64, size_bytes=1, artifact_url=f"file:///tmp/{n}"
+        service=service,
+        sha256=f"{n:x}" * 64,
+        size_bytes=1,
+        artifact_url=f"file:///tmp/{n}",
+        manifest={"config": config.to_dict()},
     )
 
 
@@ -61,7 +69,7 @@ def count(service: Service, version: int, state: str) -> int:
 def service(service_factory: Callable[..., Service], settings) -> Service:
     settings.MEMRUN_RECONCILE_ON_EVENTS = False
     settings.MEMRUN_WORKER_BOOT_TIMEOUT_S = 300.0
-    return service_factory(min_workers=0, desired_workers=2, max_workers=4)
+    return service_factory(desired_workers=2)
 
 
 def bring_up(service: Service, provisioner: RecordingProvisioner, clock: Clock) -> Deployment:
@@ -96,6 +104,9 @@ def test_new_workers_get_their_own_credential_and_nothing_more(
         assert spec.env["MEMRUN_DEPLOYMENT_ID"] == str(deployment.pk)
         assert spec.env["MEMRUN_PACKAGE_SHA256"] == deployment.sha256
         assert spec.env["MEMRUN_SERVICE"] == service.name
+        # I10: the worker runs, and the machine is sized for, its deployment's settings.
+        assert json.loads(spec.env["MEMRUN_SERVICE_CONFIG"]) == deployment.manifest["config"]
+        assert (spec.memory_bytes, spec.disk_bytes) == (4 * 2**30, 50 * 2**30)
         assert spec.labels == {
             "service": service.name,
             "worker": name,
@@ -218,7 +229,7 @@ def test_concurrent_reconciles_do_not_double_create(
     if connection.vendor != "postgresql":
         pytest.skip("row locks need PostgreSQL")
     settings.MEMRUN_RECONCILE_ON_EVENTS = False
-    service = service_factory(min_workers=0, desired_workers=3, max_workers=4)
+    service = service_factory(desired_workers=3)
     deploy(service, 1)
     barrier = threading.Barrier(4)
     errors: list[BaseException] = []

@@ -185,7 +185,7 @@ def test_a_rollback_reuses_the_artifact_and_restores_the_config(
     deployment_upload(
         service_name=name, upload=received(tmp_path, build(tmp_path, name, memory="3Gi"))
     )
-    assert Service.objects.get(name=name).memory == "3Gi"
+    assert Service.objects.get(name=name).config.memory_bytes == 3 * 2**30
     again = deployment_rollback(service=first.service, version=1)
     assert (again.version, again.artifact_url, again.sha256) == (
         3,
@@ -193,7 +193,7 @@ def test_a_rollback_reuses_the_artifact_and_restores_the_config(
         first.sha256,
     )
     assert again.message == "rollback to v1"
-    assert Service.objects.get(name=name).memory == "1Gi"
+    assert Service.objects.get(name=name).config.memory_bytes == 2**30
 
 
 def test_the_previous_active_deployment(service_factory: Callable[..., Service]) -> None:

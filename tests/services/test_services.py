@@ -1,4 +1,5 @@
-"""Services: create (with its Kafka topics), update, delete, and the rules they enforce."""
+"""Services: create (with its Kafka topics), update of the fleet, delete, and the rules
+they enforce. Their settings are their deployments' (tests/services/test_settings.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from memrun.wire import protocol
 
 pytestmark = pytest.mark.django_db
 
-GiB = 2**30
-
 
 def topic_partitions(admin: AdminClient, topic: str) -> int | None:
     meta = admin.list_topics(timeout=10).topics.get(topic)
@@ -29,45 +28,35 @@ def fields_of(exc: pytest.ExceptionInfo[DomainError]) -> dict[str, Any]:
     return exc.value.details["fields"]
 
 
-def test_create_stores_sizes_in_bytes_and_makes_both_topics(
+def test_create_makes_both_topics_with_one_partition_count(
     service_name: Callable[[], str], kafka_admin: AdminClient
 ) -> None:
     name = service_name()
-    service = service_create(
-        name=name, memory="32Gi", disk="600Gi", max_workers=4, partitions=8, sticky_key="u : d"
-    )
+    service = service_create(name=name, partitions=8, desired_workers=2)
     service.refresh_from_db()
-    assert (service.memory_bytes, service.disk_bytes) == (32 * GiB, 600 * GiB)
-    assert (service.memory, service.disk) == ("32Gi", "600Gi")
-    assert service.sticky_key == "u:d"
+    assert (service.partitions, service.desired_workers) == (8, 2)
     assert topic_partitions(kafka_admin, protocol.request_topic(name)) == 8
     assert topic_partitions(kafka_admin, protocol.dlq_topic(name)) == 8
 
 
-def test_defaults_follow_memory_service(service_factory: Callable[..., Service]) -> None:
+def test_a_new_service_has_no_settings_until_deployed(
+    service_factory: Callable[..., Service], deploy_settings: Callable[..., Any]
+) -> None:
     service = service_factory(partitions=None)
-    assert service.partitions == 64
-    assert (service.min_workers, service.desired_workers, service.max_workers) == (1, 1, 1)
-    assert (service.concurrency, service.timeout_seconds) == (16, 300)
-    assert service.memory == "4Gi"
-
-
-def test_partitions_default_grows_with_max_workers(service_factory: Callable[..., Service]) -> None:
-    assert service_factory(partitions=None, max_workers=100).partitions == 100
+    assert (service.partitions, service.desired_workers) == (64, 1)
+    assert service.live_deployment is None and service.config is None
+    deployment = deploy_settings(service, concurrency=4)
+    assert service.live_deployment == deployment
+    assert service.config is not None and service.config.concurrency == 4
 
 
 @pytest.mark.parametrize(
     ("fields", "bad_field"),
     [
         ({"name": "Not_Valid"}, "name"),
-        ({"memory": "32Qi"}, "memory"),
-        ({"disk": "-5Gi"}, "disk"),
-        ({"sticky_key": "user id"}, "sticky_key"),
-        ({"partitions": 2, "max_workers": 4}, "partitions"),
-        ({"min_workers": 3, "max_workers": 2}, "min_workers"),
-        ({"desired_workers": 5, "max_workers": 2}, "desired_workers"),
-        ({"concurrency": 0}, "concurrency"),
+        ({"partitions": 0}, "partitions"),
         ({"provider": "aws"}, "provider"),
+        ({"server_type": "x" * 33}, "server_type"),
     ],
 )
 def test_invalid_input_names_the_field(
@@ -83,8 +72,8 @@ def test_invalid_input_names_the_field(
 
 def test_every_problem_is_reported_at_once(service_factory: Callable[..., Service]) -> None:
     with pytest.raises(DomainError) as exc:
-        service_factory(name="x", memory="lots", sticky_key="a::b")
-    assert set(fields_of(exc)) == {"name", "memory", "sticky_key"}
+        service_factory(name="x", provider="aws")
+    assert set(fields_of(exc)) == {"name", "provider"}
 
 
 def test_duplicate_name_is_409(service_factory: Callable[..., Service]) -> None:
@@ -129,22 +118,25 @@ def test_existing_topic_with_another_partition_count_is_409(
     assert not Service.objects.exists()
 
 
-def test_update_changes_sizes_and_scaling(service_factory: Callable[..., Service]) -> None:
-    service = service_factory(max_workers=2)
+def test_update_changes_the_fleet(service_factory: Callable[..., Service]) -> None:
+    service = service_factory()
     updated = service_update(
-        service=service, data={"memory": "64Gi", "max_workers": 4, "desired_workers": 3}
+        service=service, data={"desired_workers": 3, "server_type": "ccx63", "location": "fsn1"}
     )
     updated.refresh_from_db()
-    assert (updated.memory_bytes, updated.max_workers, updated.desired_workers) == (
-        64 * GiB,
-        4,
-        3,
-    )
+    assert (updated.desired_workers, updated.server_type, updated.location) == (3, "ccx63", "fsn1")
 
 
-def test_update_can_clear_the_sticky_key(service_factory: Callable[..., Service]) -> None:
-    service = service_factory(sticky_key="user_id")
-    assert service_update(service=service, data={"sticky_key": None}).sticky_key == ""
+def test_desired_workers_stay_within_the_live_bounds(
+    service_factory: Callable[..., Service], deploy_settings: Callable[..., Any]
+) -> None:
+    service = service_factory()
+    deploy_settings(service, min_workers=1, max_workers=2)
+    with pytest.raises(DomainError) as exc:
+        service_update(service=service, data={"desired_workers": 3})
+    assert exc.value.status == 422
+    assert "max_workers (2)" in exc.value.message
+    assert list(fields_of(exc)) == ["desired_workers"]
 
 
 def test_partitions_are_fixed_after_create(service_factory: Callable[..., Service]) -> None:
@@ -157,19 +149,13 @@ def test_partitions_are_fixed_after_create(service_factory: Callable[..., Servic
     assert list(fields_of(exc)) == ["partitions"]
 
 
-def test_max_workers_cannot_pass_the_partitions(service_factory: Callable[..., Service]) -> None:
-    service = service_factory(partitions=4)
+@pytest.mark.parametrize("field", ["name", "memory", "concurrency"])
+def test_update_refuses_what_is_not_the_fleet(
+    service_factory: Callable[..., Service], field: str
+) -> None:
     with pytest.raises(DomainError) as exc:
-        service_update(service=service, data={"max_workers": 5})
-    assert list(fields_of(exc)) == ["max_workers"]
-    service.refresh_from_db()
-    assert service.max_workers == 1
-
-
-def test_update_refuses_unknown_fields(service_factory: Callable[..., Service]) -> None:
-    with pytest.raises(DomainError) as exc:
-        service_update(service=service_factory(), data={"name": "other"})
-    assert list(fields_of(exc)) == ["name"]
+        service_update(service=service_factory(), data={field: "x"})
+    assert list(fields_of(exc)) == [field]
 
 
 def test_delete_keeps_the_topics(

@@ -180,8 +180,8 @@ def test_deploy_by_pasting_code_creates_the_service_and_shows_the_rollout(
         "first",
         "alice",
     )
-    service = deployment.service
-    assert (service.memory, service.max_workers) == ("3Gi", 3)
+    config = deployment.service.config
+    assert config is not None and (config.memory_bytes, config.max_workers) == (3 * 2**30, 3)
     rollout = staff.get(answer["Location"]).content.decode()
     assert (
         f"stored as version 1 ({deployment.size_bytes} B" in rollout
@@ -211,20 +211,24 @@ def test_deploy_by_file_and_a_refused_package_says_why_and_changes_nothing(
     assert nothing.status_code == 400 and "nothing to deploy" in nothing.content.decode()
 
 
-def test_overrides_on_a_built_package_are_refused(
+def test_overrides_on_a_built_package_are_merged_into_its_settings(
     staff: Client, home: Path, service_name: Callable[[], str], tmp_path: Path
 ) -> None:
+    """The package is stored as built; the deployment keeps its settings with the
+    overrides merged (I10), and its workers run those."""
     from memrun.packaging import build_package
 
     name = service_name()
     handler = tmp_path / "handler.py"
     handler.write_text(handler_source(name))
-    build_package(handler, out=tmp_path / "p.tar.gz")
+    info = build_package(handler, out=tmp_path / "p.tar.gz")
     package = SimpleUploadedFile("p.tar.gz", (tmp_path / "p.tar.gz").read_bytes())
-    refused = deploy_form(staff, name, package=package, memory="8Gi")
-    assert refused.status_code == 422
-    assert "memory cannot be overridden" in refused.content.decode()
-    assert not Service.objects.filter(name=name).exists()
+    answer = deploy_form(staff, name, package=package, memory="8Gi")
+    assert answer.status_code == 302, answer.content.decode()
+    deployment = Deployment.objects.get(service__name=name)
+    assert deployment.sha256 == info.sha256
+    assert deployment.config is not None and deployment.config.memory_bytes == 8 * 2**30
+    assert deployment.config.max_workers == 2  # the package's own
 
 
 def test_history_diff_rollback_and_scale(
@@ -305,15 +309,7 @@ def make_fleet(*, services: int, workers: int, lines: int) -> tuple[Service, Wor
     """Rows made directly with bulk_create (no Kafka topics): only the pages read them."""
     now = timezone.now()
     made = Service.objects.bulk_create(
-        Service(
-            name=f"bulk-{i:03d}",
-            memory_bytes=2**30,
-            disk_bytes=2**30,
-            max_workers=20,
-            desired_workers=10,
-            partitions=64,
-        )
-        for i in range(services)
+        Service(name=f"bulk-{i:03d}", desired_workers=10, partitions=64) for i in range(services)
     )
     deployments = Deployment.objects.bulk_create(
         Deployment(

@@ -260,6 +260,7 @@ def test_a_stats_snapshot_becomes_a_compact_heartbeat_report() -> None:
         "concurrency": 4,
         "lag": 4,
         "requests": {"total": 9, "errors": 1},
+        "config": {"name": "svc", "concurrency": 4},
         "cache": {
             "requests": 10,
             "hits": {"memory": 6, "disk": 3},
@@ -284,6 +285,7 @@ def test_a_stats_snapshot_becomes_a_compact_heartbeat_report() -> None:
         "concurrency": 4,
         "lag": 4,
         "requests": {"total": 9, "errors": 1},
+        "config": {"name": "svc", "concurrency": 4},
         "partitions": [1, 3],
         "partition_lag": {"3": 4},
         "stats": {"handled": 9},

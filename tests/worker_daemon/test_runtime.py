@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Callable
@@ -170,7 +171,12 @@ def test_the_package_must_declare_the_service_the_worker_serves(tmp_path: Path) 
         manifest["config"]["concurrency"] = 2
         (package / "manifest.json").write_text(json.dumps(manifest))
         loaded = load_package(settings)
-        assert (loaded.name, loaded.concurrency, loaded.timeout_seconds) == ("loader-test", 2, 30)
+        config = loaded.config()
+        assert (config.name, config.concurrency, config.timeout_seconds) == ("loader-test", 2, 30)
+        # The deployment's settings (a PATCH's, which does not rebuild the package) win.
+        deployed = dataclasses.replace(config, concurrency=7, sticky_key="user")
+        with_config = dataclasses.replace(settings, service_config=deployed)
+        assert load_package(with_config).config() == deployed
         other = WorkerSettings(service="other-svc", package_path=package, work_root=tmp_path)
         with pytest.raises(ServiceLoadError, match="declares service 'loader-test'"):
             load_package(other)

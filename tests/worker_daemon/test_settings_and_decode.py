@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from memrun.errors import ConfigError
+from memrun.wire.config import service_config_build
 from memrun.wire.protocol import encode_headers, now_ms
 from worker_daemon.decode import decode_request
 from worker_daemon.settings import WorkerSettings
@@ -32,6 +33,17 @@ def test_settings_read_memrun_variables_and_flags_win() -> None:
     assert settings.leave_group_on_stop is False
     assert settings.kafka_bootstrap_servers == "k:1"
     assert settings.redis_url == "redis://r:2/0"
+
+
+def test_the_deployments_settings_come_as_json() -> None:
+    """The provisioner passes a deployment's settings; a settings change (PATCH) does not
+    rebuild the package, so these win over its manifest (worker_daemon.main.load_package)."""
+    assert WorkerSettings.from_env(ENV).service_config is None
+    config = service_config_build("matrix-qa", concurrency=3, sticky_key="user")
+    env = {**ENV, "MEMRUN_SERVICE_CONFIG": json.dumps(config.to_dict())}
+    assert WorkerSettings.from_env(env).service_config == config
+    with pytest.raises(ConfigError, match=r"MEMRUN_SERVICE_CONFIG=.* is not a valid ServiceConfig"):
+        WorkerSettings.from_env({**ENV, "MEMRUN_SERVICE_CONFIG": '{"name": "matrix-qa"}'})
 
 
 def test_a_given_worker_id_is_the_static_group_instance_id() -> None:

@@ -45,7 +45,7 @@ def test_the_workers_of_a_service_show_their_liveness(
 ) -> None:
     from django.utils import timezone
 
-    service = service_factory(max_workers=3)
+    service = service_factory()
     deployment = deployment_create(
         service=service, sha256="b" * 64, size_bytes=1, artifact_url="file:///tmp/x"
     )

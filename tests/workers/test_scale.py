@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -19,9 +20,13 @@ def scale(client: Client, name: str, workers: object):
 
 
 def test_scale_within_bounds(
-    service_factory: Callable[..., Service], api_client: Client, django_capture_on_commit_callbacks
+    service_factory: Callable[..., Service],
+    deploy_settings: Callable[..., Any],
+    api_client: Client,
+    django_capture_on_commit_callbacks,
 ) -> None:
-    service = service_factory(min_workers=1, max_workers=3)
+    service = service_factory()
+    deploy_settings(service, min_workers=1, max_workers=3)
     with django_capture_on_commit_callbacks() as callbacks:
         response = scale(api_client, service.name, 3)
     assert response.status_code == 200
@@ -33,9 +38,14 @@ def test_scale_within_bounds(
 
 @pytest.mark.parametrize(("workers", "bound"), [(0, "min_workers (1)"), (4, "max_workers (3)")])
 def test_scale_outside_the_bounds_names_the_bound(
-    service_factory: Callable[..., Service], api_client: Client, workers: int, bound: str
+    service_factory: Callable[..., Service],
+    deploy_settings: Callable[..., Any],
+    api_client: Client,
+    workers: int,
+    bound: str,
 ) -> None:
-    service = service_factory(min_workers=1, max_workers=3)
+    service = service_factory()
+    deploy_settings(service, min_workers=1, max_workers=3)
     response = scale(api_client, service.name, workers)
     assert response.status_code == 422
     body = response.json()
@@ -47,6 +57,9 @@ def test_scale_outside_the_bounds_names_the_bound(
 
 def test_scale_input_errors(service_factory: Callable[..., Service], api_client: Client) -> None:
     service = service_factory()
+    never_deployed = scale(api_client, service.name, 1)
+    assert never_deployed.status_code == 409
+    assert "deploy it first" in never_deployed.json()["message"]
     assert scale(api_client, service.name, -1).status_code == 422
     assert scale(api_client, service.name, "many").status_code == 422
     assert scale(api_client, "no-such-service", 1).status_code == 404
@@ -84,6 +97,7 @@ def test_worker_rows_for_the_cli() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_the_scale_and_workers_commands(
     service_factory: Callable[..., Service],
+    deploy_settings: Callable[..., Any],
     api_token: tuple[object, str],
     live_server: object,
     monkeypatch: pytest.MonkeyPatch,
@@ -95,7 +109,8 @@ def test_the_scale_and_workers_commands(
     settings.MEMRUN_RECONCILE_ON_EVENTS = False
     monkeypatch.setenv("MEMRUN_URL", live_server.url)
     monkeypatch.setenv("MEMRUN_TOKEN", api_token[1])
-    service = service_factory(min_workers=1, max_workers=2)
+    service = service_factory()
+    deploy_settings(service, min_workers=1, max_workers=2)
 
     assert main(["scale", service.name, "2"]) == 0
     assert capsys.readouterr().out == f"{service.name}: 2 worker(s) desired (min 1, max 2)\n"

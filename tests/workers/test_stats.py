@@ -15,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apps.common.errors import DomainError
 from apps.services.models import Deployment, Service
-from apps.services.services import deployment_create
 from apps.workers.models import Worker
 from apps.workers.services import worker_create, worker_heartbeat
 from apps.workers.stats import service_dashboard_list, service_stats_get, worker_stats_get
@@ -64,12 +63,11 @@ def snapshot(
 
 
 @pytest.fixture
-def served(service_factory: Callable[..., Service]) -> tuple[Service, Worker, Worker]:
-    service = service_factory(desired_workers=2, max_workers=2)
-    deployment = deployment_create(
-        service=service, sha256="a" * 64, size_bytes=1, artifact_url="file:///tmp/x"
-    )
-    Deployment.objects.filter(pk=deployment.pk).update(status=Deployment.Status.ACTIVE)
+def served(
+    service_factory: Callable[..., Service], deploy_settings: Callable[..., Deployment]
+) -> tuple[Service, Worker, Worker]:
+    service = service_factory(desired_workers=2)
+    deployment = deploy_settings(service, status=Deployment.Status.ACTIVE, max_workers=2)
     a, _ = worker_create(service=service, deployment=deployment, name=f"{service.name}-a")
     b, _ = worker_create(service=service, deployment=deployment, name=f"{service.name}-b")
     fast = snapshot([3.0] * 90, failures=2, partitions={0: 5, 1: 0}, disk_hits=0)
@@ -133,14 +131,7 @@ def test_the_dashboard_takes_three_queries_for_50_services_and_500_workers(
 ) -> None:
     template, a, _ = served
     report = Worker.objects.get(pk=a.pk).stats
-    services = Service.objects.bulk_create(
-        Service(
-            name=f"{template.name}-s{i}",
-            memory_bytes=template.memory_bytes,
-            disk_bytes=template.disk_bytes,
-        )
-        for i in range(49)
-    )
+    services = Service.objects.bulk_create(Service(name=f"{template.name}-s{i}") for i in range(49))
     now = timezone.now()
     Worker.objects.bulk_create(
         Worker(
