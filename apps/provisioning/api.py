@@ -28,13 +28,13 @@ def services_scale(request: HttpRequest, name: str, payload: ScaleIn) -> Service
     return service_scale(service=service_get(name=name), workers=payload.workers, by=request.auth)
 
 
-@router.post("/gc", response={200: GcOut}, tags=["operations"])
+@router.post("/gc", response={200: GcOut, 403: ErrorOut}, tags=["operations"])
 def gc(request: HttpRequest, payload: GcIn) -> dict[str, Any]:
     """Free what memrun stores and no longer needs: packages of deleted services and of
     versions beyond the retention count (never a live, rolling or running one), stopped
     local workers' folders and logs, half-built venvs. With `dry_run`, only say what."""
-    plan = gc_plan()
-    done = plan if payload.dry_run else gc_run(plan=plan)
+    plan = gc_plan(by=request.auth)
+    done = plan if payload.dry_run else gc_run(plan=plan, by=request.auth)
     return {
         "dry_run": payload.dry_run,
         "kinds": [

@@ -191,3 +191,22 @@ def test_nothing_younger_than_the_minimum_age_is_touched(
     before = store_bytes()
     assert gc(capsys)[1] == 0
     assert store_bytes() == before > 0 and folder.is_dir()
+
+
+def test_gc_is_for_staff_only(viewer: Any, settings: Any) -> None:
+    """The plan names stored packages and folders, and a run deletes them: a token of a
+    user without staff rights gets a 403 for both, and nothing is freed."""
+    from apps.services.services import apitoken_create
+
+    home = Path(settings.MEMRUN_HOME)
+    stopped = LocalLayout(home).worker_dir("gc-viewer-stopped")
+    stopped.mkdir(parents=True, exist_ok=True)
+    (stopped / "worker.log").write_bytes(b"x" * 10)
+    settings.MEMRUN_GC_MIN_AGE_S = 0
+    _, secret = apitoken_create(user=viewer, name="viewer")
+    client = Client(headers={"Authorization": f"Bearer {secret}"})
+    for dry_run in (True, False):
+        response = client.post("/api/v1/gc", {"dry_run": dry_run}, content_type="application/json")
+        assert response.status_code == 403, response.content
+        assert "staff" in response.json()["message"]
+    assert (stopped / "worker.log").exists()
