@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.db import DataError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -53,6 +54,7 @@ def install_error_handlers(api: NinjaAPI) -> None:
         AuthenticationError: _authentication_error,
         HttpError: _http_error,
         Http404: _not_found,
+        DataError: _unstorable,
         Exception: _unexpected,
     }
     for exc_class, handler in handlers.items():
@@ -96,6 +98,19 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 
 def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
     return error_response(404, str(exc) or "not found")
+
+
+def _unstorable(request: HttpRequest, exc: DataError) -> HttpResponse:
+    # The database refused a value the schemas let through (a NUL character in a text
+    # or JSON value, a number or date out of its range): the caller's input, so a 422.
+    logger.warning("refused input in %s %s: %s", request.method, request.path, exc)
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return error_response(
+        422,
+        f"a value in the request cannot be stored ({reason}); remove NUL characters and "
+        "keep numbers and dates within range",
+        {"reason": reason},
+    )
 
 
 def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:

@@ -144,3 +144,15 @@ def test_a_heartbeat_that_changes_the_state_wakes_reconcile(
         worker_heartbeat(worker=worker, state="ready", stats={}, now=now + timedelta(seconds=1))
         worker_heartbeat(worker=worker, state="ready", stats={}, now=now + timedelta(seconds=2))
     assert woken == [service.pk]
+
+
+def test_a_value_the_database_cannot_store_is_a_422(service: Service) -> None:
+    """Found by tests/api/test_no_5xx.py: PostgreSQL refuses a NUL in JSON text."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite stores NUL characters")
+    worker, credential = make_worker(service)
+    status, body = beat(credential, worker.name, stats={"note": "a\x00b"})
+    assert status == 422, body
+    assert "cannot be stored" in body["message"] and "NUL" in body["message"]
