@@ -63,14 +63,16 @@ def event_level(name: str, fields: Mapping[str, Any]) -> str:
     return "info"
 
 
-def line_router(sink: LineSink, *, event: str, level: str) -> Callable[[str], None]:
+def line_router(sink: LineSink, *, event: str, level: str) -> Callable[[str, bool], None]:
     """`on_line` for a tee: the worker's JSON lines with their own fields, any other line
     as `event` (stdout, stderr) at `level`. A line without a request id of its own gets
     the one of the handler writing it (`current_request_id`: the tee calls this on the
     writing thread, in its context)."""
 
-    def route(line: str) -> None:
-        record = parse_line(line) if line.startswith("{") else None
+    def route(line: str, own: bool) -> None:
+        # Only the worker's own lines (`own`: written to the tee's `own_lines`) are read as
+        # events; a printed line that looks like one is still a printed line.
+        record = parse_line(line) if own and line.startswith("{") else None
         if record is None:
             sink.put(
                 ts=time.time(),
@@ -102,13 +104,15 @@ def line_router(sink: LineSink, *, event: str, level: str) -> Callable[[str], No
 
 class _LineTee(io.RawIOBase):
     """Writes through to `real`, and hands each complete line (assembled per thread, so
-    threads printing at once do not mix) to `on_line`."""
+    threads printing at once do not mix) to `on_line`, with whether it came through
+    `own_lines`: the side the worker's event logs and log handlers write to."""
 
-    def __init__(self, real: BinaryIO, on_line: Callable[[str], None]) -> None:
+    def __init__(self, real: BinaryIO, on_line: Callable[[str, bool], None]) -> None:
         super().__init__()
         self._real = real
         self._on_line = on_line
         self._partial = threading.local()
+        self.own_lines = _OwnLines(self)
 
     @property
     def name(self) -> Any:
@@ -121,15 +125,18 @@ class _LineTee(io.RawIOBase):
         raise io.UnsupportedOperation("a log tee is not readable")
 
     def write(self, b: ReadableBuffer, /) -> int:
-        data = bytes(b)
+        return self.write_line_data(bytes(b), own=False)
+
+    def write_line_data(self, data: bytes, *, own: bool) -> int:
         self._real.write(data)
-        *lines, partial = (getattr(self._partial, "data", b"") + data).split(b"\n")
+        slot = "own" if own else "printed"
+        *lines, partial = (getattr(self._partial, slot, b"") + data).split(b"\n")
         if len(partial) > MAX_PARTIAL_LINE_BYTES:
             lines.append(partial)
             partial = b""
-        self._partial.data = partial
+        setattr(self._partial, slot, partial)
         for line in lines:
-            self._on_line(line.decode(errors="replace").rstrip("\r"))
+            self._on_line(line.decode(errors="replace").rstrip("\r"), own)
         return len(data)
 
     def flush(self) -> None:
@@ -142,7 +149,32 @@ class _LineTee(io.RawIOBase):
         return self._real.isatty()
 
 
-def tee_stream(real: TextIO, on_line: Callable[[str], None]) -> TextIO:
+class _OwnLines(io.RawIOBase):
+    """The tee's side for the worker's own lines (see `worker_daemon.logs.own_lines`)."""
+
+    def __init__(self, tee: _LineTee) -> None:
+        super().__init__()
+        self._tee = tee
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: ReadableBuffer, /) -> int:
+        return self._tee.write_line_data(bytes(b), own=True)
+
+    def flush(self) -> None:
+        self._tee.flush()
+
+    def fileno(self) -> int:
+        return self._tee.fileno()
+
+    def close(self) -> None:
+        # The tee outlives any text wrapper made around this side, which closes it when
+        # collected: stay open.
+        self.flush()
+
+
+def tee_stream(real: TextIO, on_line: Callable[[str, bool], None]) -> TextIO:
     """A text stream that writes to `real`'s bytes and also hands every line written to
     `on_line`. `real` must have a binary `buffer` (sys.stdout and sys.stderr do)."""
     real.flush()  # what `real` still holds goes out before anything written through us

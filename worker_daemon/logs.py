@@ -14,13 +14,14 @@ tasks it starts, and `asyncio.to_thread`; a plain thread a handler starts does n
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import sys
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 _dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
@@ -38,12 +39,22 @@ def request_scope(request_id: str) -> Iterator[None]:
         current_request_id.reset(token)
 
 
+def own_lines(stream: BinaryIO | None = None) -> BinaryIO:
+    """Where the worker's own lines go: `stream` (default sys.stdout's bytes), or its
+    `own_lines` side when it is a log capture's tee (worker_daemon/logcapture.py). Only
+    lines written there ship as events; anything else written to the stream (a handler's
+    print, however it is shaped) ships as a printed line, so it cannot pose as one."""
+    stream = stream if stream is not None else sys.stdout.buffer
+    own: BinaryIO | None = getattr(stream, "own_lines", None)
+    return own if own is not None else stream
+
+
 class EventLog:
     """`event("request", request_id=..., duration_ms=...)` writes
     `{"ts":..., "event":"request", "worker":..., "request_id":..., ...}`."""
 
     def __init__(self, stream: BinaryIO | None = None, **static: Any) -> None:
-        self._stream = stream if stream is not None else sys.stdout.buffer
+        self._stream = own_lines(stream)
         self._static = static
 
     def event(self, name: str, /, **fields: Any) -> None:
@@ -80,8 +91,18 @@ class JsonLogFormatter(logging.Formatter):
         return _dumps(fields)
 
 
+def own_text_lines() -> TextIO:
+    """sys.stdout for the worker's own formatted lines (a log handler's), as `own_lines`."""
+    own = own_lines()
+    if own is sys.stdout.buffer:
+        return sys.stdout
+    return io.TextIOWrapper(own, encoding="utf-8", errors="replace", write_through=True)
+
+
 def configure_stdlib_logging(level: int = logging.INFO, **static: Any) -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    # Records are the worker's own lines: the formatter puts a message in a field, so
+    # whatever a handler logs cannot pose as another event.
+    handler = logging.StreamHandler(own_text_lines())
     handler.setFormatter(JsonLogFormatter(**static))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -24,7 +24,7 @@ import pytest
 from memrun import Client as MemrunClient
 from tests.worker_daemon.harness import WorkerProcess, make_package, worker_env
 from worker_daemon.logcapture import LogShipping
-from worker_daemon.logs import EventLog, JsonLogFormatter
+from worker_daemon.logs import EventLog, JsonLogFormatter, own_text_lines
 from worker_daemon.logship import HttpLogTransport, LogShipper, ShipSettings
 
 WAIT_S = 10.0
@@ -338,7 +338,7 @@ def test_capture_ships_events_records_and_printed_lines(plane: FakeControlPlane)
         shipping.capture()
         # Made after capture, as the worker makes them: they write through the tee.
         log = EventLog(worker="w-1", service="svc")
-        handler = logging.StreamHandler(sys.stdout)
+        handler = logging.StreamHandler(own_text_lines())
         handler.setFormatter(JsonLogFormatter(worker="w-1", service="svc"))
         logger.addHandler(handler)
         try:
@@ -386,6 +386,33 @@ def test_capture_ships_events_records_and_printed_lines(plane: FakeControlPlane)
     assert json.loads(printed_out[0])["worker"] == "w-1"
     assert "hello from a handler" in printed_out
     assert err.getvalue() == b"oops\n"
+
+
+def test_a_printed_line_cannot_pose_as_a_worker_event(plane: FakeControlPlane) -> None:
+    forged = json.dumps({"event": "worker.stopped", "exit_code": 0, "level": "error"})
+    with fake_std_streams() as (out, _err):
+        shipping = LogShipping(
+            HttpLogTransport(url=plane.url, worker_id="w-1", token="mrw_secret"), FAST
+        )
+        shipping.shipper.start()
+        shipping.capture()
+        log = EventLog(worker="w-1", service="svc")
+        print(forged)  # a handler echoing what a caller sent it
+        sys.stdout.buffer.write(forged.encode() + b"\n")
+        print(forged, file=sys.stderr)
+        log.event("request", request_id="r1", status="ok")
+        assert shipping.close()
+
+    shipped = [(line["event"], line["message"]) for line in plane.lines]
+    assert shipped == [
+        ("stdout", forged),
+        ("stdout", forged),
+        ("stderr", forged),
+        ("request", ""),
+    ]
+    assert not any(line["event"] == "worker.stopped" for line in plane.lines)
+    # The worker's own output is unchanged: every line still reaches the real stream.
+    assert out.getvalue().decode().count("worker.stopped") == 2
 
 
 _CLOSING_WORKER = """
