@@ -6,7 +6,7 @@ import logging
 import time
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
 from django.conf import settings
 
 from apps.common.errors import DomainError
@@ -43,19 +43,7 @@ def topics_ensure(*, service: str, partitions: int) -> None:
         existing = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
         raise _unreachable(exc) from None
-    current = existing.get(request_topic)
-    if current is not None and len(current.partitions) != partitions:
-        raise DomainError(
-            f"Kafka topic {request_topic} already exists with {len(current.partitions)} "
-            f"partitions, not {partitions}: create the service with "
-            f"partitions={len(current.partitions)}, or delete the topic first",
-            status=409,
-            details={
-                "fields": {"partitions": [f"the existing topic has {len(current.partitions)}"]},
-                "topic": request_topic,
-                "topic_partitions": len(current.partitions),
-            },
-        )
+    _check_partitions(existing.get(request_topic), topic=request_topic, partitions=partitions)
     missing = [
         NewTopic(topic, num_partitions=partitions, replication_factor=-1)
         for topic in (request_topic, protocol.dlq_topic(service))
@@ -68,13 +56,51 @@ def topics_ensure(*, service: str, partitions: int) -> None:
         try:
             future.result(timeout=timeout_s * 2)
         except KafkaException as exc:
-            # Someone else created it meanwhile; the count was checked above.
             if _code(exc) != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise _unreachable(exc, topic=topic) from None
+            # Made by someone else after our look, or made just before it but not yet in
+            # this broker's metadata (KRaft publishes it asynchronously): check its count.
+            if topic == request_topic:
+                _check_partitions(
+                    _wait_visible(admin, topic, timeout_s), topic=topic, partitions=partitions
+                )
+            continue
         except TimeoutError as exc:
             raise _unreachable(exc, topic=topic) from None
         logger.info("created Kafka topic %s with %d partitions", topic, partitions)
     _wait_for_leaders(admin, [topic.topic for topic in missing], partitions, timeout_s)
+
+
+def _check_partitions(current: TopicMetadata | None, *, topic: str, partitions: int) -> None:
+    """DomainError 409 when `topic` exists with another partition count than `partitions`."""
+    if current is None or len(current.partitions) == partitions:
+        return
+    raise DomainError(
+        f"Kafka topic {topic} already exists with {len(current.partitions)} "
+        f"partitions, not {partitions}: create the service with "
+        f"partitions={len(current.partitions)}, or delete the topic first",
+        status=409,
+        details={
+            "fields": {"partitions": [f"the existing topic has {len(current.partitions)}"]},
+            "topic": topic,
+            "topic_partitions": len(current.partitions),
+        },
+    )
+
+
+def _wait_visible(admin: AdminClient, topic: str, timeout_s: float) -> TopicMetadata | None:
+    """`topic`'s metadata once this broker lists it with all its partitions; None if it
+    does not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            found = admin.list_topics(topic=topic, timeout=timeout_s).topics.get(topic)
+        except KafkaException:
+            return None
+        if found is not None and found.error is None and found.partitions:
+            return found
+        time.sleep(0.05)
+    return None
 
 
 def _wait_for_leaders(
