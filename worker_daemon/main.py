@@ -41,7 +41,7 @@ def run_worker(
     runs (a provisioned worker's heartbeat reads its stats and may ask it to stop)."""
     log = log or EventLog(worker=settings.worker_id, service=settings.service)
     configure_stdlib_logging(worker=settings.worker_id, service=settings.service)
-    service = load_package(settings)
+    service = load_package(settings, log=log)
     check_dlq_topic(settings.kafka_bootstrap_servers, settings.service)
     deployed = service.config()
     cache = WarmCache.open(
@@ -92,7 +92,7 @@ def run_worker(
         redis_client.close()
 
 
-def load_package(settings: WorkerSettings) -> MemoryService:
+def load_package(settings: WorkerSettings, *, log: EventLog | None = None) -> MemoryService:
     """The service in `settings.package_path` (a .tar.gz or a folder), with its PEP 723
     dependencies installed, configured as deployed: `settings.service_config` when given
     (the deployment's, which a settings change does not rebuild the package for), else
@@ -102,6 +102,7 @@ def load_package(settings: WorkerSettings) -> MemoryService:
         settings.package_path,
         work_root=settings.work_root,
         expected_sha256=settings.package_sha256,
+        log=log,
     )
     service = load_service(prepared)
     if settings.service_config is not None:

@@ -21,6 +21,15 @@ SERVICE_PAGE_FINISHED_WORKERS = 20
 SERVICE_PAGE_DEPLOYMENTS = 50
 SERVICE_PAGE_CHANGES = 10
 REQUEST_LOG_LINES = 200
+# The newest install events a rollout shows (a crash-looping worker installs again).
+ROLLOUT_INSTALL_EVENTS = 30
+ROLLOUT_LISTED_DEPENDENCIES = 3
+# worker_daemon/package/_venv.py's events, as a new worker prepares its package.
+INSTALL_EVENTS = (
+    "package.dependencies",
+    "package.dependencies_installed",
+    "package.dependencies_failed",
+)
 
 
 def _size(n: int) -> str:
@@ -87,8 +96,8 @@ class Rollout:
 
 
 def deployment_rollout(*, deployment: Deployment) -> Rollout:
-    """What happened to `deployment` so far, from its status and the service's workers.
-    Three queries."""
+    """What happened to `deployment` so far, from its status, the service's workers and
+    its workers' dependency installs (shipped worker events). Four queries."""
     deployment.refresh_from_db(fields=["status", "failure_reason"])
     service = Service.objects.get(pk=deployment.service_id)
     manifest = deployment.manifest or {}
@@ -96,6 +105,7 @@ def deployment_rollout(*, deployment: Deployment) -> Rollout:
         f"validated: {manifest.get('entry', 'package')} for service {service.name}",
         f"stored as version {deployment.version} ({_size(deployment.size_bytes)}, "
         f"sha256 {deployment.sha256[:12]})",
+        *_install_lines(deployment),
     ]
     workers = list(
         Worker.objects.filter(service=service)
@@ -125,3 +135,42 @@ def deployment_rollout(*, deployment: Deployment) -> Rollout:
             lines.append("done")
             return Rollout(lines, done=True, failed=False)
     return Rollout(lines, done=False, failed=False)
+
+
+def _install_lines(deployment: Deployment) -> list[str]:
+    """What `deployment`'s workers said while installing its PEP 723 dependencies, oldest
+    first. The fields come from the worker: anything unexpected in them is left out."""
+    events = list(
+        WorkerLogLine.objects.filter(
+            worker__in=Worker.objects.filter(deployment=deployment).values("pk"),
+            event__in=INSTALL_EVENTS,
+        )
+        .annotate(worker_name=F("worker__name"))
+        .order_by("-ts", "-id")
+        .values_list("worker_name", "event", "fields")[:ROLLOUT_INSTALL_EVENTS]
+    )
+    lines = []
+    for worker, event, fields in reversed(events):
+        line = _install_line(event, fields if isinstance(fields, dict) else {})
+        if line:
+            lines.append(f"worker {worker}: {line}")
+    return lines
+
+
+def _install_line(event: str, fields: dict[str, object]) -> str:
+    seconds = fields.get("seconds")
+    took = f" in {seconds:.1f} s" if isinstance(seconds, int | float) else ""
+    if event == "package.dependencies_installed":
+        return f"dependencies installed{took}"
+    if event == "package.dependencies_failed":
+        error = str(fields.get("error") or "no reason given").strip().splitlines() or [""]
+        return f"installing dependencies failed{took}: {error[0]}"
+    listed = fields.get("dependencies")
+    names = [str(name) for name in listed] if isinstance(listed, list) else []
+    shown = ", ".join(names[:ROLLOUT_LISTED_DEPENDENCIES])
+    if len(names) > ROLLOUT_LISTED_DEPENDENCIES:
+        shown += ", ..."
+    count = f"{len(names)} dependenc{'y' if len(names) == 1 else 'ies'} ({shown})"
+    if fields.get("reused") is True:
+        return f"{count} reused from an existing venv"
+    return f"installing {count}"

@@ -374,6 +374,20 @@ def test_pep723_dependencies_install_with_the_machines_settings_and_no_secrets(
     assert outcome.ok, outcome.error
     assert outcome.result == {"size": "3.0 MB", "probed": True}
 
+    # The install's progress reached the rollout page, through the worker's shipped events.
+    from apps.web.selectors import deployment_rollout
+
+    [worker] = scenario.workers("ready")
+
+    def install_shown() -> list[str]:
+        lines = deployment_rollout(deployment=deployment).lines
+        said = [line for line in lines if line.startswith(f"worker {worker.name}: ")]
+        return said if len(said) == 2 else []
+
+    installing, installed = scenario.until(install_shown, "the install in the rollout lines")
+    assert installing.startswith(f"worker {worker.name}: installing 2 dependencies (humanize")
+    assert installed.startswith(f"worker {worker.name}: dependencies installed in ")
+
     [written] = scenario.home.glob(f"workers/{scenario.name}-*/work/installer-env.json")
     seen = json.loads(written.read_text())
     assert seen["UV_EXTRA_INDEX_URL"] == index_url

@@ -192,6 +192,76 @@ def test_deploy_by_pasting_code_creates_the_service_and_shows_the_rollout(
     assert 'hx-trigger="every 1s"' in rollout
 
 
+def test_the_rollout_shows_its_workers_dependency_installs_in_order(
+    staff: Client, django_assert_max_num_queries: Any
+) -> None:
+    from apps.workers.services import LogLineData, worker_create, worker_log_ingest
+
+    name = "deps"
+    service = Service.objects.create(name=name, desired_workers=2, partitions=4)
+    deployment = Deployment.objects.create(
+        service=service,
+        version=1,
+        sha256="0" * 64,
+        size_bytes=1,
+        artifact_url="file:///x",
+        status="rolling",
+    )
+    first, _ = worker_create(service=service, name=f"{name}-a", deployment=deployment)
+    second, _ = worker_create(service=service, name=f"{name}-b", deployment=deployment)
+    start = timezone.now()
+
+    def line(at_s: float, event: str, **fields: Any) -> LogLineData:
+        return LogLineData(
+            ts=start + timedelta(seconds=at_s),
+            level="info",
+            event=event,
+            request_id="",
+            message="",
+            fields=fields,
+        )
+
+    deps = ["humanize==4.12.3", "tomli-w>=1.0", "attrs", "idna"]
+    worker_log_ingest(
+        worker=first,
+        lines=[
+            line(0, "package.dependencies", dependencies=deps, venv_key="k", reused=False),
+            line(1, "worker.consuming"),
+            line(3.2, "package.dependencies_installed", venv_key="k", seconds=3.24),
+        ],
+    )
+    worker_log_ingest(
+        worker=second,
+        lines=[line(4, "package.dependencies", dependencies=deps, venv_key="k", reused=True)],
+    )
+    with django_assert_max_num_queries(9):
+        live = staff.get(f"/deployments/{deployment.pk}/live/")
+    page = live.content.decode()
+    listed = "4 dependencies (humanize==4.12.3, tomli-w&gt;=1.0, attrs, ...)"
+    installing = f"worker {name}-a: installing {listed}</div>"
+    installed = f"worker {name}-a: dependencies installed in 3.2 s</div>"
+    reused = f"worker {name}-b: {listed} reused from an existing venv</div>"
+    assert installing in page and installed in page and reused in page, page
+    assert page.index(installing) < page.index(installed) < page.index(reused)
+    assert page.index(reused) < page.index("workers starting")
+    assert "worker.consuming" not in page
+
+    worker_log_ingest(
+        worker=second,
+        lines=[
+            line(
+                5,
+                "package.dependencies_failed",
+                venv_key="k",
+                seconds=0.5,
+                error="installing idna failed (exit 1):\nno such version",
+            )
+        ],
+    )
+    page = staff.get(f"/deployments/{deployment.pk}/").content.decode()
+    assert f"worker {name}-b: installing dependencies failed in 0.5 s: installing idna " in page
+
+
 def test_deploy_by_file_and_a_refused_package_says_why_and_changes_nothing(
     staff: Client, home: Path, service_name: Callable[[], str]
 ) -> None:

@@ -11,6 +11,7 @@ from memrun.errors import PackageRejected
 from memrun.packaging import read_script_metadata
 from memrun.wire.archive import extract_package, read_manifest
 from memrun.wire.manifest import MANIFEST_NAME, Manifest
+from worker_daemon.logs import EventLog
 from worker_daemon.package._python import python_satisfies
 from worker_daemon.package._venv import ensure_venv
 from worker_daemon.package.errors import DependencyError, ServiceLoadError
@@ -77,12 +78,14 @@ def prepare(
     work_root: Path,
     expected_sha256: str | None,
     install_timeout_s: float = INSTALL_TIMEOUT_S,
+    log: EventLog | None = None,
 ) -> PreparedPackage:
     """Verify, extract (or reuse) `source` and build (or reuse) the venv its deps need.
 
     `source` is a .tar.gz, extracted to `{work_root}/packages/{sha256}`, or a folder used
     in place (dev mode; `expected_sha256` must then be None). Raises PackageRejected,
-    DependencyError or ServiceLoadError with the reason.
+    DependencyError or ServiceLoadError with the reason. `log` hears about the venv
+    (worker_daemon/package/_venv.py's events).
     """
     sha256: str | None = None
     if source.is_dir():
@@ -111,6 +114,7 @@ def prepare(
             requires_python,
             venvs_root=work_root / "venvs",
             timeout_s=install_timeout_s,
+            log=log,
         )
     return PreparedPackage(folder, entry, manifest, site_packages, sha256)
 

@@ -7,6 +7,11 @@ marker file already inside, so a half-built venv is never found under its key.
 The installer runs with `installer_env`: the machine's trust store, index and proxy
 settings (memrun.wire.install_env) and a few basics, never the worker's own secrets; uv
 is told to trust the system's certificates, where a corporate CA is installed.
+
+Given an event log, it says what it does, for the rollout page (apps/web/selectors.py):
+`package.dependencies` (the list, the venv key, reused or not; a reused venv says no
+more), then `package.dependencies_installed` (seconds) or `package.dependencies_failed`
+(the redacted reason, the seconds).
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from memrun.wire.install_env import install_env_pick, redact_urls
+from worker_daemon.logs import EventLog
 from worker_daemon.package.errors import DependencyError
 
 VENV_MARKER = "memrun-venv.json"
@@ -176,20 +183,27 @@ def ensure_venv(
     venvs_root: Path,
     timeout_s: float,
     environ: Mapping[str, str] = os.environ,
+    log: EventLog | None = None,
 ) -> Path:
     """The site-packages of a venv holding `dependencies`, built unless one exists already;
-    the installer sees `installer_env(environ)` only."""
+    the installer sees `installer_env(environ)` only. `log` gets the events above."""
     key = venv_key(dependencies, requires_python)
     final = venvs_root / key
+    said = {"dependencies": list(dependencies), "venv_key": key}
     if (final / VENV_MARKER).is_file():
+        _say(log, "package.dependencies", **said, reused=True)
         return site_packages(final)
     venvs_root.mkdir(parents=True, exist_ok=True)
     with _locked(venvs_root / f".{key}.lock"):
-        if (final / VENV_MARKER).is_file():
+        # Another worker on this work root may have built it while this one waited.
+        reused = (final / VENV_MARKER).is_file()
+        _say(log, "package.dependencies", **said, reused=reused)
+        if reused:
             return site_packages(final)
         if final.exists():
             shutil.rmtree(final)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=venvs_root))
+        started = time.monotonic()
         try:
             _build(
                 staging,
@@ -200,7 +214,26 @@ def ensure_venv(
                 timeout_s=timeout_s,
             )
             staging.rename(final)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            reason = exc.message if isinstance(exc, DependencyError) else repr(exc)
+            _say(
+                log,
+                "package.dependencies_failed",
+                venv_key=key,
+                seconds=round(time.monotonic() - started, 1),
+                error=redact_urls(reason),
+            )
             raise
+    _say(
+        log,
+        "package.dependencies_installed",
+        venv_key=key,
+        seconds=round(time.monotonic() - started, 1),
+    )
     return site_packages(final)
+
+
+def _say(log: EventLog | None, name: str, /, **fields: object) -> None:
+    if log is not None:
+        log.event(name, **fields)

@@ -5,6 +5,7 @@ These tests install a small pure-Python package (tomli-w) from PyPI.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 
 from memrun.packaging import build_package
 from tests.fixtures.envprobe import REQUIREMENT, probe_index
+from worker_daemon.logs import EventLog
 from worker_daemon.package import DependencyError, _venv, load_service, prepare
 from worker_daemon.package._venv import VENV_MARKER, ensure_venv, installer_env
 
@@ -47,12 +49,32 @@ def venv_of(site_packages: Path) -> Path:
     return site_packages.parents[2]
 
 
+def said(stream: io.BytesIO) -> list[dict[str, object]]:
+    """The events an EventLog wrote to `stream`, without their time."""
+    events = [json.loads(line) for line in stream.getvalue().decode().splitlines()]
+    return [{k: v for k, v in event.items() if k != "ts"} for event in events]
+
+
 def test_dependencies_get_a_venv_that_the_next_prepare_reuses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     work_root = tmp_path / "work"
-    first = prepare(package(tmp_path / "a"), work_root=work_root, expected_sha256=None)
+    built = io.BytesIO()
+    first = prepare(
+        package(tmp_path / "a"), work_root=work_root, expected_sha256=None, log=EventLog(built)
+    )
     assert first.site_packages is not None
+    key = venv_of(first.site_packages).name
+    [installing, installed] = said(built)
+    assert installing == {
+        "event": "package.dependencies",
+        "dependencies": ["tomli-w>=1.0"],
+        "venv_key": key,
+        "reused": False,
+    }
+    assert installed["event"] == "package.dependencies_installed"
+    assert installed["venv_key"] == key
+    assert isinstance(installed["seconds"], float) and installed["seconds"] >= 0
     assert (first.site_packages / "tomli_w").is_dir()
     marker = venv_of(first.site_packages) / VENV_MARKER
     recorded = (marker.read_text(), marker.stat().st_mtime_ns)
@@ -66,7 +88,18 @@ def test_dependencies_get_a_venv_that_the_next_prepare_reuses(
         raise AssertionError(f"an installer ran: {args}")
 
     monkeypatch.setattr(_venv.subprocess, "run", no_installer)
-    again = prepare(package(tmp_path / "a"), work_root=work_root, expected_sha256=None)
+    reused = io.BytesIO()
+    again = prepare(
+        package(tmp_path / "a"), work_root=work_root, expected_sha256=None, log=EventLog(reused)
+    )
+    assert said(reused) == [
+        {
+            "event": "package.dependencies",
+            "dependencies": ["tomli-w>=1.0"],
+            "venv_key": key,
+            "reused": True,
+        }
+    ]
     other = prepare(
         package(tmp_path / "b", HANDLER.replace("deps-test", "deps-other")),
         work_root=work_root,
@@ -95,9 +128,19 @@ def test_the_venv_python_sees_its_dependencies_and_memrun(tmp_path: Path) -> Non
 
 def test_a_failed_install_says_why_and_leaves_no_venv(tmp_path: Path) -> None:
     bogus = HANDLER.replace('"tomli-w>=1.0"', '"tomli-w==999.0"')
+    stream = io.BytesIO()
     with pytest.raises(DependencyError) as refusal:
-        prepare(package(tmp_path, bogus), work_root=tmp_path / "work", expected_sha256=None)
+        prepare(
+            package(tmp_path, bogus),
+            work_root=tmp_path / "work",
+            expected_sha256=None,
+            log=EventLog(stream),
+        )
     message = str(refusal.value)
+    [installing, failed] = said(stream)
+    assert installing["event"] == "package.dependencies" and installing["reused"] is False
+    assert failed["event"] == "package.dependencies_failed"
+    assert failed["error"] == refusal.value.message
     assert message.startswith("installing tomli-w==999.0 failed (exit")
     assert "tomli-w" in refusal.value.details["output_tail"]
     leftovers = [p.name for p in (tmp_path / "work" / "venvs").iterdir() if p.is_dir()]
