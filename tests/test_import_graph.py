@@ -3,9 +3,8 @@ inside functions included, since a cycle hidden there is still a cycle):
 
 - no import cycle among the modules of apps/*;
 - the apps are layered, common < services < workers < provisioning < web, and import only
-  downward: a lower app tells a higher one what happened through apps/common/events.py.
-  KNOWN_UPWARD lists the imports that still run up (services reading workers); it may
-  only shrink, and each entry must still exist;
+  downward: a lower app tells a higher one what happened through apps/common/events.py,
+  and shared vocabulary (the worker states) lives in apps/common;
 - memrun/ and worker_daemon/ import no Django, nor apps/ or memrun_site/;
 - memrun/ does not import worker_daemon/ (the daemon builds on the SDK, not the reverse);
 - nothing outside memrun/ imports a private `memrun._x` module.
@@ -28,13 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 _SKIP_DIRS = {".venv", "var", "build", "dist", "node_modules", "__pycache__"}
 _DJANGO = ("django", "ninja", "apps", "memrun_site")
 LAYERS = ("common", "services", "workers", "provisioning", "web")
-# Imports that run up the layers today (importing module, imported module). To remove:
-# the deployments' ready counts and the delete guard need the workers' states from a layer
-# above services.
-KNOWN_UPWARD = {
-    ("apps.services.selectors", "apps.workers.models"),
-    ("apps.services.services", "apps.workers.models"),
-}
 
 
 @dataclass(frozen=True)
@@ -161,12 +153,7 @@ def layer_violations(found: list[Import]) -> list[str]:
         rule = ""
         if app and target_app and not {app, target_app} <= set(LAYERS):
             rule = f"place the new app in LAYERS ({', '.join(LAYERS)})"
-        elif (
-            app
-            and target_app
-            and LAYERS.index(target_app) > LAYERS.index(app)
-            and (source, target) not in KNOWN_UPWARD
-        ):
+        elif app and target_app and LAYERS.index(target_app) > LAYERS.index(app):
             rule = f"apps import only downward ({' < '.join(LAYERS)}): emit an event instead"
         elif (_within(source, "memrun") or _within(source, "worker_daemon")) and any(
             _within(target, banned) for banned in _DJANGO
@@ -202,11 +189,6 @@ def test_no_import_cycles_among_the_apps() -> None:
 
 def test_the_layers_hold() -> None:
     assert layer_violations(imports(ROOT)) == []
-
-
-def test_each_known_upward_import_still_exists() -> None:
-    edges = {(edge.source, edge.target) for edge in imports(ROOT)}
-    assert KNOWN_UPWARD - edges == set(), "remove it from KNOWN_UPWARD: it is gone"
 
 
 PLANTED = {

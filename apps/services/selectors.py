@@ -6,8 +6,8 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Count, Prefetch, Q, QuerySet
 
 from apps.common.errors import DomainError
+from apps.common.states import WorkerState
 from apps.services.models import LIVE_STATUSES, ApiToken, Deployment, Service
-from apps.workers.models import WorkerState
 from memrun.errors import ConfigError
 from memrun.wire.config import ServiceConfig, service_config_from_dict
 

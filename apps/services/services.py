@@ -24,6 +24,7 @@ from apps.common.credentials import (
     secret_shown_part,
 )
 from apps.common.errors import DomainError, full_clean_or_raise
+from apps.common.states import WORKER_FINISHED_STATES
 from apps.common.ttlcache import TtlCache
 from apps.services.broker import listener, publish_invalidate
 from apps.services.models import (
@@ -36,7 +37,6 @@ from apps.services.models import (
     Service,
 )
 from apps.services.topics import topics_ensure
-from apps.workers.models import Worker
 
 # A token's last use is recorded at most this often, so that authenticating stays a
 # single indexed read on almost every request.
@@ -150,7 +150,7 @@ def service_delete(*, service: Service) -> None:
     """
     with transaction.atomic():
         service = Service.objects.select_for_update().get(pk=service.pk)
-        running = service.workers.exclude(state__in=Worker.FINISHED_STATES).count()
+        running = service.workers.exclude(state__in=WORKER_FINISHED_STATES).count()
         if running:
             raise DomainError(
                 f"service {service.name} still has {running} running worker(s); set "

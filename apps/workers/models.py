@@ -5,16 +5,8 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
+from apps.common.states import WORKER_FINISHED_STATES, WorkerState
 from apps.services.models import Deployment, Provider, Service
-
-
-class WorkerState(models.TextChoices):
-    PROVISIONING = "provisioning"
-    BOOTING = "booting"
-    READY = "ready"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-    DEAD = "dead"
 
 
 class Worker(models.Model):
@@ -23,7 +15,7 @@ class Worker(models.Model):
 
     State = WorkerState
     # States in which a worker has no machine or process left behind.
-    FINISHED_STATES = (WorkerState.STOPPED, WorkerState.DEAD)
+    FINISHED_STATES = WORKER_FINISHED_STATES
 
     service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="workers")
     deployment = models.ForeignKey(
