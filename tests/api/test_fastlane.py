@@ -95,9 +95,7 @@ def test_the_fast_lane_answers_as_the_views_do(
     token: str, api_client: Client, served: str, service_name: Callable[[], str]
 ) -> None:
     never = service_name()
-    created = api_client.post(
-        "/api/v1/services", {"name": never, "sticky_key": "user"}, content_type="application/json"
-    )
+    created = api_client.post("/api/v1/services", {"name": never}, content_type="application/json")
     assert created.status_code == 201
     invoke = f"/api/v1/services/{served}/invoke"
     status, _, body = call("POST", invoke, "wait=30&queue=true", token, {"user": "f", "op": "echo"})
@@ -134,9 +132,7 @@ def test_a_429_carries_retry_after_in_the_fast_lane(
 ) -> None:
     settings.MEMRUN_INVOKE_BACKLOG_PER_SERVICE = 1
     name = service_name()
-    created = api_client.post(
-        "/api/v1/services", {"name": name, "sticky_key": "user"}, content_type="application/json"
-    )
+    created = api_client.post("/api/v1/services", {"name": name}, content_type="application/json")
     assert created.status_code == 201
     path = f"/api/v1/services/{name}/invoke"
     assert call("POST", path, "wait=0&queue=true", token, {"user": "u"})[0] == 202
@@ -148,9 +144,7 @@ def test_a_caller_that_disconnects_holds_nothing(
     token: str, api_client: Client, service_name: Callable[[], str]
 ) -> None:
     name = service_name()
-    created = api_client.post(
-        "/api/v1/services", {"name": name, "sticky_key": "user"}, content_type="application/json"
-    )
+    created = api_client.post("/api/v1/services", {"name": name}, content_type="application/json")
     assert created.status_code == 201
     body = json.dumps({"user": "gone"}).encode()
     request = scope("POST", f"/api/v1/services/{name}/invoke", "wait=300&queue=true", token, body)

@@ -20,10 +20,22 @@ from memrun import Client as MemrunClient
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def create(api_client: Client, name: str, **fields: Any) -> None:
-    body = {"name": name, "sticky_key": "user", "partitions": 4, "max_workers": 2, **fields}
-    created = api_client.post("/api/v1/services", body, content_type="application/json")
-    assert created.status_code == 201, created.content
+@pytest.fixture
+def create(api_client: Client, deploy_settings: Callable[..., Any]) -> Callable[..., None]:
+    """`create(name, deployed=True)`: a service made through the API and, unless `deployed`
+    is False, given an active deployment's settings (sticky key `user`, up to 2 workers)
+    but no worker: invoke refuses it (409) unless the caller queues."""
+    from apps.services.models import Service
+
+    def make(name: str, *, deployed: bool = True) -> None:
+        body = {"name": name, "partitions": 4}
+        created = api_client.post("/api/v1/services", body, content_type="application/json")
+        assert created.status_code == 201, created.content
+        if deployed:
+            service = Service.objects.get(name=name)
+            deploy_settings(service, status="active", sticky_key="user", max_workers=2)
+
+    return make
 
 
 def post(client: Client, path: str, body: Any) -> Any:
@@ -31,10 +43,10 @@ def post(client: Client, path: str, body: Any) -> Any:
 
 
 def test_a_never_deployed_service_is_a_409_unless_the_caller_queues(
-    api_client: Client, service_name: Callable[[], str]
+    create: Callable[..., None], api_client: Client, service_name: Callable[[], str]
 ) -> None:
     name = service_name()
-    create(api_client, name)
+    create(name, deployed=False)
     refused = post(api_client, f"/api/v1/services/{name}/invoke?wait=30", {"user": "u"})
     assert refused.status_code == 409
     assert "never been deployed" in refused.json()["message"]
@@ -43,8 +55,10 @@ def test_a_never_deployed_service_is_a_409_unless_the_caller_queues(
     queued = post(api_client, f"/api/v1/services/{name}/invoke?wait=0&queue=true", {"user": "u"})
     assert queued.status_code == 202 and queued.json()["status"] == "queued"
     # Bad input is still reported as such, before the refusal.
-    missing = post(api_client, f"/api/v1/services/{name}/invoke", {"other": 1})
-    assert missing.status_code == 422
+    broken = api_client.post(
+        f"/api/v1/services/{name}/invoke", b"{not json", content_type="application/json"
+    )
+    assert broken.status_code == 400
 
 
 def test_a_batch_answers_in_order_each_routed_by_its_own_key(
@@ -61,10 +75,10 @@ def test_a_batch_answers_in_order_each_routed_by_its_own_key(
 
 
 def test_a_batch_not_done_within_wait_gives_the_ids_to_poll(
-    api_client: Client, service_name: Callable[[], str]
+    create: Callable[..., None], api_client: Client, service_name: Callable[[], str]
 ) -> None:
     name = service_name()
-    create(api_client, name)
+    create(name)
     response = post(
         api_client, f"/api/v1/services/{name}/invoke-batch?wait=0&queue=true", [{"user": "a"}] * 3
     )
@@ -76,10 +90,10 @@ def test_a_batch_not_done_within_wait_gives_the_ids_to_poll(
 
 
 def test_bad_batches_are_refused_with_what_is_wrong(
-    api_client: Client, service_name: Callable[[], str], settings: Any
+    create: Callable[..., None], api_client: Client, service_name: Callable[[], str], settings: Any
 ) -> None:
     name = service_name()
-    create(api_client, name)
+    create(name)
     path = f"/api/v1/services/{name}/invoke-batch?queue=true"
     not_a_list = post(api_client, path, {"user": "u"})
     assert not_a_list.status_code == 422 and "JSON array" in not_a_list.json()["message"]
@@ -96,11 +110,11 @@ def test_bad_batches_are_refused_with_what_is_wrong(
 
 
 def test_past_the_backlog_limit_invoke_is_a_429_with_retry_after(
-    api_client: Client, service_name: Callable[[], str], settings: Any
+    create: Callable[..., None], api_client: Client, service_name: Callable[[], str], settings: Any
 ) -> None:
     settings.MEMRUN_INVOKE_BACKLOG_PER_SERVICE = 3
     name = service_name()
-    create(api_client, name)
+    create(name)
     path = f"/api/v1/services/{name}/invoke?wait=0&queue=true"
     for _ in range(3):
         assert post(api_client, path, {"user": "u"}).status_code == 202
@@ -113,11 +127,11 @@ def test_past_the_backlog_limit_invoke_is_a_429_with_retry_after(
 
 
 def test_past_the_waiting_bound_invoke_answers_at_once_with_the_id(
-    api_client: Client, service_name: Callable[[], str], settings: Any
+    create: Callable[..., None], api_client: Client, service_name: Callable[[], str], settings: Any
 ) -> None:
     settings.MEMRUN_INVOKE_WAITING_PER_TOKEN = 0
     name = service_name()
-    create(api_client, name)
+    create(name)
     started = time.monotonic()
     response = post(api_client, f"/api/v1/services/{name}/invoke?wait=120&queue=true", {"user": 1})
     # A functional bound, far below the wait asked for: the caller was not made to wait.
@@ -142,11 +156,15 @@ def test_a_warm_invoke_touches_no_database(
 
 
 def test_a_revoked_token_stops_working_within_the_cache_bound(
-    api_client: Client, api_token: tuple[ApiToken, str], service_name: Callable[[], str], settings
+    create: Callable[..., None],
+    api_client: Client,
+    api_token: tuple[ApiToken, str],
+    service_name: Callable[[], str],
+    settings,
 ) -> None:
     settings.MEMRUN_LOOKUP_CACHE_TTL_S = 1
     name = service_name()
-    create(api_client, name)
+    create(name)
     path = f"/api/v1/services/{name}/invoke?wait=0&queue=true"
     assert post(api_client, path, {"user": "u"}).status_code == 202  # now cached
     # Revoked behind this process's back (as if the invalidation message were lost):
@@ -158,14 +176,18 @@ def test_a_revoked_token_stops_working_within_the_cache_bound(
 
 
 def test_revoking_through_the_api_takes_effect_at_once(
-    api_client: Client, api_token: tuple[ApiToken, str], service_name: Callable[[], str], user
+    create: Callable[..., None],
+    api_client: Client,
+    api_token: tuple[ApiToken, str],
+    service_name: Callable[[], str],
+    user,
 ) -> None:
     from apps.services.services import apitoken_create
 
     other, secret = apitoken_create(user=user, name="second")
     second = Client(headers={"Authorization": f"Bearer {secret}"})
     name = service_name()
-    create(api_client, name)
+    create(name)
     path = f"/api/v1/services/{name}/invoke?wait=0&queue=true"
     assert post(second, path, {"user": "u"}).status_code == 202
     assert api_client.delete(f"/api/v1/tokens/{other.pk}").status_code == 204
