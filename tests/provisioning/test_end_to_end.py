@@ -564,7 +564,12 @@ def test_each_setting_change_rolls_out_and_the_workers_and_provisioner_agree(
     assert refused.status_code == 422
     assert "cannot exceed the 64 partitions" in refused.json()["message"]
     assert scenario.service.deployments.count() == 1 + len(SETTING_CHANGES)
-    # The last settings serve: the sticky key is now "user:op".
+    # The last settings serve: the sticky key is now "user:op". Once the last handover is
+    # over (the drained worker has left the group), only the new worker can answer.
+    scenario.until(
+        lambda: len([w for w in scenario.workers() if w.state not in ("stopped", "dead")]) == 1,
+        "the last drained worker to stop",
+    )
     request_id = scenario.submit_payload({"user": 1, "op": "x"}, sticky_template="user:op")
     [answer] = scenario.outcomes([request_id])
     assert answer.ok and answer.result["worker"] == scenario.workers("ready")[0].name
