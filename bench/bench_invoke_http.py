@@ -46,6 +46,7 @@ from confluent_kafka import Producer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from memrun.wire.kafka import kafka_client_config, kafka_connection_from_env  # noqa: E402
 from memrun.wire.protocol import (  # noqa: E402
     PARTITIONER,
     encode_headers,
@@ -179,12 +180,10 @@ class Broker:
     def __init__(self, service: str) -> None:
         self.topic = request_topic(service)
         self.producer = Producer(
-            {
-                "bootstrap.servers": os.environ["KAFKA_BOOTSTRAP_SERVERS"],
-                "partitioner": PARTITIONER,
-                "linger.ms": 0,
-                "socket.nagle.disable": True,
-            }
+            kafka_client_config(
+                kafka_connection_from_env(),
+                {"partitioner": PARTITIONER, "linger.ms": 0, "socket.nagle.disable": True},
+            )
         )
         self.redis = redis.Redis.from_url(os.environ["REDIS_URL"])
 

@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from memrun.packaging import build_package  # noqa: E402
+from memrun.wire.kafka import kafka_client_config, kafka_connection_from_env  # noqa: E402
 from memrun.wire.protocol import (  # noqa: E402
     PARTITIONER,
     consumer_group,
@@ -100,14 +101,14 @@ def percentile(samples: list[float], q: float) -> float:
 class Env:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.bootstrap = os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        self.kafka = kafka_connection_from_env()
         self.redis_url = os.environ["REDIS_URL"]
         self.redis = redis.Redis.from_url(self.redis_url)
-        self.admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        self.admin = AdminClient(kafka_client_config(self.kafka))
         self.topics: list[str] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self.producer = Producer(
-            {"bootstrap.servers": self.bootstrap, "partitioner": PARTITIONER, "linger.ms": 0}
+            kafka_client_config(self.kafka, {"partitioner": PARTITIONER, "linger.ms": 0})
         )
 
     def service(self, partitions: int) -> str:

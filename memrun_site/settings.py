@@ -18,6 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from memrun.home import memrun_home
 from memrun.wire.install_env import install_env_pick
+from memrun.wire.kafka import KafkaConnection
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -244,6 +245,22 @@ if MEMRUN_SERVE_STATIC:
 # Backing services.
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:16379/0")
 KAFKA_BOOTSTRAP_SERVERS = env_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+# The control plane's own Kafka principal (the broker's super user) and transport;
+# PLAINTEXT: a broker without authentication. apps/common/kafka.py builds clients from them.
+KAFKA_SECURITY_PROTOCOL = env_str("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+KAFKA_SASL_MECHANISM = env_str("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+KAFKA_SASL_USERNAME = env_str("KAFKA_SASL_USERNAME", "")
+KAFKA_SASL_PASSWORD = env_str("KAFKA_SASL_PASSWORD", "")
+KAFKA_SSL_CA_LOCATION = env_str("KAFKA_SSL_CA_LOCATION", "")
+try:
+    KafkaConnection(
+        bootstrap_servers=KAFKA_BOOTSTRAP_SERVERS,
+        security_protocol=KAFKA_SECURITY_PROTOCOL,
+        sasl_username=KAFKA_SASL_USERNAME,
+        sasl_password=KAFKA_SASL_PASSWORD,
+    )
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 MEMRUN_KAFKA_TIMEOUT_S = 5.0
 
 # The invoke front door (apps/services/admission.py, invoke.py), per web process.

@@ -19,7 +19,7 @@ import redis
 from botocore.exceptions import ClientError
 from confluent_kafka import Consumer, Producer
 
-from tests.fixtures.services import S3Settings, make_s3_client, require_env
+from tests.fixtures.services import S3Settings, kafka_test_config, make_s3_client, require_env
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -88,18 +88,20 @@ def test_kafka_key_lands_on_java_partition(
     keys += [f"key-{i}".encode() for i in range(20)]
     assert len({java_partition(k, partitions) for k in keys}) > 1, "keys must spread"
 
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "partitioner": "murmur2_random"})
+    producer = Producer(kafka_test_config(kafka_bootstrap, {"partitioner": "murmur2_random"}))
     for key in keys:
         producer.produce(topic, key=key, value=b"v:" + key)
     assert producer.flush(30) == 0
 
     consumer = Consumer(
-        {
-            "bootstrap.servers": kafka_bootstrap,
-            "group.id": f"smoke-{unique_name}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        kafka_test_config(
+            kafka_bootstrap,
+            {
+                "group.id": f"smoke-{unique_name}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     landed: dict[bytes, int] = {}
     try:

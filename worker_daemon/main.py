@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient
 
 from memrun.errors import MemrunError
 from memrun.service import MemoryService
+from memrun.wire.kafka import KafkaConnection, kafka_client_config
 from memrun.wire.protocol import dlq_topic
 from worker_daemon.cache import CacheSettings, WarmCache
 from worker_daemon.logs import EventLog, configure_stdlib_logging
@@ -42,7 +43,7 @@ def run_worker(
     log = log or EventLog(worker=settings.worker_id, service=settings.service)
     configure_stdlib_logging(worker=settings.worker_id, service=settings.service)
     service = load_package(settings, log=log)
-    check_dlq_topic(settings.kafka_bootstrap_servers, settings.service)
+    check_dlq_topic(settings.kafka, settings.service)
     deployed = service.config()
     cache = WarmCache.open(
         CacheSettings.from_env(
@@ -60,13 +61,15 @@ def run_worker(
             f"cannot reach Redis at {settings.redis_url}: {exc}; check REDIS_URL"
         ) from exc
     producer = Producer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "client.id": f"memrun-worker-{settings.worker_id}-dlq",
-            "linger.ms": 5,
-            "acks": "all",
-            "partitioner": "murmur2_random",
-        }
+        kafka_client_config(
+            settings.kafka,
+            {
+                "client.id": f"memrun-worker-{settings.worker_id}-dlq",
+                "linger.ms": 5,
+                "acks": "all",
+                "partitioner": "murmur2_random",
+            },
+        )
     )
     worker = Worker(
         settings=settings,
@@ -118,22 +121,24 @@ def load_package(settings: WorkerSettings, *, log: EventLog | None = None) -> Me
 
 
 def check_dlq_topic(
-    bootstrap_servers: str, service: str, *, timeout_s: float = KAFKA_ADMIN_TIMEOUT_S
+    kafka: KafkaConnection, service: str, *, timeout_s: float = KAFKA_ADMIN_TIMEOUT_S
 ) -> None:
     """Refuse to start without `memrun.dlq.{service}`, so failures are never dropped for
     want of a topic. The control plane creates it with the service (one place, one
     partition count: apps/services/topics.py); a worker holds no right to create topics.
     A topic just created may take a moment to show in the broker's metadata: it is
-    looked for until `timeout_s` has passed."""
+    looked for until `timeout_s` has passed. The service's principal sees it through its
+    Describe right on the topic."""
     topic = dlq_topic(service)
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient(kafka_client_config(kafka))
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             topics = admin.list_topics(timeout=timeout_s).topics
         except KafkaException as exc:
             raise MemrunError(
-                f"cannot reach Kafka at {bootstrap_servers}: {exc}; check KAFKA_BOOTSTRAP_SERVERS"
+                f"cannot reach Kafka at {kafka.bootstrap_servers}: {exc}; check "
+                "KAFKA_BOOTSTRAP_SERVERS and KAFKA_SASL_*"
             ) from exc
         if topic in topics:
             return

@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient
 
 from memrun.context import DataCache, WorkerContext
 from memrun.service import MemoryService
+from memrun.wire.kafka import kafka_client_config
 from memrun.wire.protocol import consumer_group, request_topic
 from worker_daemon.consumer import EXIT_FAILED, EXIT_OK, EXIT_RESTART, ConsumeLoop
 from worker_daemon.executor import Deadlines, HandlerPool
@@ -155,7 +156,7 @@ class Worker:
             stopping=self._stopping,
             give_up=self._give_up,
             lag_probe=LagProbe(
-                self._admin_factory({"bootstrap.servers": self.settings.kafka_bootstrap_servers}),
+                self._admin_factory(kafka_client_config(self.settings.kafka)),
                 consumer_group(self.service.name),
             ),
             on_stats_tick=self._emit_stats,
@@ -212,22 +213,24 @@ class Worker:
 
     def _consumer_config(self) -> dict[str, Any]:
         settings = self.settings
-        config: dict[str, Any] = {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": consumer_group(self.service.name),
-            "client.id": f"memrun-worker-{settings.worker_id}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": settings.session_timeout_ms,
-            "max.poll.interval.ms": settings.max_poll_interval_ms,
-            # An idle fetch holds the connection this long; a sync commit (revoke,
-            # shutdown) on a single broker queues behind it.
-            "fetch.wait.max.ms": 100,
-            "on_commit": self._on_commit,
-            "error_cb": self._on_client_error,
-        }
+        config: dict[str, Any] = kafka_client_config(
+            settings.kafka,
+            {
+                "group.id": consumer_group(self.service.name),
+                "client.id": f"memrun-worker-{settings.worker_id}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": settings.session_timeout_ms,
+                "max.poll.interval.ms": settings.max_poll_interval_ms,
+                # An idle fetch holds the connection this long; a sync commit (revoke,
+                # shutdown) on a single broker queues behind it.
+                "fetch.wait.max.ms": 100,
+                "on_commit": self._on_commit,
+                "error_cb": self._on_client_error,
+            },
+        )
         if settings.group_instance_id:
             config["group.instance.id"] = settings.group_instance_id
         return config

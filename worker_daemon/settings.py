@@ -11,13 +11,15 @@ import json
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from memrun.errors import ConfigError
 from memrun.wire import validate_service_name
 from memrun.wire.config import ServiceConfig, service_config_from_dict
+from memrun.wire.kafka import ENV_NAMES as KAFKA_ENV_NAMES
+from memrun.wire.kafka import KafkaConnection
 from memrun.wire.protocol import REPLY_TTL_S
 
 ENV_PREFIX = "MEMRUN_"
@@ -40,6 +42,13 @@ class WorkerSettings:
     # Extracted packages and dependency venvs live under here.
     work_root: Path = Path("/var/lib/memrun/work")
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # How to authenticate to Kafka (memrun.wire.kafka): the service's own principal, given
+    # by the control plane in the worker's spec. PLAINTEXT: no authentication.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_ca_location: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     worker_id: str = ""
     group_instance_id: str | None = None
@@ -89,13 +98,29 @@ class WorkerSettings:
             object.__setattr__(self, "group_instance_id", self.worker_id)
         if self.group_instance_id == "":
             object.__setattr__(self, "group_instance_id", None)
+        try:
+            _ = self.kafka  # built once here, so a wrong KAFKA_* fails at start
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """The broker and this worker's credentials on it."""
+        return KafkaConnection(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            security_protocol=self.kafka_security_protocol.upper(),
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_ca_location=self.kafka_ssl_ca_location,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> WorkerSettings:
         """Fields from `MEMRUN_*` variables; `overrides` (CLI flags) win when not None.
 
-        `KAFKA_BOOTSTRAP_SERVERS` and `REDIS_URL` (what `scripts/services env` prints) are
-        read when the `MEMRUN_` names are absent.
+        `KAFKA_*` (`memrun.wire.kafka.ENV_NAMES`) and `REDIS_URL`, what `scripts/services
+        env` prints, are read when the `MEMRUN_` names are absent.
         """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -116,8 +141,13 @@ class WorkerSettings:
         return cls(**values)
 
 
+def kafka_fields(connection: KafkaConnection) -> dict[str, str]:
+    """The WorkerSettings fields (`kafka_*`) that hold `connection`."""
+    return {f"kafka_{name}": getattr(connection, name) for name in KAFKA_ENV_NAMES}
+
+
 _PLAIN_ENV = {
-    "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    **{f"kafka_{name}": variable for name, variable in KAFKA_ENV_NAMES.items()},
     "redis_url": "REDIS_URL",
 }
 

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from confluent_kafka import KafkaError, Producer
 from django.conf import settings
 
+from apps.common.kafka import control_plane_kafka_config
 from memrun.wire import protocol
 
 logger = logging.getLogger(__name__)
@@ -73,14 +74,15 @@ class _ProducerThread:
         with self._lock:
             if self._producer is None:
                 producer = Producer(
-                    {
-                        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
-                        "partitioner": protocol.PARTITIONER,
-                        "enable.idempotence": True,
-                        "linger.ms": 1,
-                        "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
-                        "socket.nagle.disable": True,
-                    }
+                    control_plane_kafka_config(
+                        {
+                            "partitioner": protocol.PARTITIONER,
+                            "enable.idempotence": True,
+                            "linger.ms": 1,
+                            "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
+                            "socket.nagle.disable": True,
+                        }
+                    )
                 )
                 threading.Thread(
                     target=_poll_forever, args=(producer,), name="memrun-producer", daemon=True

@@ -29,6 +29,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.common.errors import DomainError
+from apps.common.kafka import control_plane_kafka_config
 from apps.common.permissions import staff_require
 from apps.services import invoke
 from apps.services.models import DeadLetterReplay, Service
@@ -225,17 +226,19 @@ class _Reader:
         self.timeout_s = float(settings.MEMRUN_KAFKA_TIMEOUT_S)
         timeout_ms = int(self.timeout_s * 1000)
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
-                # Required by the client; never joined (assign, not subscribe) or committed.
-                "group.id": "memrun-dlq-reader",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": True,
-                "socket.connection.setup.timeout.ms": timeout_ms,
-                "socket.timeout.ms": timeout_ms,
-                "logger": logger,
-            }
+            control_plane_kafka_config(
+                {
+                    # Required by the client; never joined (assign, not subscribe) or
+                    # committed.
+                    "group.id": "memrun-dlq-reader",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "enable.partition.eof": True,
+                    "socket.connection.setup.timeout.ms": timeout_ms,
+                    "socket.timeout.ms": timeout_ms,
+                    "logger": logger,
+                }
+            )
         )
         self.low: dict[int, int] = {}
         self.high: dict[int, int] = {}

@@ -10,6 +10,7 @@ from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
 from django.conf import settings
 
 from apps.common.errors import DomainError
+from apps.common.kafka import control_plane_kafka_config
 from memrun.wire import protocol
 
 logger = logging.getLogger(__name__)
@@ -18,12 +19,13 @@ logger = logging.getLogger(__name__)
 def kafka_admin(*, timeout_s: float) -> AdminClient:
     timeout_ms = int(timeout_s * 1000)
     return AdminClient(
-        {
-            "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
-            "socket.connection.setup.timeout.ms": timeout_ms,
-            "socket.timeout.ms": timeout_ms,
-            "logger": logger,
-        }
+        control_plane_kafka_config(
+            {
+                "socket.connection.setup.timeout.ms": timeout_ms,
+                "socket.timeout.ms": timeout_ms,
+                "logger": logger,
+            }
+        )
     )
 
 

@@ -36,6 +36,7 @@ from memrun.wire.protocol import (
     now_ms,
     outcome_key,
 )
+from tests.fixtures.services import kafka_test_config
 from worker_daemon.logs import parse_line
 from worker_daemon.statsfile import stats_read
 
@@ -201,7 +202,7 @@ def worker_env(
 
 
 def make_producer(bootstrap: str) -> Producer:
-    return Producer({"bootstrap.servers": bootstrap, "partitioner": PARTITIONER, "linger.ms": 2})
+    return Producer(kafka_test_config(bootstrap, {"partitioner": PARTITIONER, "linger.ms": 2}))
 
 
 def produce_requests(
@@ -292,12 +293,14 @@ def read_dlq(
 ) -> list[dict[str, Any]]:
     """The first `count` records of the service's DLQ topic."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"dlq-reader-{new_request_id()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        kafka_test_config(
+            bootstrap,
+            {
+                "group.id": f"dlq-reader-{new_request_id()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     consumer.assign([TopicPartition(dlq_topic(service), 0, 0)])
     records: list[dict[str, Any]] = []

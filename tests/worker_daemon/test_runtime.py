@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 
 from memrun import MemoryService
 from memrun.context import WorkerContext
+from memrun.wire.kafka import kafka_client_config, kafka_connection_from_env
 from memrun.wire.protocol import request_topic
 from tests.worker_daemon.conftest import ServiceUnderTest
 from tests.worker_daemon.harness import (
@@ -28,7 +29,7 @@ from worker_daemon.logs import EventLog
 from worker_daemon.main import load_package
 from worker_daemon.package.errors import ServiceLoadError
 from worker_daemon.runtime import EXIT_INIT_FAILED, EXIT_OK, Worker
-from worker_daemon.settings import WorkerSettings
+from worker_daemon.settings import WorkerSettings, kafka_fields
 
 
 class DictCache:
@@ -76,7 +77,9 @@ def make_worker(
     settings = WorkerSettings(
         service=svc.name,
         package_path=Path("."),
-        kafka_bootstrap_servers=service.bootstrap,
+        **kafka_fields(
+            dataclasses.replace(kafka_connection_from_env(), bootstrap_servers=service.bootstrap)
+        ),
         redis_url=service.redis_url,
         worker_id=f"{svc.name}-inproc",
         stats_interval_s=0.2,
@@ -89,7 +92,7 @@ def make_worker(
         service=svc,
         cache=DictCache(),
         redis=redis_client,
-        producer=Producer({"bootstrap.servers": service.bootstrap}),
+        producer=Producer(kafka_client_config(settings.kafka)),
         log=EventLog(lines, worker=settings.worker_id),  # type: ignore[arg-type]
         on_stats=stats.append,
     )
