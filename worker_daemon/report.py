@@ -90,6 +90,8 @@ def cache_report(cache: Mapping[str, Any]) -> dict[str, Any]:
             "hits": cache.get("misses", 0),
             "bytes": served_bytes.get("remote", 0),
             "fetch_seconds_total": cache.get("fetch_seconds_total", 0.0),
+            # Requests served by a download another request ran (not fetches of their own).
+            "waited": cache.get("waited", 0),
         },
         "largest": [
             {**entry, "name": str(entry.get("name", ""))[:NAME_MAX_CHARS]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from worker_daemon.cache.tiers import DISK, MEMORY, Tier
+from worker_daemon.cache.tiers import DISK, MEMORY, WAITED, Tier
 
 
 class _TierCounts:
@@ -25,6 +25,7 @@ class CacheStats:
         self._memory = _TierCounts()
         self._disk = _TierCounts()
         self._remote = _TierCounts()
+        self._waited = _TierCounts()
         self._fetches = 0
         self._fetch_seconds_total = 0.0
         self._fetch_seconds_max = 0.0
@@ -36,6 +37,8 @@ class CacheStats:
             counts = self._memory
         elif tier is DISK:
             counts = self._disk
+        elif tier is WAITED:
+            counts = self._waited
         else:
             counts = self._remote
         with self._lock:
@@ -58,11 +61,17 @@ class CacheStats:
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
-            tiers = {"memory": self._memory, "disk": self._disk, "remote": self._remote}
+            tiers = {
+                "memory": self._memory,
+                "disk": self._disk,
+                "remote": self._remote,
+                "waited": self._waited,
+            }
             return {
                 "requests": sum(c.hits for c in tiers.values()),
                 "hits": {"memory": self._memory.hits, "disk": self._disk.hits},
                 "misses": self._remote.hits,
+                "waited": self._waited.hits,
                 "bytes": {name: c.bytes for name, c in tiers.items()},
                 "fetches": self._fetches,
                 "fetch_seconds_total": round(self._fetch_seconds_total, 6),

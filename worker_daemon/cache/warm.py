@@ -35,7 +35,7 @@ from worker_daemon.cache.settings import CacheSettings
 from worker_daemon.cache.singleflight import SingleFlight
 from worker_daemon.cache.sizing import measure_size_bytes
 from worker_daemon.cache.stats import CacheStats
-from worker_daemon.cache.tiers import DISK, MEMORY, REMOTE, Fetched, Tier
+from worker_daemon.cache.tiers import DISK, MEMORY, REMOTE, WAITED, Fetched, Tier
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -164,7 +164,16 @@ class WarmCache:
             record = self._disk.lookup(url)
             if record is not None and self._is_fresh(record.validated_at_s, max_age_s):
                 return record, DISK
-        return self._files.run(url, lambda: self._refresh(url, revalidate, max_age_s))
+        led = False
+
+        def refresh() -> tuple[IndexRecord, Tier]:
+            nonlocal led
+            led = True
+            return self._refresh(url, revalidate, max_age_s)
+
+        record, tier = self._files.run(url, refresh)
+        # Only the call that ran the download fetched; the others waited on it.
+        return record, (WAITED if tier is REMOTE and not led else tier)
 
     def _refresh(
         self, url: str, revalidate: bool, max_age_s: float | None

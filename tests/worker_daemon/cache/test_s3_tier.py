@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,6 +100,45 @@ def test_sixteen_threads_asking_for_one_cold_object_make_one_download(
     assert counter.heads == 1 and counter.gets == 13  # ceil(200 / 16) ranges, once
     assert cache.stats()["disk"]["inserts"] == 1
     assert sha256_of(results[0]) == sha256_of(src)
+
+
+def test_requests_that_waited_on_another_download_are_tagged_waited_not_remote(
+    open_cache: Callable[..., WarmCache],
+    s3_object: Callable[..., str],
+    counted_s3: tuple[S3Client, GetCounter],
+) -> None:
+    client, counter = counted_s3
+    url = s3_object("shared", data=b"x" * (MiB + 7))
+    cache = open_cache(s3_client=client)
+    # The one download is held at its HEAD until every other caller waits on it, so the
+    # split between the caller that fetched and those that waited is certain.
+    release = threading.Event()
+
+    def hold(**_: object) -> None:  # a hook that returned a value would be the response
+        release.wait(30)
+
+    client.meta.events.register("before-call.s3.HeadObject", hold)
+    callers = 8
+    tiers: list[Tier] = []
+
+    def ask() -> None:
+        tiers.append(cache.get_or_fetch(url).tier)
+
+    threads = [threading.Thread(target=ask) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while cache.stats()["waiting_on_downloads"] < callers - 1:
+        assert time.monotonic() < deadline, "the callers never all waited on one download"
+        time.sleep(0.01)
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert sorted(t.value for t in tiers) == ["remote"] + ["waited"] * (callers - 1)
+    stats = cache.stats()
+    assert stats["fetches"] == 1 and stats["misses"] == 1 and stats["waited"] == callers - 1
+    assert stats["requests"] == callers and counter.heads == 1 and counter.gets == 2  # 2 ranges
+    assert cache.get_or_fetch(url).tier is Tier.DISK
 
 
 def test_an_object_overwritten_in_s3_is_fetched_again_when_revalidated(
