@@ -356,6 +356,30 @@ MEMRUN_WORKER_EXTRA_ENV: dict[str, str] = {}
 # Start a service's reconcile as soon as a worker becomes ready or stops, besides beat.
 MEMRUN_RECONCILE_ON_EVENTS = env_bool("MEMRUN_RECONCILE_ON_EVENTS", True)
 
+# Workers on Hetzner Cloud (provider=hetzner, apps/provisioning/provisioners/hetzner.py).
+# The token is the appliance's alone: it never reaches a worker or its user-data (I8).
+# Location and image are the defaults a service may override (location); SSH keys,
+# firewall and private network are names of ones made beforehand in the project ("" or
+# unset: none). A reconcile pass makes at most HCLOUD_REQUESTS_PER_PASS requests (Hetzner
+# allows 3,600 an hour) and leaves the rest to the next pass.
+HCLOUD_TOKEN = os.environ.get("HCLOUD_TOKEN", "").strip()
+HCLOUD_API_ENDPOINT = env_str("HCLOUD_API_ENDPOINT", "https://api.hetzner.cloud/v1")
+HCLOUD_LOCATION = env_str("HCLOUD_LOCATION", "fsn1")
+HCLOUD_IMAGE = env_str("HCLOUD_IMAGE", "debian-12")
+HCLOUD_SSH_KEYS = env_list("HCLOUD_SSH_KEYS", [])
+HCLOUD_FIREWALL = env_str("HCLOUD_FIREWALL", "")
+HCLOUD_NETWORK = env_str("HCLOUD_NETWORK", "")
+HCLOUD_TIMEOUT_S = float(env_int("HCLOUD_TIMEOUT_S", 30))
+HCLOUD_ACTION_TIMEOUT_S = float(env_int("HCLOUD_ACTION_TIMEOUT_S", 300))
+HCLOUD_REQUESTS_PER_PASS = env_int("HCLOUD_REQUESTS_PER_PASS", 60)
+# A labelled machine with no worker row, or a worker row whose machine is gone, is
+# reconciled only once it is this old: a machine being made, or a listing that lags a
+# create, is not an orphan.
+MEMRUN_ORPHAN_GRACE_S = float(env_int("MEMRUN_ORPHAN_GRACE_S", 120))
+# A worker whose machine could not be made (an API error, the pass's request budget) is
+# made again by a pass at least this long after its first try.
+MEMRUN_CREATE_RETRY_S = float(env_int("MEMRUN_CREATE_RETRY_S", 30))
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -12,7 +12,8 @@ The rules, in order:
    workers; the version before it keeps serving. Once one was ready, the package is known
    to work, and later deaths are a crash loop (rule 5), not a broken package.
 2. Liveness. A worker silent for DEAD_AFTER_S is dead; one that never became ready within
-   the boot timeout is dead too. Dead workers are destroyed and replaced by rule 4.
+   the boot timeout is dead too, and so is one whose machine is gone (reconcile says so
+   only after the orphan grace). Dead workers are destroyed and replaced by rule 4.
 3. Drain grace. A draining worker that has not stopped within the grace is stopped.
 4. Counts. The target (newest deployment that has not failed) gets `desired` workers;
    extra ones drain, not-ready ones first. Workers of older deployments drain only as
@@ -98,6 +99,7 @@ class WorkerView:
     ready_at: datetime | None = None
     exit_code: int | None = None
     error: str = ""
+    machine_gone: bool = False
 
 
 @dataclass(frozen=True)
@@ -379,6 +381,8 @@ def _rollout_failure(
 
 
 def _dead_reason(worker: WorkerView, now: datetime, policy: Policy) -> str | None:
+    if worker.machine_gone:
+        return "its machine is gone (deleted outside memrun?)"
     age = heartbeat_age_s(worker.last_heartbeat_at, now)
     if age is not None and age >= policy.dead_after_s:
         return f"no heartbeat for {age:.0f} s"

@@ -3,8 +3,11 @@
 The service row is locked (select_for_update) for the whole pass, so concurrent passes
 (beat, a deploy, a heartbeat) never both create the same worker. Database changes commit
 together; the provisioner's create and destroy run after the commit (on_commit), so a
-rolled-back pass starts nothing, and what a failed create leaves behind (a worker row
-that never boots, or a process without a row) the next pass cleans up.
+rolled-back pass starts nothing, and what a failed create leaves behind the next passes
+mend: a worker row whose machine was never made gets its create again (backends create
+idempotently, by the worker's name), a machine without a row is destroyed once it is
+older than MEMRUN_ORPHAN_GRACE_S, and a row whose machine is gone that long is dead and
+replaced.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.provisioning import plan as p
-from apps.provisioning.provisioners import LiveWorker, Provisioner, provisioner_for
+from apps.provisioning.provisioners import LiveWorker, Provisioner, WorkerSpec, provisioner_for
 from apps.provisioning.specs import worker_spec_build
 from apps.services.models import Deployment, Service
 from apps.services.services import (
@@ -31,9 +34,11 @@ from apps.services.services import (
 from apps.workers.models import Worker
 from apps.workers.services import (
     worker_create,
+    worker_credential_renew,
     worker_drain,
     worker_mark_dead,
     worker_mark_stopped,
+    worker_set_machine,
     worker_set_provider_ref,
 )
 
@@ -71,6 +76,8 @@ def reconcile_service(
             ).order_by("created_at")
         }
         live = {lw.name: lw for lw in backend.list({"service": service.name})}
+        grace_s = settings.MEMRUN_ORPHAN_GRACE_S
+        processes = _settled(live, workers, now=now, grace_s=grace_s)
         # The bounds are the target's (the newest live deployment); a draining worker may
         # be finishing a request of any live version's timeout.
         target = next(iter(deployments.values()), None)
@@ -92,10 +99,12 @@ def reconcile_service(
                 )
                 for d in deployments.values()
             ],
-            workers=[_worker_view(w) for w in workers.values()],
+            workers=[
+                _worker_view(w, machine_gone=_machine_gone(w, live, now=now, grace_s=grace_s))
+                for w in workers.values()
+            ],
             processes=[
-                p.ProcessView(lw.name, lw.running, lw.exit_code, lw.log_tail)
-                for lw in live.values()
+                p.ProcessView(lw.name, lw.running, lw.exit_code, lw.log_tail) for lw in processes
             ],
             now=now,
             policy=policy,
@@ -105,6 +114,10 @@ def reconcile_service(
         )
         for action in actions:
             _apply(action, service, deployments, workers, live, backend, now)
+        _create_again(service, deployments, workers, live, actions, backend, now)
+        for worker in workers.values():
+            if worker.name in live and live[worker.name].machine:
+                worker_set_machine(worker=worker, machine=live[worker.name].machine)
     if actions:
         logger.info("reconcile %s: %s", service.name, "; ".join(map(_describe, actions)))
     return actions
@@ -156,7 +169,74 @@ def _failures(deployment_ids: list[int], *, since: datetime) -> list[p.FailureVi
     return found
 
 
-def _worker_view(worker: Worker) -> p.WorkerView:
+def _settled(
+    live: dict[str, LiveWorker], workers: dict[str, Worker], *, now: datetime, grace_s: float
+) -> list[LiveWorker]:
+    """What the plan may act on: every machine, except one that no worker row names yet
+    made less than `grace_s` ago (a create in flight, a listing that lags)."""
+    unknown = {
+        name
+        for name, lw in live.items()
+        if name not in workers
+        and lw.created_at is not None
+        and (now - lw.created_at).total_seconds() < grace_s
+    }
+    if unknown:
+        unknown -= set(Worker.objects.filter(name__in=unknown).values_list("name", flat=True))
+    return [lw for name, lw in live.items() if name not in unknown]
+
+
+def _machine_gone(
+    worker: Worker, live: dict[str, LiveWorker], *, now: datetime, grace_s: float
+) -> bool:
+    """The worker's machine was made (it has a ref) but the backend lists it no more."""
+    return (
+        bool(worker.provider_ref)
+        and worker.name not in live
+        and worker.state not in Worker.FINISHED_STATES
+        and (now - worker.created_at).total_seconds() >= grace_s
+    )
+
+
+def _create_again(
+    service: Service,
+    deployments: dict[int, Deployment],
+    workers: dict[str, Worker],
+    live: dict[str, LiveWorker],
+    actions: list[p.Action],
+    backend: Provisioner,
+    now: datetime,
+) -> None:
+    """Workers whose create failed (no ref, no machine, still provisioning) are made
+    again, with a new credential; the backend finds a machine the first try made after
+    all by its name, so this never makes a second."""
+    touched = {a.worker for a in actions if isinstance(a, (p.MarkDead, p.MarkStopped, p.Drain))}
+    retry_s = settings.MEMRUN_CREATE_RETRY_S
+    for worker in workers.values():
+        if (
+            worker.state != Worker.State.PROVISIONING
+            or worker.provider_ref
+            or worker.name in live
+            or worker.name in touched
+            or worker.deployment_id not in deployments
+            or (now - worker.created_at).total_seconds() < retry_s
+        ):
+            continue
+        deployment = deployments[worker.deployment_id]
+        spec = worker_spec_build(
+            worker=worker,
+            credential=worker_credential_renew(worker=worker),
+            service=service,
+            deployment=deployment,
+        )
+        transaction.on_commit(functools.partial(_start, worker, backend, spec), robust=True)
+
+
+def _start(worker: Worker, backend: Provisioner, spec: WorkerSpec) -> None:
+    worker_set_provider_ref(worker=worker, provider_ref=backend.create(spec))
+
+
+def _worker_view(worker: Worker, *, machine_gone: bool = False) -> p.WorkerView:
     exit_code = worker.stats.get("exit_code") if isinstance(worker.stats, dict) else None
     return p.WorkerView(
         name=worker.name,
@@ -168,6 +248,7 @@ def _worker_view(worker: Worker) -> p.WorkerView:
         ready_at=worker.ready_at,
         exit_code=exit_code if isinstance(exit_code, int) else None,
         error=str(worker.stats.get("error") or "") if isinstance(worker.stats, dict) else "",
+        machine_gone=machine_gone,
     )
 
 
@@ -267,11 +348,7 @@ def _create(service: Service, deployment: Deployment, backend: Provisioner, now:
     spec = worker_spec_build(
         worker=worker, credential=credential, service=service, deployment=deployment
     )
-
-    def start() -> None:
-        worker_set_provider_ref(worker=worker, provider_ref=backend.create(spec))
-
-    transaction.on_commit(start, robust=True)
+    transaction.on_commit(functools.partial(_start, worker, backend, spec), robust=True)
 
 
 def _describe(action: p.Action) -> str:

@@ -47,4 +47,6 @@ def worker_spec_build(
         },
         memory_bytes=config.memory_bytes,
         disk_bytes=config.disk_bytes,
+        server_type=service.server_type,
+        location=service.location,
     )

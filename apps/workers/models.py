@@ -38,6 +38,11 @@ class Worker(models.Model):
     )
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     stats = models.JSONField(default=dict, blank=True, help_text="as last reported")
+    machine = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="the provisioner's view: server id, type, location, addresses, cost",
+    )
     credential_hash = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -146,6 +146,22 @@ def worker_mark_stopped(*, worker: Worker, reason: str, now: datetime | None = N
     return _worker_set_state(worker, WorkerState.STOPPED, reason=reason, now=now)
 
 
+def worker_credential_renew(*, worker: Worker) -> str:
+    """A new credential for a worker whose machine is made again (the first attempt
+    failed): the old one stops working, the new one is returned and not stored."""
+    credential = secret_new(prefix=WORKER_TOKEN_PREFIX)
+    Worker.objects.filter(pk=worker.pk).update(credential_hash=secret_hash(credential))
+    worker.credential_hash = secret_hash(credential)
+    return credential
+
+
+def worker_set_machine(*, worker: Worker, machine: Mapping[str, Any]) -> None:
+    """Record what the provisioner says of the worker's machine (server, type, cost)."""
+    if worker.machine != machine:
+        Worker.objects.filter(pk=worker.pk).update(machine=dict(machine))
+        worker.machine = dict(machine)
+
+
 def worker_set_provider_ref(*, worker: Worker, provider_ref: str) -> None:
     Worker.objects.filter(pk=worker.pk).update(provider_ref=provider_ref)
     worker.provider_ref = provider_ref

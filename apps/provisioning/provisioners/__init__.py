@@ -1,6 +1,7 @@
 """Provisioner backends by provider name (Service.provider / Worker.provider).
 
-`local` is built in; `hetzner` (hcloud, cloud-init) registers here when it exists.
+`local` runs workers as processes of this machine; `hetzner` as Hetzner Cloud servers
+booted from cloud-init (HCLOUD_TOKEN and the other HCLOUD_* settings).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from django.conf import settings
 
 from apps.common.errors import DomainError
 from apps.provisioning.provisioners.base import LiveWorker, Provisioner, WorkerSpec
+from apps.provisioning.provisioners.hetzner import hetzner_from_settings
 from apps.provisioning.provisioners.local import LocalProvisioner
 
 __all__ = ["LiveWorker", "Provisioner", "WorkerSpec", "provisioner_for"]
 
 _BACKENDS: dict[str, Callable[[], Provisioner]] = {
     "local": lambda: LocalProvisioner(Path(settings.MEMRUN_HOME)),
+    "hetzner": hetzner_from_settings,
 }
 
 

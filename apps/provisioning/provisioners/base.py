@@ -5,7 +5,8 @@ reconcile decides, a provisioner only carries it out."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class WorkerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     memory_bytes: int = 0
     disk_bytes: int = 0
+    # The service's machine choice, for cloud backends ("" = chosen from memory and disk).
+    server_type: str = ""
+    location: str = ""
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,10 @@ class LiveWorker:
     exit_code: int | None = None
     restarts: int = 0
     log_tail: str = ""
+    # When the machine was made (cloud backends; None = unknown), and what it is: server
+    # id, type, location, addresses, hourly and monthly cost (see Worker.machine).
+    created_at: datetime | None = None
+    machine: dict[str, Any] = field(default_factory=dict)
 
 
 class Provisioner(Protocol):
@@ -58,4 +66,10 @@ class Provisioner(Protocol):
 
     def list(self, labels: dict[str, str]) -> list[LiveWorker]:
         """The workers whose labels include all of `labels`."""
+        ...
+
+    def server_verify(self, *, server_id: int, worker_name: str) -> bool:
+        """True when `server_id` is a machine this backend made for `worker_name` (the
+        join exchange checks a booting machine's claim with it); False where there is
+        no such machine to check (local processes)."""
         ...

@@ -58,6 +58,9 @@ class LocalProvisioner:
         self.layout.spec_path(ref).unlink(missing_ok=True)
         self.layout.drain_path(ref).unlink(missing_ok=True)
 
+    def server_verify(self, *, server_id: int, worker_name: str) -> bool:
+        return False
+
     def list(self, labels: dict[str, str]) -> list[LiveWorker]:
         found = []
         for name in self.layout.spec_names():
