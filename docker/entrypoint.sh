@@ -1,7 +1,7 @@
 #!/bin/sh
 # Roles of the memrun appliance image: the first argument picks one, the rest go to it.
 #   web          migrate, collect static files, create the admin user on first start,
-#                then serve with uvicorn (ASGI) on :8000
+#                then serve with gunicorn running uvicorn workers (ASGI) on :8000
 #   celery       a Celery worker (provisioning tasks)
 #   beat         Celery beat (the reconcile loop's clock)
 #   worker       the memrun worker daemon (`memrun worker ...`)
@@ -19,9 +19,8 @@ web)
     python -m django collectstatic --noinput -v 0
     python -m django memrun_init
     # ASGI (see memrun/cli/up.py for why, and why the database pool).
-    MEMRUN_DB_POOL=1 exec uvicorn memrun_site.asgi:application --host 0.0.0.0 --port 8000 \
-        --workers "${MEMRUN_WEB_WORKERS:-2}" --loop uvloop --http httptools --lifespan off \
-        --no-access-log --timeout-graceful-shutdown 20 --backlog 4096 "$@"
+    MEMRUN_DB_POOL=1 exec gunicorn --config python:memrun_site.gunicorn_conf \
+        --bind 0.0.0.0:8000 --workers "${MEMRUN_WEB_WORKERS:-2}" "$@" memrun_site.asgi:application
     ;;
 celery)
     exec celery -A memrun_site worker --loglevel INFO --hostname "memrun@%h" "$@"

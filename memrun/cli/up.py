@@ -1,15 +1,16 @@
 """`memrun up`: run the control plane on this machine.
 
 Checks that the database, Redis and Kafka answer, migrates, creates the admin user and the
-CLI token on first start, then runs the web server (uvicorn, ASGI), a Celery worker, Celery
-beat and the local workers' supervisor as child processes until Ctrl-C or SIGTERM, which it
-forwards. Django runs only in the children: this module starts `python -m django ...` and
-never imports it.
+CLI token on first start, then runs the web server (gunicorn running uvicorn workers, ASGI),
+a Celery worker, Celery beat and the local workers' supervisor as child processes until
+Ctrl-C or SIGTERM, which it forwards. Django runs only in the children: this module starts
+`python -m django ...` and never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -75,18 +76,24 @@ def children(*, bind: str, web_workers: int) -> list[Child]:
     module = [sys.executable, "-m"]
     celery = [*module, "celery", "-A", "memrun_site"]
     host, _, port = bind.rpartition(":")
-    # ASGI, so that a waiting invoke is a coroutine, not one of a few threads that
-    # heartbeats and health also need. No access log: at a thousand invokes a second it
-    # would cost more than the invokes. Sync views run in per-request threads under ASGI,
-    # where a persistent connection would be left behind by each: the pool replaces them.
-    web = (
-        f"uvicorn memrun_site.asgi:application --host {host.strip('[]') or '0.0.0.0'} "
-        f"--port {port} --workers {web_workers} --loop uvloop --http httptools "
-        "--lifespan off --no-access-log --timeout-graceful-shutdown 20 --backlog 4096"
-    )
+    # gunicorn supervises uvicorn (ASGI) processes: see memrun_site/gunicorn_conf.py for
+    # why. Sync views run in per-request threads under ASGI, where a persistent database
+    # connection would be left behind by each: the pool replaces them.
+    address = f"{host or '0.0.0.0'}:{port}"
+    web = [
+        *module,
+        "gunicorn",
+        "--config",
+        "python:memrun_site.gunicorn_conf",
+        "--bind",
+        address,
+        "--workers",
+        str(web_workers),
+        "memrun_site.asgi:application",
+    ]
     web_env = {"MEMRUN_DB_CONN_MAX_AGE": "0", "MEMRUN_DB_POOL": "1"}
     return [
-        Child("web (uvicorn)", [*module, *web.split()], web_env),
+        Child("web (gunicorn)", web, web_env),
         Child("Celery worker", [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2"]),
         Child("Celery beat", [*celery, "beat", "--loglevel", "INFO"]),
         # Runs the local provisioner's workers: Celery's task processes come and go.
@@ -171,6 +178,16 @@ def _stop(running: Sequence[tuple[Child, subprocess.Popen[bytes]]]) -> None:
             _say(f"{child.name} did not stop within {STOP_GRACE_S:g}s; killing it")
             proc.kill()
             proc.wait()
+    for _child, proc in running:
+        _reap_group(proc.pid)
+
+
+def _reap_group(pgid: int) -> None:
+    """Kill what is left of a child's process group (its own session): a child that was
+    killed, or died, leaves its processes behind (gunicorn's workers, Celery's pool)."""
+    # ProcessLookupError: the group is gone, everything in it exited.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
