@@ -12,9 +12,9 @@ replaced.
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -229,7 +229,7 @@ def _create_again(
             service=service,
             deployment=deployment,
         )
-        transaction.on_commit(functools.partial(_start, worker, backend, spec), robust=True)
+        transaction.on_commit(_later(_start, worker, backend, spec), robust=True)
 
 
 def _start(worker: Worker, backend: Provisioner, spec: WorkerSpec) -> None:
@@ -271,10 +271,10 @@ def _apply(
         case p.Drain(name, reason):
             worker_drain(worker=workers[name], reason=reason, now=now)
             ref = live[name].ref if name in live else (workers[name].provider_ref or name)
-            transaction.on_commit(functools.partial(backend.drain, ref), robust=True)
+            transaction.on_commit(_later(backend.drain, ref), robust=True)
         case p.Destroy(name):
             ref = live[name].ref if name in live else (workers[name].provider_ref or name)
-            transaction.on_commit(functools.partial(backend.destroy, ref), robust=True)
+            transaction.on_commit(_later(backend.destroy, ref), robust=True)
         case p.StartRollout(deployment_id):
             deployment_set_status(
                 deployment=deployments[deployment_id],
@@ -348,7 +348,18 @@ def _create(service: Service, deployment: Deployment, backend: Provisioner, now:
     spec = worker_spec_build(
         worker=worker, credential=credential, service=service, deployment=deployment
     )
-    transaction.on_commit(functools.partial(_start, worker, backend, spec), robust=True)
+    transaction.on_commit(_later(_start, worker, backend, spec), robust=True)
+
+
+def _later(func: Callable[..., None], *args: object) -> Callable[[], None]:
+    """`func(*args)` as an on_commit callback: a named function, since Django names the
+    callback when it logs its failure (a functools.partial has no name to give)."""
+
+    def call() -> None:
+        func(*args)
+
+    call.__qualname__ = getattr(func, "__qualname__", repr(func))
+    return call
 
 
 def _describe(action: p.Action) -> str:

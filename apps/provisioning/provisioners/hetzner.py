@@ -145,7 +145,10 @@ class HetznerProvisioner:
         self.requests_per_pass = requests_per_pass
         self.action_timeout_s = action_timeout_s
         self.requests_made = 0
+        # Listings that do not change within a pass, fetched once per provisioner.
         self._types: dict[str, list[MachineType]] = {}
+        self._groups: dict[str, PlacementGroup | None] = {}
+        self._attached: dict[str, Any] = {}
         # Every response, hcloud's own retries and polls too, is counted and checked for
         # a 429 here: hcloud offers no other place that sees response headers.
         self.client._client._session.hooks["response"].append(self._observe)
@@ -192,7 +195,8 @@ class HetznerProvisioner:
         try:
             self._wait(made.action.id, made.action.status, made.action.error)
         except HetznerError as error:
-            self._delete(server_id)
+            # Cleanup past the budget: a broken server must not be found as this worker's.
+            self._delete(server_id, budgeted=False)
             raise HetznerError(
                 f"server {name} ({server_id}) failed to come up and was deleted; the next "
                 f"pass makes it again: {error}"
@@ -320,8 +324,9 @@ class HetznerProvisioner:
             message = error.get("message") if isinstance(error, dict) else error
             raise HetznerError(f"action {action_id} failed: {message}")
 
-    def _delete(self, server_id: int) -> None:
-        self._spend()
+    def _delete(self, server_id: int, *, budgeted: bool = True) -> None:
+        if budgeted:
+            self._spend()
         try:
             action = self.client.servers.delete(Server(id=server_id))
         except APIException as error:
@@ -345,6 +350,11 @@ class HetznerProvisioner:
     def _placement_group(self, service: str) -> PlacementGroup | None:
         """The service's spread group, made once and found by its label after; None once
         it holds as many servers as Hetzner allows (the rest go unspread)."""
+        if service not in self._groups:
+            self._groups[service] = self._placement_group_find(service)
+        return self._groups[service]
+
+    def _placement_group_find(self, service: str) -> PlacementGroup | None:
         selector = f"{LABEL_PREFIX}service={_label_value(service)}"
         self._spend()
         found = self.client.placement_groups.get_all(label_selector=selector)
@@ -371,19 +381,25 @@ class HetznerProvisioner:
     def _firewalls(self) -> builtins.list[Firewall] | None:
         if not self.firewall:
             return None
+        if "firewall" in self._attached:
+            return [self._attached["firewall"]]
         self._spend()
         found = self.client.firewalls.get_by_name(self.firewall)
         if found is None:
             raise HetznerError(f"HCLOUD_FIREWALL={self.firewall!r}: no such firewall")
+        self._attached["firewall"] = found
         return [found]
 
     def _networks(self) -> builtins.list[Network] | None:
         if not self.network:
             return None
+        if "network" in self._attached:
+            return [self._attached["network"]]
         self._spend()
         found = self.client.networks.get_by_name(self.network)
         if found is None:
             raise HetznerError(f"HCLOUD_NETWORK={self.network!r}: no such network")
+        self._attached["network"] = found
         return [found]
 
     def _live(self, server: BoundServer) -> LiveWorker:
