@@ -263,15 +263,15 @@ def children(pid: int) -> list[int]:
 
 
 def web_pids(up: Appliance) -> list[int]:
-    """The web server's processes: uvicorn's supervisor and its workers."""
+    """The web server's processes: gunicorn's arbiter and its (uvicorn) workers."""
     for pid in children(up.process.pid):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"uvicorn" in cmdline:
+        if b"gunicorn" in cmdline:
             return [pid, *children(pid)]
-    raise RuntimeError("no uvicorn process under memrun up")
+    raise RuntimeError("no gunicorn process under memrun up")
 
 
 def cpu_s(pids: list[int]) -> float:

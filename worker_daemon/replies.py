@@ -6,12 +6,19 @@ they have been answered before?). Each round takes everything waiting, up to
 of a round trip per request and no pool thread ever waits on Redis. Answered jobs are
 then logged and reported to the poll thread; checked ones go to the pool, or, if an
 outcome exists, are reported done without running.
+
+Each answered request is a `request` log line, up to `request_log_per_s` successful ones a
+second (a burst of a second's worth): past it a line per request would cost the worker, the
+log shipping and the control plane's database more than a no-op request itself. Failures
+and redeliveries are always logged; a logged line says how many successful requests went
+unlogged since the previous one (`unlogged_before`), so counts stay exact.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +40,7 @@ class ReplyStage:
         give_up: threading.Event,
         log: EventLog,
         log_requests: bool,
+        request_log_per_s: float = 50.0,
         max_batch: int = 256,
     ) -> None:
         self._store = store
@@ -41,6 +49,8 @@ class ReplyStage:
         self._give_up = give_up
         self._log = log
         self._log_requests = log_requests
+        self._log_budget = _RateBudget(request_log_per_s)
+        self._unlogged = 0
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="memrun-replies", daemon=True)
@@ -127,6 +137,9 @@ class ReplyStage:
         failure = job.failure
         if not self._log_requests and failure is None and status is not Status.SKIPPED:
             return
+        if failure is None and status is not Status.SKIPPED and not self._log_budget.take():
+            self._unlogged += 1
+            return
         request = job.request
         assert request is not None
         fields: dict[str, Any] = {
@@ -142,4 +155,25 @@ class ReplyStage:
             fields["error"] = failure.message
         if duplicate:
             fields["duplicate"] = True
+        if self._unlogged:
+            fields["unlogged_before"], self._unlogged = self._unlogged, 0
         self._log.event("request", **fields)
+
+
+class _RateBudget:
+    """A token bucket: `per_s` a second, holding at most a second's worth. Used by the
+    reply thread only."""
+
+    def __init__(self, per_s: float) -> None:
+        self._per_s = per_s
+        self._tokens = per_s
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._per_s, self._tokens + (now - self._at) * self._per_s)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False

@@ -101,6 +101,7 @@ class Worker:
             give_up=self._give_up,
             log=self._log,
             log_requests=settings.log_requests,
+            request_log_per_s=settings.request_log_per_s,
         )
         self._pipeline = RequestPipeline(
             handler=handler,

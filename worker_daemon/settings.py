@@ -82,6 +82,8 @@ class WorkerSettings:
     session_timeout_ms: int = 10_000
     max_poll_interval_ms: int = 300_000
     log_requests: bool = True
+    # Successful requests logged a second, at most (failures always are): replies.py.
+    request_log_per_s: float = 50.0
 
     def __post_init__(self) -> None:
         validate_service_name(self.service)
@@ -89,6 +91,8 @@ class WorkerSettings:
             raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.prefetch is not None and self.prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.request_log_per_s < 0:
+            raise ConfigError(f"request_log_per_s must be >= 0, got {self.request_log_per_s}")
         for name in ("grace_period_s", "commit_interval_s", "stats_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")

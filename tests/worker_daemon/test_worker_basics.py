@@ -76,3 +76,28 @@ def test_a_message_from_kcat_is_served_like_any_other(
     event = worker.wait_event("request", where=lambda e: e["request_id"] == request_id)
     assert event["status"] == "ok"
     assert event["partition"] == 0 and event["offset"] == 0 and event["key"] == "user-7"
+
+
+def test_request_lines_past_the_rate_are_counted_not_logged_and_failures_always_are(
+    service_factory: Callable[..., ServiceUnderTest],
+    start_worker: Callable[..., WorkerProcess],
+    redis_client: redis.Redis,
+) -> None:
+    service = service_factory(partitions=1)
+    # Half a line a second: the first successful line may be logged a second in at best.
+    worker = start_worker(service, "a", request_log_per_s=0.5)
+    worker.wait_event("worker.assigned")
+    producer = make_producer(service.bootstrap)
+    ids = produce_requests(
+        producer, service.topic, [(f"u{i}", {"user": f"u{i}", "op": "echo"}) for i in range(60)]
+    )
+    wait_outcomes(redis_client, ids)
+    # Answered after all of those, so its line says how many went unlogged before it.
+    [failed] = produce_requests(producer, service.topic, [("u", {"user": "u", "op": "raise"})])
+    wait_outcomes(redis_client, [failed])
+    last = worker.wait_event("request", where=lambda e: e["request_id"] == failed)
+    assert last["status"] != "ok"
+    lines = [e for e in worker.find("request") if e["request_id"] in set(ids)]
+    unlogged = sum(e.get("unlogged_before", 0) for e in worker.find("request"))
+    assert len(lines) < len(ids)
+    assert len(lines) + unlogged == len(ids)
