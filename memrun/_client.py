@@ -254,6 +254,11 @@ class Client:
         list it): `kinds` (kind, count, size_bytes), `items` and the total `size_bytes`."""
         return self._call("POST", "/api/v1/gc", {"dry_run": dry_run}, timeout_s=GC_TIMEOUT_S)
 
+    def service_warmth(self, service: str) -> dict[str, Any]:
+        """What is warm where: each running worker's partitions and the largest and most
+        requested objects in its cache, as its last heartbeat reported them."""
+        return self._call("GET", f"{_service_path(service)}/warmth", timeout_s=self.timeout_s)
+
     def service_workers(
         self, service: str, *, include_finished: bool = False
     ) -> list[dict[str, Any]]:

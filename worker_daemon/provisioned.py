@@ -28,6 +28,7 @@ from worker_daemon.control_plane import (
 )
 from worker_daemon.heartbeat import Heartbeat
 from worker_daemon.logs import EventLog
+from worker_daemon.report import heartbeat_report
 from worker_daemon.runtime import EXIT_RESTART, Worker
 from worker_daemon.settings import WorkerSettings
 
@@ -129,8 +130,21 @@ def run_provisioned_worker(
         return code
     error = log.error if isinstance(log, _FailureTap) else ""
     on_stopped()
-    heartbeat.stop(final={"state": "stopped", "exit_code": code, "error": error})
+    heartbeat.stop(final={**_last_report(current), "exit_code": code, "error": error})
     return code
+
+
+def _last_report(current: dict[str, Worker]) -> dict[str, Any]:
+    """The stopped worker's last counters (what its cache fetched while draining too), so
+    that the control plane keeps them; just the state if they cannot be read."""
+    worker = current.get("worker")
+    report: dict[str, Any] = {}
+    if worker is not None:
+        try:
+            report = heartbeat_report(worker.stats())
+        except Exception:  # a stats bug must not lose the final heartbeat
+            report = {}
+    return {**report, "state": "stopped"}
 
 
 def _failed(heartbeat: Heartbeat, log: EventLog, error: str, on_stopped: Callable[[], None]) -> int:

@@ -9,11 +9,12 @@ heartbeat keeps what the control plane shows and serves at /metrics:
                                                 last minute, latency in fixed buckets
     config                                      the settings it runs (ServiceConfig)
     cache                                       per tier (memory, disk, remote): hits,
-                                                used and capacity bytes; largest entries
+                                                used and capacity bytes; largest and
+                                                hottest entries
     stats                                       the other scalar counters (completed, ...)
 
 Its size is bounded by the partitions owned (a few bytes each), the fixed latency
-buckets and `LARGEST_COUNT` cache entries per tier.
+buckets and `LARGEST_COUNT` cache entries per list.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def heartbeat_report(stats: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
 
 def cache_report(cache: Mapping[str, Any]) -> dict[str, Any]:
     """`WarmCache.stats()` per tier: memory (objects in RAM), disk (local files) and
-    remote (fetches from S3 or the source), each with its hits; the largest entries."""
+    remote (requests served by a download, and the real downloads: `fetches`,
+    `fetched_bytes`, which count a download once however many requests waited on it),
+    each with its hits; the largest entries."""
     if "error" in cache:
         return {"error": str(cache["error"])[:NAME_MAX_CHARS]}
     hits = _mapping(cache.get("hits"))
@@ -89,16 +92,29 @@ def cache_report(cache: Mapping[str, Any]) -> dict[str, Any]:
         "remote": {
             "hits": cache.get("misses", 0),
             "bytes": served_bytes.get("remote", 0),
+            "fetches": cache.get("fetches", 0),
+            "fetched_bytes": cache.get("fetched_bytes", 0),
             "fetch_seconds_total": cache.get("fetch_seconds_total", 0.0),
             # Requests served by a download another request ran (not fetches of their own).
             "waited": cache.get("waited", 0),
         },
-        "largest": [
-            {**entry, "name": str(entry.get("name", ""))[:NAME_MAX_CHARS]}
-            for entry in cache.get("largest", ())
-            if isinstance(entry, Mapping)
-        ],
+        "handover": {
+            "adopted": cache.get("adopted", 0),
+            "adopted_bytes": cache.get("adopted_bytes", 0),
+        },
+        "largest": _entries(cache.get("largest")),
+        "hottest": _entries(cache.get("hottest")),
     }
+
+
+def _entries(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        return []
+    return [
+        {**entry, "name": str(entry.get("name", ""))[:NAME_MAX_CHARS]}
+        for entry in value
+        if isinstance(entry, Mapping)
+    ]
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -7,6 +7,8 @@ local supervisor exchange. Django-free: the supervisor imports it without settin
     {home}/workers/{name}/worker.log         the worker's stdout and stderr
     {home}/workers/{name}/cache/             its warm cache; {home}/workers/{name}/work/
                                              its packages and venvs
+    {home}/handover/{service}/{name}/        a stopped worker's cache, handed over to the
+                                             service's next workers (local_handover.py)
 
 Every file is written to a temporary name and renamed, so a reader never sees half of
 one; specs hold the worker's credential and are private (0600).
@@ -58,6 +60,10 @@ class LocalLayout:
 
     def worker_dir(self, name: str) -> Path:
         return self.home / WORKERS_DIR / check_name(name)
+
+    def handover_dir(self, service: str) -> Path:
+        """Caches of the service's stopped workers, for its next ones (local_handover.py)."""
+        return self.home / "handover" / check_name(service)
 
     def log_path(self, name: str) -> Path:
         return self.worker_dir(name) / "worker.log"

@@ -61,9 +61,16 @@ class Sandbox:
     uid: int = SANDBOX_UID
     gid: int = SANDBOX_GID
 
-    def wrap(self, argv: Sequence[str], *, writable: Sequence[Path], cwd: Path) -> list[str]:
+    def wrap(
+        self,
+        argv: Sequence[str],
+        *,
+        writable: Sequence[Path],
+        cwd: Path,
+        readable: Sequence[Path] = (),
+    ) -> list[str]:
         """`argv` inside the sandbox, with `writable` folders (which must exist) bound
-        read-write and `cwd` as its working directory."""
+        read-write, `readable` ones read-only, and `cwd` as its working directory."""
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
         args += ["--unshare-cgroup-try", "--hostname", "memrun-worker"]
         args += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
@@ -83,6 +90,8 @@ class Sandbox:
             args += [*_parents(path), "--tmpfs", str(path)]
         for path in writable:
             args += [*_parents(path), "--bind", str(path), str(path)]
+        for path in readable:
+            args += [*_parents(path), "--ro-bind", str(path), str(path)]
         args += ["--chdir", str(cwd)]
         drop = [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
         drop += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]

@@ -46,6 +46,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from apps.provisioning.local_handover import HANDOVER_KEEP_S, cache_hand_over, handover_sweep
 from apps.provisioning.local_layout import (
     LocalLayout,
     LocalWorkerSpec,
@@ -78,6 +79,9 @@ class SupervisorSettings:
     restart_backoff_s: float = 1.0
     restart_backoff_max_s: float = 30.0
     poll_interval_s: float = 0.2
+    # How long a stopped worker's handed-over cache waits for the service's next workers.
+    handover_keep_s: float = HANDOVER_KEEP_S
+    handover_sweep_interval_s: float = 30.0
 
 
 Spawn = Callable[
@@ -189,6 +193,7 @@ class LocalSupervisor:
         self._children: dict[str, _Child] = {}
         self._sandbox = sandbox
         self._cgroups = cgroups
+        self._sweep_at = 0.0
 
     def tick(self) -> None:
         wanted = set(self.layout.spec_names())
@@ -211,10 +216,13 @@ class LocalSupervisor:
                 if child.restart_at is not None and self._clock() >= child.restart_at:
                     self._start(child)
             elif self._stop(child):
-                self._forget(name)
+                self._forget(child)
                 del self._children[name]
         for name in set(self.layout.status_names()) - set(self._children) - wanted:
             self.layout.status_path(name).unlink(missing_ok=True)
+        if self._clock() >= self._sweep_at:
+            self._sweep_at = self._clock() + self.settings.handover_sweep_interval_s
+            handover_sweep(self.layout, keep_s=self.settings.handover_keep_s)
 
     def run(self, stopping: threading.Event) -> int:
         self._say(f"memrun-supervisor: watching {self.layout.specs_dir}")
@@ -321,6 +329,10 @@ class LocalSupervisor:
         env = self._base_env | child.spec.env
         if self._cgroups is not None and child.spec.memory_bytes > 0:
             child.cgroup = self._cgroups.create(child.spec.name, child.spec.memory_bytes)
+        readable = self._service_caches(child)
+        if readable:
+            env["MEMRUN_CACHE_HANDOVER_DIR"] = str(readable[0])
+            env["MEMRUN_CACHE_PEER_DIRS"] = os.pathsep.join(str(p) for p in readable[1:])
         if self._sandbox is None:
             return child.spec.argv, env
         writable = [folder / "cache", folder / "work"]
@@ -328,14 +340,37 @@ class LocalSupervisor:
             path.mkdir(mode=0o700, exist_ok=True)
             self._sandbox.give(path)
         # The only folders it can write: its cache, and its work folder, which is also its
-        # home (uv's cache lives there); /tmp is its own tmpfs.
+        # home (uv's cache lives there); /tmp is its own tmpfs. It reads the caches its
+        # service's stopped workers handed over.
         env |= {
             "MEMRUN_CACHE_ROOT": str(writable[0]),
             "MEMRUN_WORK_ROOT": str(writable[1]),
             "HOME": str(writable[1]),
             "TMPDIR": "/tmp",
         }
-        return self._sandbox.wrap(child.spec.argv, writable=writable, cwd=writable[1]), env
+        return (
+            self._sandbox.wrap(
+                child.spec.argv, writable=writable, cwd=writable[1], readable=readable
+            ),
+            env,
+        )
+
+    def _service_caches(self, child: _Child) -> list[Path]:
+        """The service's handover folder, then the caches of its workers running now:
+        what `child` may read (never write) to start warm (local_handover.py)."""
+        service = child.spec.labels.get("service")
+        if not service:
+            return []
+        handover = self.layout.handover_dir(service)
+        handover.mkdir(mode=0o755, parents=True, exist_ok=True)
+        peers = [
+            self.layout.worker_dir(other.spec.name) / "cache" / service
+            for other in self._children.values()
+            if other is not child
+            and other.spec.labels.get("service") == service
+            and other.proc is not None
+        ]
+        return [handover, *(p for p in peers if (p / "index" / "data.mdb").exists())]
 
     def _exit_reason(self, child: _Child) -> str:
         """Why the worker died, where its exit code alone does not say; the cgroup goes."""
@@ -410,9 +445,17 @@ class LocalSupervisor:
             self._say(f"memrun-supervisor: draining {child.spec.name}")
             self._write(child, replace(child.status, state="draining"))
 
-    def _forget(self, name: str) -> None:
-        """A stopped worker's cache and packages go (they can be large); its log stays."""
+    def _forget(self, child: _Child) -> None:
+        """A stopped worker's cache is handed over to its service's next workers (warm
+        deploys); the rest of it and its packages go (they can be large); its log stays."""
+        name = child.spec.name
         self.layout.status_path(name).unlink(missing_ok=True)
+        service = child.spec.labels.get("service")
+        if service:
+            try:
+                cache_hand_over(self.layout, worker=name, service=service)
+            except (OSError, ValueError) as exc:
+                self._say(f"memrun-supervisor: could not hand over {name}'s cache: {exc}")
         for folder in ("cache", "work"):
             shutil.rmtree(self.layout.worker_dir(name) / folder, ignore_errors=True)
 

@@ -31,10 +31,12 @@ from apps.workers.schemas import (
     LogPageOut,
     LogQueryIn,
     ServiceLogQueryIn,
+    ServiceWarmthOut,
     WorkerOut,
 )
 from apps.workers.selectors import LogPage
 from apps.workers.services import MAX_BATCH_BYTES, MAX_BATCH_LINES, LogLineData
+from apps.workers.warmth import ServiceWarmth, service_warmth
 
 router = Router(tags=["workers"])
 # The log routes keep their own heading on the OpenAPI page.
@@ -77,6 +79,13 @@ def workers_list(request: HttpRequest, service: str | None = None) -> list[Worke
 def services_workers(request: HttpRequest, name: str, all: bool = False) -> list[Worker]:
     """The service's running workers; with `all`, the stopped and dead ones too."""
     return list(selectors.worker_list(service=service_get(name=name), running_only=not all))
+
+
+@router.get("/services/{name}/warmth", response={200: ServiceWarmthOut, 404: ErrorOut})
+def services_warmth(request: HttpRequest, name: str) -> ServiceWarmth:
+    """What is warm where: each running worker's partitions, and the largest and most
+    requested objects in its cache (at most 10 of each), from its last heartbeat."""
+    return service_warmth(service=service_get(name=name))
 
 
 @router.post(

@@ -182,3 +182,34 @@ class LogPageOut(Schema):
     lines: list[LogLineOut]
     next_since: str
     more: bool
+
+
+class WarmObjectOut(Schema):
+    tier: str = Field(description="memory (an object in RAM) or disk (a file, by URL)")
+    name: str
+    size_bytes: int
+    hits: int | None = Field(None, description="requests it served (hottest only)")
+    last_access_s: float | None = Field(None, description="epoch seconds (hottest only)")
+
+
+class WorkerWarmthOut(Schema):
+    """One running worker: what it owns and what its cache holds, as last reported."""
+
+    name: str
+    state: str
+    deployment_version: int | None
+    heartbeat_age_s: float | None
+    partitions: list[int]
+    memory_used_bytes: int
+    disk_used_bytes: int
+    disk_objects: int
+    s3_fetches: int = Field(description="real downloads from S3 or the source")
+    s3_fetched_bytes: int
+    adopted_bytes: int = Field(description="taken over from a stopped worker's cache")
+    largest: list[WarmObjectOut] = Field(description="the biggest cached objects (at most 10)")
+    hottest: list[WarmObjectOut] = Field(description="the most requested files (at most 10)")
+
+
+class ServiceWarmthOut(Schema):
+    service: str
+    workers: list[WorkerWarmthOut]

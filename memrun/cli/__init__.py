@@ -27,6 +27,7 @@ SUBCOMMANDS = [
     "memrun.cli.rollback",
     "memrun.cli.scale",
     "memrun.cli.workers",
+    "memrun.cli.warmth",
     "memrun.cli.logs",
     "memrun.cli.dlq",
     "memrun.cli.gc",

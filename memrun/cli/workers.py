@@ -50,7 +50,7 @@ def worker_rows(workers: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
                 f"v{version}" if version is not None else "-",
                 f"{age:.0f}s ago" if age is not None else "never",
                 _or_dash(worker.get("in_flight")),
-                _partitions(worker.get("partitions") or []),
+                partition_ranges(worker.get("partitions") or []),
                 _or_dash(worker.get("lag")),
             )
         )
@@ -69,7 +69,7 @@ def _or_dash(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def _partitions(partitions: Sequence[int]) -> str:
+def partition_ranges(partitions: Sequence[int]) -> str:
     """[0, 1, 2, 5] -> "0-2,5"."""
     runs: list[list[int]] = []
     for number in sorted(partitions):

@@ -377,3 +377,34 @@ def test_a_new_supervisor_adopts_the_workers_of_a_killed_one(
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_stopped_workers_cache_is_handed_over_and_running_peers_are_named(
+    home: Path, supervisor: LocalSupervisor, tmp_path: Path
+) -> None:
+    layout = LocalLayout(home)
+    source = tmp_path / "data.bin"
+    source.write_bytes(b"d" * 4096)
+    keep_cache = (
+        "import os, sys, time; from worker_daemon.cache import CacheSettings, WarmCache; "
+        "c = WarmCache.open(CacheSettings.from_env('svc', disk_bytes=2**26, memory_bytes=0)); "
+        "c.get_or_fetch(sys.argv[1]); c.close(); open(sys.argv[2], 'w').close(); "
+        "time.sleep(600)"
+    )
+    ready = tmp_path / "old-ready"
+    root = {"MEMRUN_CACHE_ROOT": str(layout.worker_dir("w-old") / "cache")}
+    add_spec(home, "w-old", python(keep_cache, str(source), str(ready)), root)
+    until(supervisor, ready.exists, "the old worker's cache")
+    out = tmp_path / "env.json"
+    dump = "import json, os, sys, time; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
+    add_spec(home, "w-new", python(dump + "; time.sleep(600)", str(out)))
+    until(supervisor, out.exists, "the new worker's env")
+    env = json.loads(out.read_text())
+    assert env["MEMRUN_CACHE_HANDOVER_DIR"] == str(layout.handover_dir("svc"))
+    assert env["MEMRUN_CACHE_PEER_DIRS"] == str(layout.worker_dir("w-old") / "cache" / "svc")
+
+    layout.spec_path("w-old").unlink()
+    handed = layout.handover_dir("svc") / "w-old"
+    until(supervisor, lambda: (handed / "files").is_dir(), "the handover")
+    assert len(list((handed / "files").iterdir())) == 1
+    assert not (layout.worker_dir("w-old") / "cache").exists()

@@ -303,7 +303,8 @@ class DiskTier:
                 "capacity_bytes": self._settings.capacity_bytes,
                 "probation_bytes": self._policy.probation_bytes,
                 "protected_bytes": self._policy.protected_bytes,
-                "index_map_size_bytes": self._index.map_size_bytes(),
+                # A closed index has no map to measure (the final heartbeat reads this).
+                "index_map_size_bytes": 0 if self._closed else self._index.map_size_bytes(),
             }
 
     def largest(self, count: int) -> list[tuple[str, int]]:
@@ -312,6 +313,14 @@ class DiskTier:
             records = list(self._records.values())  # one C-level copy under the lock
         biggest = heapq.nlargest(count, records, key=lambda record: record.size_bytes)
         return [(record.url, record.size_bytes) for record in biggest]
+
+    def hottest(self, count: int) -> list[tuple[str, int, int, float]]:
+        """The `count` most requested cached files as (url, size in bytes, hits, last
+        access), most hits first, the more recent first among equals."""
+        with self._cond:
+            records = list(self._records.values())
+        hot = heapq.nlargest(count, records, key=lambda r: (r.hits, r.last_access_s))
+        return [(r.url, r.size_bytes, r.hits, r.last_access_s) for r in hot]
 
     def _release(self, size_bytes: int) -> None:
         with self._cond:

@@ -92,7 +92,7 @@ class FileSource:
                 f"{remote.url} was removed while it was read", url=remote.url
             ) from None
         try:
-            copied = _copy_file(src, fd, remote.size_bytes)
+            copied = copy_file(src, fd, remote.size_bytes)
         finally:
             os.close(src)
         if copied != remote.size_bytes or self.stat(remote.url).version != remote.version:
@@ -101,7 +101,7 @@ class FileSource:
             )
 
 
-def _copy_file(src: int, dst: int, size_bytes: int) -> int:
+def copy_file(src: int, dst: int, size_bytes: int) -> int:
     """Copy up to `size_bytes` from the start of `src` to the start of `dst`, in the kernel
     when both are on one filesystem; returns the bytes copied."""
     copied = 0

@@ -38,6 +38,10 @@ class CacheSettings:
     ghost_entries: int = 4096
     index_map_size_bytes: int = 64 * MiB
     index_max_map_size_bytes: int = 4 * GiB
+    # Caches of this service's stopped workers on this host (warm deploys), and of the
+    # workers that ran when this one started (warm moves): read-only, cache/handover.py.
+    handover_dir: Path | None = None
+    peer_dirs: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.service or "/" in self.service or self.service in {".", ".."}:
@@ -72,7 +76,9 @@ class CacheSettings:
         The root is MEMRUN_CACHE_ROOT, else `$MEMRUN_HOME/cache` (a local worker), else
         /var/lib/memrun/cache (a provisioned worker). Half the service's memory holds
         decoded values; results go to `s3://$MEMRUN_S3_BUCKET/results/{service}/` when a
-        bucket is configured, else under MEMRUN_HOME.
+        bucket is configured, else under MEMRUN_HOME. MEMRUN_CACHE_HANDOVER_DIR holds the
+        caches earlier workers of the service handed over, MEMRUN_CACHE_PEER_DIRS (joined
+        by os.pathsep) those of its workers running beside this one (cache/handover.py).
         """
         if environ.get("MEMRUN_CACHE_ROOT"):
             root = Path(environ["MEMRUN_CACHE_ROOT"])
@@ -89,6 +95,8 @@ class CacheSettings:
         else:
             results_url = None
         max_age = environ.get("MEMRUN_CACHE_MAX_AGE_S")
+        handover = environ.get("MEMRUN_CACHE_HANDOVER_DIR")
+        peers = environ.get("MEMRUN_CACHE_PEER_DIRS", "")
         return cls(
             root=root,
             service=service,
@@ -97,4 +105,6 @@ class CacheSettings:
             max_age_s=float(max_age) if max_age else None,
             s3_endpoint_url=environ.get("MEMRUN_S3_ENDPOINT_URL") or None,
             results_url=results_url,
+            handover_dir=Path(handover) if handover else None,
+            peer_dirs=tuple(Path(p) for p in peers.split(os.pathsep) if p),
         )

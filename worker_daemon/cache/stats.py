@@ -27,9 +27,12 @@ class CacheStats:
         self._remote = _TierCounts()
         self._waited = _TierCounts()
         self._fetches = 0
+        self._fetched_bytes = 0
         self._fetch_seconds_total = 0.0
         self._fetch_seconds_max = 0.0
         self._revalidations = 0
+        self._adopted = 0
+        self._adopted_bytes = 0
         self._errors = 0
 
     def served(self, tier: Tier, size_bytes: int) -> None:
@@ -45,11 +48,19 @@ class CacheStats:
             counts.hits += 1
             counts.bytes += size_bytes
 
-    def fetched(self, seconds: float) -> None:
+    def fetched(self, seconds: float, size_bytes: int) -> None:
+        """One real download from the source (waiters on it are not counted again)."""
         with self._lock:
             self._fetches += 1
+            self._fetched_bytes += size_bytes
             self._fetch_seconds_total += seconds
             self._fetch_seconds_max = max(self._fetch_seconds_max, seconds)
+
+    def adopted(self, size_bytes: int) -> None:
+        """One object taken over from a handed-over cache instead of downloaded."""
+        with self._lock:
+            self._adopted += 1
+            self._adopted_bytes += size_bytes
 
     def revalidated(self) -> None:
         with self._lock:
@@ -74,8 +85,11 @@ class CacheStats:
                 "waited": self._waited.hits,
                 "bytes": {name: c.bytes for name, c in tiers.items()},
                 "fetches": self._fetches,
+                "fetched_bytes": self._fetched_bytes,
                 "fetch_seconds_total": round(self._fetch_seconds_total, 6),
                 "fetch_seconds_max": round(self._fetch_seconds_max, 6),
                 "revalidations": self._revalidations,
+                "adopted": self._adopted,
+                "adopted_bytes": self._adopted_bytes,
                 "errors": self._errors,
             }

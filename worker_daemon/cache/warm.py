@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import mmap
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,8 @@ from worker_daemon.cache.errors import (
     UnsupportedURL,
     UploadFailed,
 )
-from worker_daemon.cache.fetchers import FileSource, RemoteObject, S3Source, Source
+from worker_daemon.cache.fetchers import FileSource, RemoteObject, S3Source, Source, copy_file
+from worker_daemon.cache.handover import HandoverPool
 from worker_daemon.cache.index import IndexRecord
 from worker_daemon.cache.objects import Decoded, MemoryTier, decoded_key, decoder_identity
 from worker_daemon.cache.settings import CacheSettings
@@ -56,6 +58,7 @@ class WarmCache:
         disk: DiskTier,
         s3_client: S3Client | None,
         clock: Callable[[], float],
+        handover: HandoverPool | None = None,
     ) -> None:
         self.settings = settings
         self._disk = disk
@@ -68,7 +71,8 @@ class WarmCache:
         self._s3_source: S3Source | None = None
         self._s3_lock = threading.Lock()
         self._file_source = FileSource()
-        self._largest_ranked: tuple[float | None, list[dict[str, Any]]] = (None, [])
+        self._handover = handover
+        self._ranked: tuple[float | None, dict[str, list[dict[str, Any]]]] = (None, {})
 
     @classmethod
     def open(
@@ -82,7 +86,10 @@ class WarmCache:
         files left by an earlier process. `s3_client` defaults to one built for
         `settings.s3_endpoint_url` when the first s3:// URL is read."""
         disk = DiskTier.open(settings, clock=clock)
-        return cls(settings, disk=disk, s3_client=s3_client, clock=clock)
+        handover = None
+        if settings.handover_dir is not None or settings.peer_dirs:
+            handover = HandoverPool(settings.handover_dir, peers=settings.peer_dirs)
+        return cls(settings, disk=disk, s3_client=s3_client, clock=clock, handover=handover)
 
     # -- tier 1: named objects -------------------------------------------------------
 
@@ -198,11 +205,50 @@ class WarmCache:
             if remote.version == record.version:
                 self._disk.mark_validated(url)
                 return record, DISK
+        adopted = self._adopt(remote)
+        if adopted is not None:
+            return adopted, DISK
         fresh = self._download(source, remote)
         if record is not None:
             # Values decoded from the old version must not outlive it.
             self._memory.drop_url(url)
         return fresh, REMOTE
+
+    def _adopt(self, remote: RemoteObject) -> IndexRecord | None:
+        """`remote` copied from a handed-over cache when that holds this very version
+        (same ETag and size); None when it does not, or the copy fails (then download)."""
+        if self._handover is None:
+            return None
+        entry = self._handover.find(remote.url)
+        if entry is None or (entry.version, entry.size_bytes) != (
+            remote.version,
+            remote.size_bytes,
+        ):
+            return None
+        try:
+            reservation = self._disk.reserve(remote.url, remote.size_bytes)
+        except (OSError, CacheError):
+            return None
+        try:
+            src = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                copied = copy_file(src, reservation.fd, remote.size_bytes)
+            finally:
+                os.close(src)
+        except OSError:
+            copied = -1  # gone since it was found (the supervisor cleared it): download
+        except BaseException:
+            self._disk.abort(reservation)
+            raise
+        if copied != remote.size_bytes:
+            self._disk.abort(reservation)
+            return None
+        try:
+            record = self._disk.commit(remote.url, reservation, version=remote.version)
+        except OSError:
+            return None
+        self._stats.adopted(record.size_bytes)
+        return record
 
     def _download(self, source: Source, remote: RemoteObject) -> IndexRecord:
         started = time.perf_counter()
@@ -211,7 +257,7 @@ class WarmCache:
         except ObjectChanged:
             # Overwritten mid-download: start once more, on the new version.
             record = self._download_version(source, source.stat(remote.url))
-        self._stats.fetched(time.perf_counter() - started)
+        self._stats.fetched(time.perf_counter() - started, record.size_bytes)
         return record
 
     def _download_version(self, source: Source, remote: RemoteObject) -> IndexRecord:
@@ -324,9 +370,10 @@ class WarmCache:
         return url
 
     def stats(self) -> dict[str, Any]:
-        """Counters and sizes of every tier, and the biggest entries of each ("what is
-        warm where", at most LARGEST_COUNT per tier, refreshed every
-        LARGEST_REFRESH_S since ranking reads every entry); JSON-able, for heartbeats."""
+        """Counters and sizes of every tier, the biggest entries of each and the most
+        requested files ("what is warm where", at most LARGEST_COUNT per list, refreshed
+        every LARGEST_REFRESH_S since ranking reads every entry); JSON-able, for
+        heartbeats."""
         out = self._stats.as_dict()
         counters = self._disk.counters
         out["memory"] = self._memory.snapshot()
@@ -341,21 +388,27 @@ class WarmCache:
         }
         out["downloads_in_flight"] = self._files.in_flight()
         out["waiting_on_downloads"] = self._files.waiting()
-        out["largest"] = self._largest()
+        out.update(self._ranked_entries())
         return out
 
-    def _largest(self) -> list[dict[str, Any]]:
+    def _ranked_entries(self) -> dict[str, list[dict[str, Any]]]:
+        """ "largest" (per tier) and "hottest" (disk files by hits), LARGEST_COUNT each."""
         now = self._clock()
-        ranked_at, ranked = self._largest_ranked
+        ranked_at, ranked = self._ranked
         if ranked_at is None or now - ranked_at >= LARGEST_REFRESH_S:
-            ranked = [
+            largest = [
                 {"tier": "memory", "name": name, "size_bytes": size}
                 for name, size in self._memory.largest(LARGEST_COUNT)
             ] + [
                 {"tier": "disk", "name": url, "size_bytes": size}
                 for url, size in self._disk.largest(LARGEST_COUNT)
             ]
-            self._largest_ranked = (now, ranked)
+            hottest = [
+                {"name": url, "size_bytes": size, "hits": hits, "last_access_s": last}
+                for url, size, hits, last in self._disk.hottest(LARGEST_COUNT)
+            ]
+            ranked = {"largest": largest, "hottest": hottest}
+            self._ranked = (now, ranked)
         return ranked
 
     def close(self) -> None:
@@ -363,4 +416,6 @@ class WarmCache:
         with self._s3_lock:
             if self._s3_source is not None:
                 self._s3_source.close()
+        if self._handover is not None:
+            self._handover.close()
         self._disk.close()

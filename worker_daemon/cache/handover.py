@@ -1,0 +1,144 @@
+"""Other caches of the same service on this host, read-only: warm deploys and warm moves.
+
+Two kinds, both given by the local supervisor (apps/provisioning/local_handover.py):
+
+- handed-over caches: when a worker has stopped, its supervisor moves its cache folder
+  (index and files) into the service's handover folder, and only after taking the folder's
+  lock, which proves no process writes it any more. The next workers read them.
+- peers: the caches of the service's workers that were running when this one started. A
+  key that moves here (a scale-up, a rolling deploy) is usually still in its old owner's
+  cache; copying it from there beats downloading it again.
+
+This worker never writes another worker's cache: its own index has one writer, itself.
+On a miss, before downloading, the cache asks here. A copy is used only when the source's
+current version (the HEAD a miss makes anyway) equals the version it was cached under and
+its file has the recorded size; it is then copied into this worker's own cache like a
+download (temp file, rename, index), so a crash half-way leaves a temp file that the next
+start removes, and the other cache untouched. An object whose ETag changed is downloaded,
+never served from the old copy.
+
+Revalidating on first use rather than at adoption costs one HEAD per object actually
+requested, which the miss path pays anyway; adopting eagerly would HEAD (and copy) the
+whole old cache up front, most of which this worker may never be asked for.
+
+A peer's index is live: it is read without LMDB's reader lock (its lock file is not ours
+to write), one short read transaction per look-up. A page the peer rewrites meanwhile can
+at worst make a look-up fail or name a file that is gone, and a named file is only used
+after the checks above; files are never rewritten once published.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from worker_daemon.cache.index import IndexRecord, url_key
+
+RESCAN_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class HandedOver:
+    """A file in another cache, as that cache's index recorded it."""
+
+    path: Path
+    size_bytes: int
+    version: str
+
+
+class HandoverPool:
+    """The handed-over caches under `root` (`root/<old worker>/`, each with `index/` and
+    `files/`), newest first, then the live `peers`. Thread-safe."""
+
+    def __init__(
+        self,
+        root: Path | None,
+        *,
+        peers: Sequence[Path] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.root = root
+        self._peers = list(peers)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._handed_over: list[Path] = []
+        self._envs: dict[Path, lmdb.Environment] = {}
+        self._scanned_at: float | None = None
+
+    def find(self, url: str) -> HandedOver | None:
+        """The copy of `url` in another cache whose file is there with its recorded size."""
+        key = url_key(url)
+        for folder in self._folders():
+            record = self._get(folder, key)
+            if record is None or record.url != url:
+                continue
+            path = folder / "files" / record.file_name
+            try:
+                if path.stat().st_size == record.size_bytes:
+                    return HandedOver(path, record.size_bytes, record.version)
+            except OSError:
+                continue
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            for env in self._envs.values():
+                env.close()
+            self._envs.clear()
+
+    def _folders(self) -> list[Path]:
+        now = self._clock()
+        with self._lock:
+            if self._scanned_at is None or now - self._scanned_at >= RESCAN_INTERVAL_S:
+                self._scanned_at = now
+                self._handed_over = _newest_first(self.root)
+                # A swept handover's map would keep its deleted file's space in use.
+                for gone in set(self._envs) - {*self._handed_over, *self._peers}:
+                    self._envs.pop(gone).close()
+            return [*self._handed_over, *self._peers]
+
+    def _get(self, folder: Path, key: bytes) -> IndexRecord | None:
+        with self._lock:
+            env = self._envs.get(folder)
+            if env is None:
+                env = _open_readonly(folder / "index")
+                if env is None:
+                    return None
+                self._envs[folder] = env
+            try:
+                with env.begin(buffers=False) as txn:
+                    raw = txn.get(key)
+                return None if raw is None else IndexRecord.decode(bytes(raw))
+            except lmdb.Error:
+                # A peer's map grew, or the folder went: open it afresh next time.
+                env.close()
+                del self._envs[folder]
+                return None
+            except (ValueError, TypeError, KeyError):
+                return None
+
+
+def _newest_first(root: Path | None) -> list[Path]:
+    if root is None:
+        return []
+    try:
+        folders = [p for p in root.iterdir() if p.is_dir()]
+        return sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return []
+
+
+def _open_readonly(path: Path) -> lmdb.Environment | None:
+    """An index opened read-only without LMDB's lock file (see the module's docstring)."""
+    if not os.path.exists(path / "data.mdb"):
+        return None
+    try:
+        return lmdb.open(str(path), readonly=True, lock=False, max_dbs=0, readahead=False)
+    except lmdb.Error:
+        return None
