@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from apps.provisioning.local_handover import cache_hand_over, handover_sweep
 from apps.provisioning.local_layout import LocalLayout
+from tests.fixtures.services import S3Settings, make_s3_client
 from tests.worker_daemon.cache.conftest import GetCounter, content_of
 from tests.worker_daemon.cache.test_crash_safety import assert_index_and_files_agree
 from worker_daemon.cache import CacheSettings, Tier, WarmCache
@@ -185,28 +186,49 @@ def test_kill_9_during_adoption_leaves_both_caches_consistent(tmp_path: Path) ->
     assert_index_and_files_agree(new_settings)
 
 
+def serve_as_peer(settings: CacheSettings, url: str, s3: S3Settings) -> tuple[int, int, int]:
+    """A forked peer worker (LMDB allows one open of an index per process) that caches
+    `url`, says so on a pipe, and keeps its cache open until the other pipe closes."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            cache = WarmCache.open(settings, s3_client=make_s3_client(s3))
+            cache.get_or_fetch(url)
+            os.write(ready_w, b".")
+            os.read(done_r, 1)
+            cache.get_or_fetch(url, revalidate=True)  # it keeps writing its own index
+            cache.close()
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    return pid, ready_r, done_w
+
+
 def test_a_key_moved_from_a_live_peer_is_copied_from_its_cache(
-    tmp_path: Path, s3_object: Callable[..., str], s3_client: S3Client
+    tmp_path: Path, s3_object: Callable[..., str], s3_client: S3Client, s3_settings: S3Settings
 ) -> None:
     url = s3_object("moved.bin", content_of("moved.bin", 2 * MiB))
     peer_settings = worker_settings(tmp_path, "w-peer", handover=False)
-    peer = WarmCache.open(peer_settings, s3_client=s3_client)
+    pid, ready, done = serve_as_peer(peer_settings, url, s3_settings)
+    assert os.read(ready, 1) == b"."
+    settings = dataclasses.replace(
+        worker_settings(tmp_path, "w-new"), peer_dirs=(peer_settings.service_dir,)
+    )
+    new = WarmCache.open(settings, s3_client=s3_client)
     try:
-        peer.get_or_fetch(url)
-        settings = dataclasses.replace(
-            worker_settings(tmp_path, "w-new"), peer_dirs=(peer_settings.service_dir,)
-        )
-        new = WarmCache.open(settings, s3_client=s3_client)
-        try:
-            fetched = new.get_or_fetch(url)
-            assert fetched.tier is Tier.DISK
-            assert Path(fetched.value).read_bytes() == content_of("moved.bin", 2 * MiB)
-            assert (new.stats()["adopted"], new.stats()["fetches"]) == (1, 0)
-            # The peer keeps serving from its own cache, written by itself only.
-            peer.get_or_fetch(url, revalidate=True)
-            assert peer.get_or_fetch(url).tier is Tier.DISK
-        finally:
-            new.close()
+        fetched = new.get_or_fetch(url)
+        assert fetched.tier is Tier.DISK
+        assert Path(fetched.value).read_bytes() == content_of("moved.bin", 2 * MiB)
+        assert (new.stats()["adopted"], new.stats()["fetches"]) == (1, 0)
     finally:
-        peer.close()
+        new.close()
+        os.close(done)
+        os.close(ready)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert_index_and_files_agree(peer_settings)
