@@ -97,6 +97,7 @@ class Answer:
     worker: str
     seconds: float
     started: float
+    handler_ms: float
 
 
 @dataclass
@@ -136,7 +137,13 @@ class Traffic:
                     with self._lock:
                         self.errors.append(repr(exc))
                     continue
-                answer = Answer(key, str(result.worker), time.monotonic() - started, started)
+                answer = Answer(
+                    key,
+                    str(result.worker),
+                    time.monotonic() - started,
+                    started,
+                    float(result.duration_ms or 0.0),
+                )
                 with self._lock:
                     self.answers.append(answer)
 
@@ -300,7 +307,7 @@ def main() -> None:
     try:
         sticky, keyless = f"loc-{uuid.uuid4().hex[:5]}", f"any-{uuid.uuid4().hex[:5]}"
         results: dict[str, tuple[int, int, list[float], int]] = {}
-        warm_p99 = float("nan")
+        warm_p99 = warm_handler_p99 = float("nan")
         for name, is_sticky in ((sticky, True), (keyless, False)):
             handler = write_handler(work, name, sticky=is_sticky, marker="v1", disk=disk)
             appliance.cli("deploy", str(handler), "--name", name, "-m", "bench v1")
@@ -322,6 +329,7 @@ def main() -> None:
                 again.run(args.requests // 2)
                 again.join()
                 warm_p99 = percentile((a.seconds for a in again.answers), 0.99)
+                warm_handler_p99 = percentile((a.handler_ms for a in again.answers), 0.99)
         print("P6 sticky vs key-less routing (4 workers each)")
         s_fetches, s_bytes, s_seconds, s_distinct = results[sticky]
         k_fetches, k_bytes, k_seconds, k_distinct = results[keyless]
@@ -338,7 +346,11 @@ def main() -> None:
             f"{percentile(k_seconds, 0.5) * 1e3:.0f} / {percentile(k_seconds, 0.99) * 1e3:.0f}",
             "-",
         )
-        line("warm p99 (sticky, all cached) (ms)", f"{warm_p99 * 1e3:.0f}", "-")
+        line(
+            "warm p99 (sticky, all cached) (ms)",
+            f"{warm_p99 * 1e3:.0f} (handler {warm_handler_p99:.1f})",
+            "-",
+        )
         # Only the sticky service is needed from here on: free the machine.
         appliance.cli("scale", keyless, "0")
 
@@ -358,9 +370,10 @@ def main() -> None:
             lambda: len(set(owners(appliance, sticky).values())) == 5,
             120,
         )
+        t_moved = time.monotonic()
         wait_for(
-            "every key requested after the move",
-            lambda: len({a.key for a in traffic.since(t_scale)}) >= s_distinct * 0.9,
+            "most keys requested once the partitions moved",
+            lambda: len({a.key for a in traffic.since(t_moved)}) >= s_distinct * 0.9,
             300,
         )
         traffic.stop()
@@ -397,6 +410,14 @@ def main() -> None:
             "first request to a moved key p99 (ms)",
             f"{first_p99 * 1e3:.0f} ({first_p99 / warm_p99:.1f}x warm)",
             "<= 2x warm p99",
+        )
+        # The end-to-end time includes waiting out the group's rebalance; the handler's
+        # own time is what the cache decides.
+        first_handler_p99 = percentile((a.handler_ms for a in moved_keys.values()), 0.99)
+        line(
+            "  its handler time p99 (ms)",
+            f"{first_handler_p99:.1f} ({first_handler_p99 / warm_handler_p99:.1f}x warm)",
+            "<= 2x warm handler p99",
         )
         line(
             "prefetched MiB / moved keys' MiB",
