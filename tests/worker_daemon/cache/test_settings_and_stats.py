@@ -65,5 +65,6 @@ def test_stats_are_json_for_the_heartbeat(
     cache.get_or_fetch(url)
     stats = json.loads(json.dumps(cache.stats()))
     assert stats["requests"] == 2 and stats["fetches"] == 1
-    assert stats["bytes"] == {"memory": 0, "disk": 100, "remote": 100}
+    assert stats["bytes"] == {"memory": 0, "disk": 100, "remote": 100, "waited": 0}
+    assert stats["fetched_bytes"] == 100 and stats["adopted"] == 0
     assert stats["disk"]["used_bytes"] == 100 and stats["downloads_in_flight"] == 0
