@@ -9,8 +9,9 @@ Django-free and knows nothing of services: it watches `{home}/local-workers/` an
 - restarts a worker that exits with an error or is killed, with a growing backoff; a
   clean exit (0) or a refused credential (77) is final;
 - on a drain marker (`{name}.drain`) sends SIGTERM once and does not restart it;
-- on a spec's removal sends SIGTERM, then SIGKILL after `stop_grace_s`, and then removes
-  the worker's cache and packages (its log stays);
+- on a spec's removal sends SIGTERM, then SIGKILL after `stop_grace_s`, and then hands
+  the worker's cache over to its service's next workers (local_handover.py) and removes
+  its packages (its log stays);
 - writes each worker's status (pid and process start time, state, restarts, last exit
   code, log tail) next to its spec, for the provisioner's `list` and for its successor.
 On SIGTERM it stops every worker the same way and exits 0.

@@ -38,6 +38,9 @@ from pathlib import Path
 
 import lmdb
 
+from worker_daemon.cache.disk import DiskTier
+from worker_daemon.cache.errors import CacheError
+from worker_daemon.cache.fetchers import RemoteObject, copy_file
 from worker_daemon.cache.index import IndexRecord, url_key
 
 RESCAN_INTERVAL_S = 1.0
@@ -141,4 +144,34 @@ def _open_readonly(path: Path) -> lmdb.Environment | None:
     try:
         return lmdb.open(str(path), readonly=True, lock=False, max_dbs=0, readahead=False)
     except lmdb.Error:
+        return None
+
+
+def adopt(pool: HandoverPool, disk: DiskTier, remote: RemoteObject) -> IndexRecord | None:
+    """`remote` copied into `disk` from another cache that holds this very version (same
+    ETag and size); None when none does, or the copy fails (then the caller downloads)."""
+    entry = pool.find(remote.url)
+    if entry is None or (entry.version, entry.size_bytes) != (remote.version, remote.size_bytes):
+        return None
+    try:
+        reservation = disk.reserve(remote.url, remote.size_bytes)
+    except (OSError, CacheError):
+        return None
+    try:
+        src = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            copied = copy_file(src, reservation.fd, remote.size_bytes)
+        finally:
+            os.close(src)
+    except OSError:
+        copied = -1  # gone since it was found (evicted, or swept): download instead
+    except BaseException:
+        disk.abort(reservation)
+        raise
+    if copied != remote.size_bytes:
+        disk.abort(reservation)
+        return None
+    try:
+        return disk.commit(remote.url, reservation, version=remote.version)
+    except OSError:
         return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import mmap
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,8 +28,8 @@ from worker_daemon.cache.errors import (
     UnsupportedURL,
     UploadFailed,
 )
-from worker_daemon.cache.fetchers import FileSource, RemoteObject, S3Source, Source, copy_file
-from worker_daemon.cache.handover import HandoverPool
+from worker_daemon.cache.fetchers import FileSource, RemoteObject, S3Source, Source
+from worker_daemon.cache.handover import HandoverPool, adopt
 from worker_daemon.cache.index import IndexRecord
 from worker_daemon.cache.objects import Decoded, MemoryTier, decoded_key, decoder_identity
 from worker_daemon.cache.settings import CacheSettings
@@ -205,50 +204,15 @@ class WarmCache:
             if remote.version == record.version:
                 self._disk.mark_validated(url)
                 return record, DISK
-        adopted = self._adopt(remote)
+        adopted = None if self._handover is None else adopt(self._handover, self._disk, remote)
         if adopted is not None:
+            self._stats.adopted(adopted.size_bytes)
             return adopted, DISK
         fresh = self._download(source, remote)
         if record is not None:
             # Values decoded from the old version must not outlive it.
             self._memory.drop_url(url)
         return fresh, REMOTE
-
-    def _adopt(self, remote: RemoteObject) -> IndexRecord | None:
-        """`remote` copied from a handed-over cache when that holds this very version
-        (same ETag and size); None when it does not, or the copy fails (then download)."""
-        if self._handover is None:
-            return None
-        entry = self._handover.find(remote.url)
-        if entry is None or (entry.version, entry.size_bytes) != (
-            remote.version,
-            remote.size_bytes,
-        ):
-            return None
-        try:
-            reservation = self._disk.reserve(remote.url, remote.size_bytes)
-        except (OSError, CacheError):
-            return None
-        try:
-            src = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                copied = copy_file(src, reservation.fd, remote.size_bytes)
-            finally:
-                os.close(src)
-        except OSError:
-            copied = -1  # gone since it was found (the supervisor cleared it): download
-        except BaseException:
-            self._disk.abort(reservation)
-            raise
-        if copied != remote.size_bytes:
-            self._disk.abort(reservation)
-            return None
-        try:
-            record = self._disk.commit(remote.url, reservation, version=remote.version)
-        except OSError:
-            return None
-        self._stats.adopted(record.size_bytes)
-        return record
 
     def _download(self, source: Source, remote: RemoteObject) -> IndexRecord:
         started = time.perf_counter()
