@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -240,6 +240,23 @@ class Client:
         if payload is None:
             return dict(self._http.call(method, path, timeout_s=timeout_s))
         return dict(self._http.call(method, path, json=payload, timeout_s=timeout_s))
+
+    # -- secrets ------------------------------------------------------------------------
+
+    def secrets(self) -> list[dict[str, Any]]:
+        """Every secret: name, keys, fingerprint, the services using it (never values)."""
+        return self._call_list("GET", "/api/v1/secrets")
+
+    def secret_set(self, name: str, values: Mapping[str, str]) -> dict[str, Any]:
+        """Create secret `name` or replace all of its pairs; `rolled` in the answer lists
+        the services redeployed because the values changed."""
+        path = f"/api/v1/secrets/{urllib.parse.quote(name, safe='')}"
+        return self._call("PUT", path, {"values": dict(values)}, timeout_s=self.timeout_s)
+
+    def secret_delete(self, name: str) -> None:
+        """ApiError 409 names the services still using it."""
+        path = f"/api/v1/secrets/{urllib.parse.quote(name, safe='')}"
+        self._http.call("DELETE", path, timeout_s=self.timeout_s)
 
     # -- running workers: scaling and the workers of a service --------------------------
 

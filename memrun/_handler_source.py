@@ -17,12 +17,13 @@ from typing import Any
 
 from memrun.errors import ConfigError
 from memrun.service import MemoryService
-from memrun.wire.config import SETTING_ARGS
+from memrun.wire.config import SETTING_ARGS, SETTINGS
 from memrun.wire.manifest import is_requirement
 from memrun.wire.sizes import parse_size
 from memrun.wire.sticky import StickyTemplate
 
 SERVICE_ARGUMENTS = ("name", *SETTING_ARGS)
+_FLAGS = {s.arg: s.flag for s in SETTINGS}
 _SCRIPT_BLOCK = re.compile(
     r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$"
 )
@@ -199,7 +200,7 @@ def _same(key: str, a: object, b: object) -> bool:
 
 
 def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+    return _FLAGS.get(key, "--" + key.replace("_", "-"))
 
 
 def resolve_service(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,7 +39,8 @@ class MemoryService:
 
     memory and disk are sizes ("32Gi"); concurrency bounds the handlers running at once on
     one worker; timeout_seconds bounds one request; sticky_key (here or on @handler) names
-    the payload fields whose values pick the partition, hence the worker.
+    the payload fields whose values pick the partition, hence the worker; secrets names
+    the secrets (`memrun secret set`) whose KEY=VALUE pairs its workers get as env vars.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class MemoryService:
         concurrency: int = 16,
         timeout_seconds: int = 300,
         sticky_key: str | None = None,
+        secrets: Sequence[str] = (),
     ) -> None:
         # The signature spells the settings out for the user's editor; their defaults and
         # rules live once, in memrun.wire.config.
@@ -65,6 +67,7 @@ class MemoryService:
             concurrency=concurrency,
             timeout_seconds=timeout_seconds,
             sticky_key=sticky_key,
+            secrets=secrets,
         )
         self.init_handlers: list[HandlerSpec] = []
         self.request_handler: HandlerSpec | None = None

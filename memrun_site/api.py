@@ -11,6 +11,7 @@ from ninja import NinjaAPI
 from apps.provisioning.api import router as provisioning_router
 from apps.services.api import router as services_router
 from apps.services.auth import api_auth
+from apps.services.secrets_api import router as secrets_router
 from apps.workers.api import router as workers_router
 from memrun_site.errors import install_error_handlers
 
@@ -24,5 +25,6 @@ api = NinjaAPI(
 )
 install_error_handlers(api)
 api.add_router("/", services_router)
+api.add_router("/", secrets_router)
 api.add_router("/", workers_router)
 api.add_router("/", provisioning_router)

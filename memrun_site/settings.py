@@ -105,6 +105,9 @@ MEMRUN_HOME = memrun_home()
 MEMRUN_HOME.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 SECRET_KEY = _secret_key(MEMRUN_HOME)
+# Fernet keys of the services' secrets, newest first (apps/services/secretbox.py); unset:
+# one generated on first use in MEMRUN_HOME/secrets-key.
+MEMRUN_SECRETS_KEYS = env_list("MEMRUN_SECRETS_KEYS", [])
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -325,17 +328,11 @@ MEMRUN_WORKER_DRAIN_GRACE_S = float(env_int("MEMRUN_WORKER_DRAIN_GRACE_S", 60))
 # last lines are shipped after its final heartbeat, within a few seconds (its shipper's
 # close timeout); a minute covers a slow control plane, and no more (apps/workers/auth.py).
 MEMRUN_WORKER_LOG_GRACE_S = 60.0
-# Handed to every worker as is: the data path's S3 (never cloud or admin credentials, I8).
-MEMRUN_WORKER_S3_ENV = {
-    name: os.environ[name]
-    for name in (
-        "MEMRUN_S3_ENDPOINT_URL",
-        "MEMRUN_S3_BUCKET",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_DEFAULT_REGION",
-    )
-    if os.environ.get(name, "").strip()
+# Handed to every worker as is: where `ctx.upload_result` writes (a bucket name, not a
+# credential). The appliance's own S3 keys and endpoint never reach a worker (I8): a
+# handler's S3 access uses the AWS_* variables of its service's secrets.
+MEMRUN_WORKER_RESULTS_ENV = {
+    name: os.environ[name] for name in ("MEMRUN_S3_BUCKET",) if os.environ.get(name, "").strip()
 }
 # Handed to every worker as is, for its PEP 723 installs: the machine's trust store,
 # package index mirror and proxy, by an explicit allowlist of names

@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TextIO
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 ENV_URL = "MEMRUN_URL"
 ENV_WORKER_ID = "MEMRUN_WORKER_ID"
 ENV_TOKEN = "MEMRUN_WORKER_TOKEN"
+# The names (never the values) of the env vars that hold the service's secrets.
+ENV_SECRET_KEYS = "MEMRUN_SECRET_KEYS"
 LEVELS = ("debug", "info", "warning", "error", "critical")
 # A printed line without its end is shipped once it is this long.
 MAX_PARTIAL_LINE_BYTES = 8192
@@ -198,9 +200,14 @@ class LogShipping:
     """
 
     def __init__(
-        self, transport: LogTransport, settings: ShipSettings | None = None, **static: Any
+        self,
+        transport: LogTransport,
+        settings: ShipSettings | None = None,
+        *,
+        masked: Iterable[str] = (),
+        **static: Any,
     ) -> None:
-        self.shipper = LogShipper(transport, settings, report=self._report)
+        self.shipper = LogShipper(transport, settings, report=self._report, masked=masked)
         self._static = static
         self._events = EventLog(**static)
         self._streams: tuple[TextIO, TextIO] | None = None
@@ -217,7 +224,10 @@ class LogShipping:
         if not (url and worker_id and token):
             return None
         transport = HttpLogTransport(url=url, worker_id=worker_id, token=token)
-        shipping = cls(transport, settings, worker=worker_id)
+        # The worker's own credential is masked too: a handler printing its env leaks neither.
+        secret_keys = [k for k in env.get(ENV_SECRET_KEYS, "").split(",") if k]
+        masked = [env.get(key, "") for key in secret_keys] + [token]
+        shipping = cls(transport, settings, masked=masked, worker=worker_id)
         shipping.shipper.start()
         shipping.capture()
         return shipping

@@ -19,7 +19,7 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +32,27 @@ MESSAGE_MAX_CHARS = 8192
 REQUEST_ID_MAX_CHARS = 100
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+MASK = "***"
+# Shorter secret values are not masked: replacing every "1" or "yes" would wreck the log
+# and hide little.
+MASK_MIN_CHARS = 4
+
+
+def secret_masker(values: Iterable[str]) -> Callable[[str], str]:
+    """`text` with each of `values` (the service's secret values, the longest first so a
+    value containing another is masked whole) replaced by `***`, as written and as JSON
+    escapes it."""
+    plain = sorted({v for v in values if len(v) >= MASK_MIN_CHARS}, key=len, reverse=True)
+    forms = [form for v in plain for form in dict.fromkeys((v, _dumps(v)[1:-1]))]
+
+    def mask(text: str) -> str:
+        for form in forms:
+            if form in text:
+                text = text.replace(form, MASK)
+        return text
+
+    return mask
+
 
 Report = Callable[..., None]
 
@@ -113,8 +134,11 @@ class LogShipper:
         *,
         report: Report | None = None,
         clock: Callable[[], float] = time.monotonic,
+        masked: Iterable[str] = (),
     ) -> None:
         self._transport = transport
+        # A safety net, not a guarantee: a value split across two printed chunks passes.
+        self._mask = secret_masker(masked)
         self.settings = settings or ShipSettings()
         self._report = report or (lambda event, **fields: None)
         self._clock = clock
@@ -215,19 +239,20 @@ class LogShipper:
     def _encode(
         self, ts: float, level: str, event: str, message: str, request_id: str, fields: Any
     ) -> bytes:
+        # Masked before the cut, so that no cut-off prefix of a value survives.
         line = {
             "ts": round(ts, 6),
             "level": level,
             "event": event,
-            "request_id": request_id[:REQUEST_ID_MAX_CHARS],
-            "message": message[:MESSAGE_MAX_CHARS],
+            "request_id": self._mask(request_id)[:REQUEST_ID_MAX_CHARS],
+            "message": self._mask(message)[:MESSAGE_MAX_CHARS],
             "fields": fields,
         }
-        data: bytes = _dumps(line).encode()
-        if len(data) > self.settings.max_line_bytes:
-            line["fields"] = {"fields_dropped_bytes": len(data)}
-            data = _dumps(line).encode()
-        return data
+        text = self._mask(_dumps(line))
+        if len(text.encode()) > self.settings.max_line_bytes:
+            line["fields"] = {"fields_dropped_bytes": len(text.encode())}
+            text = self._mask(_dumps(line))
+        return text.encode()
 
     def _oldest_held_seq(self) -> int:
         if self._pending is not None:

@@ -1,7 +1,8 @@
 """Object storage for the worker: the S3 client it uses, URL parsing, and result uploads.
 
-Any S3-compatible endpoint works (MEMRUN_S3_ENDPOINT_URL); addressing is path-style so a
-local server needs no DNS. Credentials and region come from boto3's usual chain
+Any S3-compatible endpoint works (AWS_ENDPOINT_URL, from the service's secrets);
+addressing is path-style so a local server needs no DNS. Credentials and region come from
+boto3's usual chain
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION). This module is the low
 level: it raises ValueError for malformed locations and lets boto3 and OS errors through;
 the cache facade turns them into its own errors.
@@ -69,7 +70,7 @@ def upload_result(data: bytes | str | Path, url: str, *, s3: S3Client | None) ->
     `s3://bucket/key` (multipart for big files) or a `file://` path (atomic rename)."""
     if url.startswith("s3://"):
         if s3 is None:
-            raise ValueError(f"no S3 client to upload {url}; set MEMRUN_S3_ENDPOINT_URL")
+            raise ValueError(f"no S3 client to upload {url}; attach a secret with AWS_ENDPOINT_URL")
         bucket, key = split_s3_url(url)
         if isinstance(data, Path):
             s3.upload_file(str(data), bucket, key)

@@ -5,23 +5,31 @@ from __future__ import annotations
 import json
 
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 
 from apps.provisioning.provisioners import WorkerSpec
 from apps.services.models import Deployment, Service
+from apps.services.selectors import secret_env
 from apps.workers.models import Worker
 
 
+@sensitive_variables("env", "secrets")
 def worker_spec_build(
     *, worker: Worker, credential: str, service: Service, deployment: Deployment
 ) -> WorkerSpec:
     """The spec of `worker`: the env of its daemon (see worker_daemon/control_plane.py)
-    carries its own credential, the brokers, the data path's S3, the machine's install
-    settings (trust store, index, proxy) and its deployment's settings, and nothing
-    else. The machine is sized from those settings too (I10)."""
+    carries its own credential, the brokers, the machine's install settings (trust
+    store, index, proxy), its deployment's settings and the values of the secrets those
+    name, and nothing else: never the appliance's own S3 keys (I8), so a handler reads S3
+    with the AWS_* its secrets give. The machine is sized from the settings too (I10)."""
     config = deployment.config
     if config is None:
         raise ValueError(f"{deployment} has no valid settings in its manifest")
+    secrets = secret_env(names=config.secrets)
     env = {
+        # Reserved names (apps/services/secretbox.py) cannot come from a secret, so the
+        # platform's own settings below are never replaced by one.
+        **secrets,
         **settings.MEMRUN_WORKER_INSTALL_ENV,
         "MEMRUN_URL": settings.MEMRUN_CONTROL_PLANE_URL,
         "MEMRUN_WORKER_ID": worker.name,
@@ -32,7 +40,9 @@ def worker_spec_build(
         "MEMRUN_SERVICE_CONFIG": json.dumps(config.to_dict(), sort_keys=True),
         "KAFKA_BOOTSTRAP_SERVERS": settings.KAFKA_BOOTSTRAP_SERVERS,
         "REDIS_URL": settings.REDIS_URL,
-        **settings.MEMRUN_WORKER_S3_ENV,
+        # Which variables hold secret values, for the log shipper to mask (not the values).
+        "MEMRUN_SECRET_KEYS": ",".join(sorted(secrets)),
+        **settings.MEMRUN_WORKER_RESULTS_ENV,
         **settings.MEMRUN_WORKER_EXTRA_ENV,
     }
     return WorkerSpec(

@@ -17,8 +17,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.common.errors import DomainError
-from apps.services.models import ApiToken, DeadLetterReplay, Deployment, Service
-from apps.services.selectors import service_list
+from apps.services.models import ApiToken, DeadLetterReplay, Deployment, Secret, Service
+from apps.services.selectors import secret_usage, service_list
 from apps.services.services import (
     SERVICE_UPDATABLE,
     apitoken_revoke,
@@ -240,4 +240,33 @@ class DeadLetterReplayAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Secret)
+class SecretAdmin(admin.ModelAdmin):
+    """Secrets are shown, never their values (not even encrypted), and changed through
+    `memrun secret`, the API or /secrets/, whose rules (reserved keys, rolling the services
+    that use one, refusing to delete one in use) live in apps/services/secretstore.py."""
+
+    list_display = ("name", "key_names", "fingerprint", "used_by", "updated_at")
+    fields = ("name", "key_names", "fingerprint", "used_by", "created_at", "updated_at")
+    readonly_fields = fields
+    search_fields = ("name",)
+
+    @admin.display(description="keys")
+    def key_names(self, obj: Secret) -> str:
+        return ", ".join(obj.keys)
+
+    @admin.display(description="used by")
+    def used_by(self, obj: Secret) -> str:
+        return ", ".join(secret_usage().get(obj.name, [])) or "-"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -76,6 +76,7 @@ def deployment_upload(
         existing = Service.objects.filter(name=service_name).first()
         if existing is not None:
             _config_check(existing, config)
+        _secrets_check(config)
         url = artifact_put(path=package, key=f"deployments/{service_name}/{sha256}.tar.gz")
     with transaction.atomic():
         service = Service.objects.filter(name=service_name).first() or service_create(
@@ -119,6 +120,7 @@ def deployment_configure(
     if config == current:
         return None
     _config_check(service, config)
+    _secrets_check(config)
     summary = "; ".join(service_config_changes(current, config))
     return _deployment_record(
         service=service,
@@ -128,6 +130,28 @@ def deployment_configure(
         artifact_url=live.artifact_url,
         manifest={**live.manifest, "config": config.to_dict()},
         message=_message(message) or f"settings of v{live.version} changed: {summary}",
+        created_by=created_by,
+    )
+
+
+def deployment_restart(
+    *, service: Service, message: str, created_by: AbstractBaseUser | None = None
+) -> Deployment | None:
+    """A new deployment of the live deployment's package and settings, which rolls out
+    like a deploy: its new workers read what changed outside the package (a secret's
+    values). None when the service has no live deployment."""
+    live = service.live_deployment
+    config = None if live is None else live.config
+    if live is None or config is None:
+        return None
+    return _deployment_record(
+        service=service,
+        config=config,
+        sha256=live.sha256,
+        size_bytes=live.size_bytes,
+        artifact_url=live.artifact_url,
+        manifest=live.manifest,
+        message=_message(message),
         created_by=created_by,
     )
 
@@ -185,6 +209,7 @@ def deployment_rollback(
             details={"version": target.version},
         ) from None
     _config_check(service, config)
+    _secrets_check(config)
     return _deployment_record(
         service=service,
         config=config,
@@ -300,6 +325,18 @@ def _config_check(service: Service, config: ServiceConfig) -> None:
         )
 
 
+def _secrets_check(config: ServiceConfig, *, lock: bool = False) -> None:
+    """422 naming each secret the settings name that does not exist."""
+    missing = selectors.secrets_missing(names=config.secrets, lock=lock)
+    if missing:
+        raise DomainError(
+            f"{config.name} names secrets that do not exist: {', '.join(missing)}; create "
+            f"them first (memrun secret set {missing[0]} KEY=VALUE...)",
+            status=422,
+            details={"fields": {"secrets": [f"no secret named {name}" for name in missing]}},
+        )
+
+
 def _config_with(config: ServiceConfig, changes: Mapping[str, object]) -> ServiceConfig:
     """`config` with `changes` merged in; 422 naming a bad setting."""
     try:
@@ -317,6 +354,8 @@ def _deployment_record(*, service: Service, config: ServiceConfig, **fields: Any
     """Record the deployment, bring the desired worker count within its bounds, and start
     its rollout once committed."""
     with transaction.atomic():
+        # Again, with the rows locked: a secret deleted since the first check is refused.
+        _secrets_check(config, lock=True)
         deployment = deployment_create(service=service, **fields)
         locked = deployment.service
         desired = min(max(locked.desired_workers, config.min_workers), config.max_workers)

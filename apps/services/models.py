@@ -14,7 +14,7 @@ from django.db.models import Q
 
 from memrun.errors import ConfigError
 from memrun.wire import protocol, validate_service_name
-from memrun.wire.config import ServiceConfig, service_config_from_dict
+from memrun.wire.config import ServiceConfig, service_config_from_dict, validate_secret_name
 from memrun.wire.sticky import StickyTemplate
 
 DEFAULT_PARTITIONS = 64
@@ -255,3 +255,35 @@ class DeadLetterReplay(models.Model):
 
     def __str__(self) -> str:
         return f"{self.service.name} {self.dead_letter_id} -> {self.request_id}"
+
+
+def validate_secret_name_field(value: str) -> None:
+    try:
+        validate_secret_name(value)
+    except ConfigError as exc:
+        raise ValidationError(exc.message, code="invalid") from None
+
+
+class Secret(models.Model):
+    """A named set of KEY=VALUE pairs that the services naming it (their `secrets`
+    setting) get as env vars. `ciphertext` is the pairs Fernet-encrypted
+    (apps/services/secretbox.py); only the key names and a keyed fingerprint are kept in
+    the clear, for lists."""
+
+    name = models.CharField(
+        max_length=63,
+        unique=True,
+        validators=[validate_secret_name_field],
+        error_messages={"unique": "a secret with this name already exists"},
+    )
+    ciphertext = models.TextField()
+    keys = models.JSONField(default=list, help_text="the variable names, sorted")
+    fingerprint = models.CharField(max_length=16, help_text="changes when any value changes")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -91,6 +91,8 @@ def _setting_input(setting: Setting) -> tuple[Any, Any]:
         return Size, Field(None, description=setting.help)
     if setting.kind == "count":
         return int, Field(None, ge=setting.minimum, le=DB_INT_MAX, description=setting.help)
+    if setting.kind == "names":
+        return list[str], Field(None, max_length=100, description=setting.help)
     return str | None, Field(None, max_length=200, description=setting.help)
 
 
@@ -99,7 +101,7 @@ ServicePatch = create_model(
     __base__=Schema,
     __doc__=(
         "Only the fields sent are changed. A setting (memory, disk, min_workers, "
-        "max_workers, concurrency, timeout_seconds, sticky_key) makes a new deployment of "
+        "max_workers, concurrency, timeout_seconds, sticky_key, secrets) makes a new deployment of "
         "the live package with the changed settings, which rolls out like a deploy (409 "
         "before the first deploy); the fleet fields change the service. `partitions` is "
         "accepted only unchanged; null is accepted only for sticky_key (none)."
@@ -323,3 +325,32 @@ class ReplayIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     ids: list[str] = Field(description="dead letter ids to replay, each once")
+
+
+class SecretIn(Schema):
+    """All the pairs of a secret: they replace whatever it held. Keys are env var names
+    that memrun does not set itself (not MEMRUN_*, KAFKA_*, REDIS_URL, PATH, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    values: dict[str, str] = Field(
+        description="KEY -> VALUE; the values are never shown again", max_length=100
+    )
+
+
+class SecretOut(Schema):
+    """A secret as it is shown: its keys and a fingerprint of its values (which changes
+    when any value does), never the values; `services` use it."""
+
+    name: str
+    keys: list[str]
+    fingerprint: str
+    services: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class SecretSetOut(SecretOut):
+    """`rolled`: the services that got a new deployment because the values changed."""
+
+    rolled: list[str]

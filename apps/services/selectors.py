@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Count, Prefetch, Q, QuerySet
+from django.views.decorators.debug import sensitive_variables
 
 from apps.common.errors import DomainError
 from apps.common.states import WorkerState
-from apps.services.models import LIVE_STATUSES, ApiToken, Deployment, Service
+from apps.services.models import LIVE_STATUSES, ApiToken, Deployment, Secret, Service
+from apps.services.secretbox import secret_decrypt
 from memrun.errors import ConfigError
 from memrun.wire.config import ServiceConfig, service_config_from_dict
 
@@ -117,3 +119,64 @@ def deployment_previous_active(*, service: Service) -> Deployment | None:
     if current is not None:
         earlier = earlier.filter(version__lt=current.version)
     return earlier.first()
+
+
+def secret_list() -> list[Secret]:
+    """Every secret, by name, each with `services`: the names of the services with a live
+    deployment (pending, rolling or active) that uses it. Two queries."""
+    usage = secret_usage()
+    secrets = list(Secret.objects.order_by("name"))
+    for secret in secrets:
+        secret.services = usage.get(secret.name, [])  # type: ignore[attr-defined]
+    return secrets
+
+
+def secret_get(*, name: str) -> Secret:
+    """The secret called `name`, with `services` as in `secret_list`; 404 when none."""
+    secret = Secret.objects.filter(name=name).first()
+    if secret is None:
+        raise DomainError(
+            f"no secret named {name!r}; list them with `memrun secret list`",
+            status=404,
+            details={"name": name},
+        )
+    secret.services = secret_usage().get(name, [])  # type: ignore[attr-defined]
+    return secret
+
+
+def secret_usage() -> dict[str, list[str]]:
+    """Secret name -> the services (sorted) whose live deployments (pending, rolling or
+    active: each may have workers) name it in their settings."""
+    usage: dict[str, set[str]] = {}
+    rows = Deployment.objects.filter(status__in=LIVE_STATUSES).values_list(
+        "service__name", "manifest__config__secrets"
+    )
+    for service, names in rows:
+        for name in names if isinstance(names, list) else []:
+            usage.setdefault(str(name), set()).add(service)
+    return {name: sorted(services) for name, services in usage.items()}
+
+
+def secrets_missing(*, names: tuple[str, ...], lock: bool = False) -> list[str]:
+    """Which of `names` name no secret. `lock` holds the found rows until the transaction
+    ends, so that a secret being deleted cannot slip under a deployment being recorded."""
+    found = Secret.objects.filter(name__in=names)
+    if lock:
+        found = found.select_for_update()
+    have = set(found.values_list("name", flat=True))
+    return [name for name in names if name not in have]
+
+
+@sensitive_variables("values", "env")
+def secret_env(*, names: tuple[str, ...]) -> dict[str, str]:
+    """The decrypted KEY=VALUE pairs of the secrets `names`, merged in that order (a later
+    secret's key wins). ValueError names a secret that no longer exists; SecretUnreadable
+    one that the configured keys cannot open."""
+    stored = {secret.name: secret for secret in Secret.objects.filter(name__in=names)}
+    env: dict[str, str] = {}
+    for name in names:
+        if name not in stored:
+            raise ValueError(f"secret {name} does not exist any more; set it again")
+        values = secret_decrypt(stored[name].ciphertext, name=name)
+        env.update(values)
+    return env

@@ -3,6 +3,8 @@
 Requests for the same `user_id:dataset_id` reach the same worker, so the second question
 about a dataset is answered from memory: no download, no parsing.
 
+    memrun secret set s3-dev AWS_ENDPOINT_URL=http://127.0.0.1:19000 \
+        AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...      # its S3 credentials
     memrun deploy examples/warm_lookup/handler.py --name warm-lookup
     memrun invoke warm-lookup '{"user_id": 1, "dataset_id": "sales",
                                 "dataset_url": "s3://memrun/examples/sales.csv",
@@ -22,6 +24,8 @@ svc = MemoryService(
     max_workers=4,
     concurrency=8,
     timeout_seconds=60,
+    # Its workers read S3 with these credentials (AWS_*), and only these.
+    secrets=["s3-dev"],
 )
 
 

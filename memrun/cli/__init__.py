@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "memrun.commands"
 SUBCOMMANDS = [
     "memrun.cli.up",
     "memrun.cli.token",
+    "memrun.cli.secret",
     "memrun.cli.deploy",
     "memrun.cli.invoke",
     "memrun.cli.status",

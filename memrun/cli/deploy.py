@@ -19,7 +19,7 @@ from memrun.errors import ConfigError, MemrunError
 from memrun.packaging import build_package
 from memrun.wire.config import SETTINGS
 
-_METAVARS = {"size": "SIZE", "count": "N", "template": "FIELDS"}
+_METAVARS = {"size": "SIZE", "count": "N", "template": "FIELDS", "names": "NAME"}
 
 POLL_INTERVAL_S = 1.0
 ROLLOUT_TIMEOUT_S = 900.0
@@ -44,7 +44,14 @@ def register(subparsers: Any) -> None:
         "--name", metavar="NAME", help="service name (default: the one in the code)"
     )
     for setting in SETTINGS:
-        parser.add_argument(_flag(setting.arg), metavar=_METAVARS[setting.kind], help=setting.help)
+        parser.add_argument(
+            setting.flag,
+            dest=setting.arg,
+            metavar=_METAVARS[setting.kind],
+            help=setting.help,
+            # A list setting is one flag per item: --secret a --secret b.
+            action="append" if setting.kind == "names" else "store",
+        )
     parser.add_argument(
         "--include",
         action="append",
@@ -93,14 +100,10 @@ def overrides_from_flags(args: argparse.Namespace) -> dict[str, Any]:
         # Whole numbers are checked here, so a bad one is one line, exit 1.
         if setting.kind == "count" and raw is not None:
             if not raw.strip().isdigit():
-                raise ConfigError(f"{_flag(setting.arg)} takes a whole number, got {raw!r}")
+                raise ConfigError(f"{setting.flag} takes a whole number, got {raw!r}")
             raw = int(raw)
         overrides[setting.arg] = raw
     return overrides
-
-
-def _flag(arg: str) -> str:
-    return "--" + arg.replace("_", "-")
 
 
 def follow_rollout(

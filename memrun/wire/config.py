@@ -20,7 +20,10 @@ from memrun.wire.sticky import StickyTemplate
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
 
-SettingKind = Literal["size", "count", "template"]
+SettingKind = Literal["size", "count", "template", "names"]
+# Settings an older stored config may lack (it was written before they existed): reading
+# one takes the setting's default.
+_ADDED_LATER = frozenset({"secrets"})
 
 
 def validate_service_name(name: object) -> str:
@@ -33,9 +36,34 @@ def validate_service_name(name: object) -> str:
     return name
 
 
-def _setting(arg: str, kind: SettingKind, default: object, help: str, *, minimum: int = 1) -> Any:
+def validate_secret_name(name: object) -> str:
+    """Secret names follow the service names' rule: they appear in URLs, flags and lists."""
+    if not isinstance(name, str) or not _NAME.match(name) or "--" in name:
+        raise ConfigError(
+            f"secret name {name!r} is not valid: use 2-63 lowercase letters, digits and "
+            "single '-', starting with a letter, e.g. 's3-data'"
+        )
+    return name
+
+
+def _setting(
+    arg: str,
+    kind: SettingKind,
+    default: object,
+    help: str,
+    *,
+    minimum: int = 1,
+    flag: str = "",
+) -> Any:
     return field(
-        metadata={"arg": arg, "kind": kind, "default": default, "help": help, "minimum": minimum}
+        metadata={
+            "arg": arg,
+            "kind": kind,
+            "default": default,
+            "help": help,
+            "minimum": minimum,
+            "flag": flag or "--" + arg.replace("_", "-"),
+        }
     )
 
 
@@ -53,9 +81,17 @@ class ServiceConfig:
     sticky_key: str | None = _setting(
         "sticky_key", "template", None, "payload fields that pick the worker, e.g. user_id:a"
     )
+    secrets: tuple[str, ...] = _setting(
+        "secrets",
+        "names",
+        (),
+        "secrets whose KEY=VALUE pairs its workers get as env vars (repeatable)",
+        flag="--secret",
+    )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON's types: the secrets as a list."""
+        return {**asdict(self), "secrets": list(self.secrets)}
 
     def settings(self) -> dict[str, Any]:
         """The settings as `service_config_build` takes them (sizes as bytes)."""
@@ -78,11 +114,14 @@ class Setting:
     default: object
     help: str
     minimum: int
+    flag: str
 
     def show(self, value: object) -> str:
         """`value` (as kept in ServiceConfig) the way a person writes it."""
-        if value is None:
+        if value is None or value == ():
             return "none"
+        if self.kind == "names":
+            return ",".join(value)  # type: ignore[arg-type]
         return format_size(int(value)) if self.kind == "size" else str(value)  # type: ignore[call-overload]
 
 
@@ -109,11 +148,22 @@ def _parse(setting: Setting, value: object) -> object:
         return parse_size(value, field=setting.arg)
     if setting.kind == "count":
         return _positive_int(value, setting.arg, minimum=setting.minimum)
+    if setting.kind == "names":
+        return _names(value, setting.arg)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise ConfigError(f"{setting.arg} must be a string like 'user_id:dataset_id' or null")
     return str(StickyTemplate.parse(value))
+
+
+def _names(value: object, arg: str) -> tuple[str, ...]:
+    """A list of secret names, each once, in the order given."""
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(f"{arg} must be a list of secret names like ['s3-data'], got {value!r}")
+    return tuple(dict.fromkeys(validate_secret_name(name) for name in value))
 
 
 def service_config_build(name: str, **settings: object) -> ServiceConfig:
@@ -136,10 +186,14 @@ def service_config_build(name: str, **settings: object) -> ServiceConfig:
 def service_config_from_dict(data: object) -> ServiceConfig:
     """The inverse of `ServiceConfig.to_dict`, validated: exactly the field names, values
     in plain units. ConfigError names the problem."""
-    if not isinstance(data, Mapping) or sorted(data) != sorted(_FIELD_NAMES):
+    if (
+        not isinstance(data, Mapping)
+        or not set(data) <= set(_FIELD_NAMES)
+        or not set(_FIELD_NAMES) - _ADDED_LATER <= set(data)
+    ):
         raise ConfigError(f"a service config is an object with the keys {', '.join(_FIELD_NAMES)}")
     name = validate_service_name(data["name"])
-    return service_config_build(name, **{s.arg: data[s.field] for s in SETTINGS})
+    return service_config_build(name, **{s.arg: data[s.field] for s in SETTINGS if s.field in data})
 
 
 def service_config_changes(old: ServiceConfig, new: ServiceConfig) -> list[str]:

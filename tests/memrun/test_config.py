@@ -29,6 +29,7 @@ def test_the_settings_are_the_fields_of_service_config() -> None:
         "concurrency",
         "timeout_seconds",
         "sticky_key",
+        "secrets",
     )
 
 
@@ -36,8 +37,23 @@ def test_defaults_and_round_trip() -> None:
     config = service_config_build("matrix-qa")
     assert (config.memory_bytes, config.disk_bytes) == (4 * 2**30, 50 * 2**30)
     assert (config.min_workers, config.max_workers, config.concurrency) == (1, 1, 16)
-    assert (config.timeout_seconds, config.sticky_key) == (300, None)
+    assert (config.timeout_seconds, config.sticky_key, config.secrets) == (300, None, ())
     assert service_config_from_dict(config.to_dict()) == config
+
+
+def test_secrets_are_a_list_of_names_each_once() -> None:
+    config = service_config_build("matrix-qa", secrets=["s3-data", "api-key", "s3-data"])
+    assert config.secrets == ("s3-data", "api-key")
+    assert config.to_dict()["secrets"] == ["s3-data", "api-key"]
+    assert service_config_from_dict(config.to_dict()) == config
+    changed = config.with_settings({"secrets": []})
+    assert service_config_changes(config, changed) == ["secrets s3-data,api-key -> none"]
+
+
+def test_a_config_stored_before_secrets_existed_reads_with_none() -> None:
+    data = service_config_build("matrix-qa").to_dict()
+    del data["secrets"]
+    assert service_config_from_dict(data).secrets == ()
 
 
 def test_with_settings_merges_user_units_and_validates() -> None:
@@ -62,6 +78,8 @@ def test_with_settings_merges_user_units_and_validates() -> None:
         ({"concurrency": True}, "concurrency must be a whole number"),
         ({"min_workers": 2}, "min_workers (2) cannot exceed max_workers (1)"),
         ({"sticky_key": 5}, "sticky_key must be a string"),
+        ({"secrets": "s3-data"}, "secrets must be a list of secret names"),
+        ({"secrets": ["Bad Name"]}, "secret name 'Bad Name' is not valid"),
         ({"colour": "blue"}, "unknown setting colour"),
     ],
 )

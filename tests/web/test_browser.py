@@ -159,6 +159,7 @@ def test_deploy_invoke_watch_logs_diff_and_roll_back_in_a_browser(
     s3_client: Any,
     s3_settings: Any,
     unique_name: str,
+    s3_secret: str,
 ) -> None:
     from django.contrib.auth.models import User
 

@@ -415,6 +415,51 @@ def test_a_printed_line_cannot_pose_as_a_worker_event(plane: FakeControlPlane) -
     assert out.getvalue().decode().count("worker.stopped") == 2
 
 
+def test_secret_values_are_masked_in_what_is_shipped(plane: FakeControlPlane) -> None:
+    value, quoted = "hunter2-but-longer", 'pa"ss\\word'
+    with fake_std_streams() as (out, _err):
+        shipping = LogShipping(
+            HttpLogTransport(url=plane.url, worker_id="w-1", token="mrw_secret"),
+            FAST,
+            masked=[value, quoted, "yes", "mrw_secret"],
+        )
+        shipping.shipper.start()
+        shipping.capture()
+        log = EventLog(worker="w-1", service="svc")
+        print(f"my key is {value}!")
+        print(f"and {quoted} and {value}{value} and yes")
+        log.event("request", request_id="r1", detail=f"x{value}", token="mrw_secret")
+        print(value * 1000)  # longer than a shipped message: masked before the cut
+        assert shipping.close()
+    messages = [line["message"] for line in plane.lines]
+    assert messages[:2] == ["my key is ***!", "and *** and ****** and yes"]
+    assert plane.lines[2]["fields"] == {"detail": "x***", "token": "***"}
+    assert set(messages[3]) == {"*"}
+    assert value not in json.dumps(plane.lines) and "hunter2" not in json.dumps(plane.lines)
+    # Only what is shipped is masked: the worker's own stream is its local log.
+    assert value in out.getvalue().decode()
+
+
+def test_shipping_from_env_masks_the_secret_keys_values() -> None:
+    env = {
+        "MEMRUN_URL": "http://cp",
+        "MEMRUN_WORKER_ID": "w-1",
+        "MEMRUN_WORKER_TOKEN": "mrw_x-token",
+        "MEMRUN_SECRET_KEYS": "API_KEY",
+        "API_KEY": "the-api-key-value",
+        "OTHER": "not-a-secret",
+    }
+    shipping = LogShipping.from_env(env, FAST)
+    assert shipping is not None
+    try:
+        encoded = shipping.shipper._encode(
+            0.0, "info", "stdout", "the-api-key-value not-a-secret mrw_x-token", "", {}
+        )
+    finally:
+        shipping.close(timeout_s=0.1)
+    assert json.loads(encoded)["message"] == "*** not-a-secret ***"
+
+
 _CLOSING_WORKER = """
 import sys
 from worker_daemon.logcapture import LogShipping

@@ -231,7 +231,7 @@ class S3Source:
                 )
         return FetchFailed(
             f"could not read {url} from S3 at {self.endpoint}: {exc}; check that the S3 "
-            "server is up and reachable (MEMRUN_S3_ENDPOINT_URL)",
+            "server is up and reachable (AWS_ENDPOINT_URL, from the service's secrets)",
             url=url,
         )
 

@@ -103,7 +103,11 @@ class CacheSettings:
             capacity_bytes=min(disk_bytes, MAX_CAPACITY_BYTES),
             memory_budget_bytes=memory_bytes // 2,
             max_age_s=float(max_age) if max_age else None,
-            s3_endpoint_url=environ.get("MEMRUN_S3_ENDPOINT_URL") or None,
+            # Only the standard AWS variables, which come from the service's secrets: the
+            # appliance's own S3 settings are not given to workers (I8).
+            s3_endpoint_url=environ.get("AWS_ENDPOINT_URL_S3")
+            or environ.get("AWS_ENDPOINT_URL")
+            or None,
             results_url=results_url,
             handover_dir=Path(handover) if handover else None,
             peer_dirs=tuple(Path(p) for p in peers.split(os.pathsep) if p),

@@ -259,7 +259,7 @@ def test_the_server_going_down_mid_download_fails_every_waiter_and_leaves_nothin
     assert proxy.down.is_set() and len(errors) == 4
     for error in errors:
         assert isinstance(error, FetchFailed) and url in str(error)
-        assert "MEMRUN_S3_ENDPOINT_URL" in str(error)
+        assert "AWS_ENDPOINT_URL" in str(error)
     assert files_on_disk(cache.settings) == {}
     stats = cache.stats()
     assert stats["disk"]["entries"] == 0 and stats["disk"]["reserved_bytes"] == 0

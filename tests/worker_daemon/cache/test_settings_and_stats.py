@@ -19,7 +19,7 @@ def test_a_provisioned_worker_caches_under_var_lib_and_writes_results_to_s3() ->
         "matrix-qa",
         disk_bytes=800 * GiB,
         memory_bytes=32 * GiB,
-        environ={"MEMRUN_S3_BUCKET": "memrun", "MEMRUN_S3_ENDPOINT_URL": "http://s3:9000"},
+        environ={"MEMRUN_S3_BUCKET": "memrun", "AWS_ENDPOINT_URL": "http://s3:9000"},
     )
     assert settings.service_dir == WORKER_CACHE_ROOT / "matrix-qa"
     assert settings.capacity_bytes == MAX_CAPACITY_BYTES
