@@ -23,6 +23,9 @@ class DeployForm(forms.Form):
     sticky_key = forms.CharField(required=False, max_length=200, help_text="e.g. user_id")
     min_workers = forms.IntegerField(required=False, min_value=0, max_value=10_000)
     max_workers = forms.IntegerField(required=False, min_value=1, max_value=10_000)
+    secrets = forms.CharField(
+        required=False, max_length=2000, help_text="secret names, comma-separated"
+    )
 
     OVERRIDES = ("memory", "disk", "concurrency", "sticky_key", "min_workers", "max_workers")
 
@@ -33,7 +36,27 @@ class DeployForm(forms.Form):
         for key in self.OVERRIDES:
             value = self.cleaned_data.get(key)
             given[key] = None if value in (None, "") else value
+        names = [n.strip() for n in self.cleaned_data.get("secrets", "").split(",") if n.strip()]
+        given["secrets"] = names or None
         return given
+
+
+class SecretForm(forms.Form):
+    """A secret's name; its pairs come as repeated `key` and `value` fields (the values
+    from password inputs), read by `pairs`."""
+
+    name = forms.CharField(max_length=63)
+
+    def pairs(self) -> dict[str, str]:
+        """The rows with a key; a row without one is an unused row of the form."""
+        keys = self.data.getlist("key")
+        values = self.data.getlist("value")
+        return {k.strip(): v for k, v in zip(keys, values, strict=False) if k.strip()}
+
+    def key_rows(self, rows: int) -> list[str]:
+        """The keys typed (kept when the form is refused), padded with empty rows."""
+        typed = [k for k in self.data.getlist("key") if k.strip()] if self.is_bound else []
+        return typed + [""] * max(rows - len(typed), 1)
 
 
 class RollbackForm(forms.Form):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from apps.web import dlq_views, log_views, views
+from apps.web import dlq_views, log_views, secret_views, views
 
 app_name = "web"
 
@@ -29,5 +29,7 @@ urlpatterns = [
     path("workers/<str:name>/logs/", log_views.worker_logs, name="worker-logs"),
     path("requests/", views.request_lookup, name="request"),
     path("tokens/", views.tokens, name="tokens"),
+    path("secrets/", secret_views.secrets, name="secrets"),
+    path("secrets/<str:name>/delete/", secret_views.secret_delete, name="secret-delete"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke, name="token-revoke"),
 ]

@@ -65,6 +65,7 @@ PAGES = [
     "/workers/w/logs/",
     "/requests/",
     "/tokens/",
+    "/secrets/",
     "/services/x/dead-letters/",
     "/services/x/dead-letters/0-1/",
 ]
