@@ -4,6 +4,8 @@
 #                then serve with gunicorn running uvicorn workers (ASGI) on :8000
 #   celery       a Celery worker (provisioning tasks)
 #   beat         Celery beat (the reconcile loop's clock)
+#   supervisor   the local worker supervisor: runs provider=local workers as processes
+#                from the specs reconcile writes to MEMRUN_HOME (as `memrun up` does)
 #   worker       the memrun worker daemon (`memrun worker ...`)
 #   init-bucket  create the S3 bucket of MEMRUN_ARTIFACTS_URL if it is missing, then exit
 #   manage       a Django management command, e.g. `manage createsuperuser`
@@ -28,6 +30,9 @@ celery)
 beat)
     # Its schedule file is settings.CELERY_BEAT_SCHEDULE_FILENAME, in MEMRUN_HOME.
     exec celery -A memrun_site beat --loglevel INFO "$@"
+    ;;
+supervisor)
+    exec python -m apps.provisioning.local_supervisor "$@"
     ;;
 worker)
     exec memrun worker "$@"
@@ -73,19 +78,23 @@ PY
     celery)
         exec celery -A memrun_site inspect ping --destination "memrun@$(hostname)" --timeout 5
         ;;
+    supervisor)
+        # It is this container's first process (exec above); it exits when it fails.
+        grep -q local_supervisor /proc/1/cmdline
+        ;;
     beat)
         # Beat rewrites its schedule file after each task it sends (every 15 s).
         find "$MEMRUN_HOME" -maxdepth 1 -name 'celerybeat-schedule*' -mmin -2 | grep -q .
         ;;
     *)
-        echo "healthcheck: unknown role '${1:-}' (web, celery or beat)" >&2
+        echo "healthcheck: unknown role '${1:-}' (web, celery, beat or supervisor)" >&2
         exit 64
         ;;
     esac
     ;;
 *)
-    echo "memrun-entrypoint: unknown role '$role'; use web, celery, beat, worker," \
-        "init-bucket, manage or healthcheck" >&2
+    echo "memrun-entrypoint: unknown role '$role'; use web, celery, beat, supervisor," \
+        "worker, init-bucket, manage or healthcheck" >&2
     exit 64
     ;;
 esac

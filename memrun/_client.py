@@ -182,11 +182,21 @@ class Client:
         *,
         message: str = "",
         progress: ProgressCallback | None = None,
+        provider: str = "",
+        server_type: str = "",
+        location: str = "",
     ) -> Deployment:
         """Upload the package at `package` (a .tar.gz from `build_package`) as the next
         version of `service`, which is created on its first deploy. The file is streamed,
-        never read into memory; `progress` hears how far it got."""
-        query = urllib.parse.urlencode({"message": message}) if message else ""
+        never read into memory; `progress` hears how far it got. `provider`,
+        `server_type` and `location` set the service's machines ("": unchanged)."""
+        fields = {
+            "message": message,
+            "provider": provider,
+            "server_type": server_type,
+            "location": location,
+        }
+        query = urllib.parse.urlencode({k: v for k, v in fields.items() if v})
         path = f"{_service_path(service)}/deployments" + (f"?{query}" if query else "")
         with package.open("rb") as stream:
             total = os.fstat(stream.fileno()).st_size

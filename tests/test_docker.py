@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
-APPLIANCE_ROLES = ("appliance", "celery", "beat")
+APPLIANCE_ROLES = ("appliance", "celery", "beat", "supervisor")
 BACKING = ("kafka", "redis", "postgres", "s3")
 # Read by libraries rather than by the settings module.
 LIBRARY_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
@@ -169,3 +169,31 @@ def test_image_runs_as_an_unprivileged_user_and_installs_the_entrypoint() -> Non
     assert re.search(r"^FROM python:3\.11\.\d+-slim", dockerfile, flags=re.MULTILINE)
     assert "docker/entrypoint.sh /usr/local/bin/memrun-entrypoint" in dockerfile
     assert 'ENTRYPOINT ["memrun-entrypoint"]' in dockerfile
+
+
+def test_compose_runs_a_worker_runner_for_every_provider(services: dict[str, Any]) -> None:
+    """Every provider the registry knows has what runs its workers in compose: `local`
+    the supervisor, sharing memrun-home with Celery (reconcile writes the specs it
+    reads); `hetzner` Celery's reconcile, with the HCLOUD_* settings it reads."""
+    from apps.provisioning.provisioners import _BACKENDS
+
+    assert set(_BACKENDS) == {"local", "hetzner"}
+    roles = {name: service.get("command", [""])[0] for name, service in services.items()}
+    [supervisor] = [name for name, role in roles.items() if role == "supervisor"]
+    text = (DOCKER / "entrypoint.sh").read_text()
+    body = text.split("\nsupervisor)\n", 1)[1].split(";;", 1)[0]
+    assert "exec python -m apps.provisioning.local_supervisor" in body
+    assert (ROOT / "apps" / "provisioning" / "local_supervisor.py").exists()
+    home = "memrun-home:/var/lib/memrun"
+    assert home in services[supervisor]["volumes"] and home in services["celery"]["volumes"]
+    assert services["celery"]["environment"]["MEMRUN_HOME"] == "/var/lib/memrun"
+
+    assert roles["celery"] == "celery" and roles["beat"] == "beat"
+    env = services["celery"]["environment"]
+    for name in ("HCLOUD_TOKEN", "HCLOUD_LOCATION", "HCLOUD_IMAGE", "HCLOUD_FIREWALL"):
+        assert name in env, name
+    assert resolve(env["HCLOUD_TOKEN"]) == ""  # optional: only hetzner services need it
+    # A worker reaches the control plane by a name the web server accepts.
+    control_plane = urlsplit(resolve(env["MEMRUN_CONTROL_PLANE_URL"])).hostname
+    assert control_plane is not None and services[control_plane]["command"] == ["web"]
+    assert control_plane in resolve(env["ALLOWED_HOSTS"]).split(",")

@@ -323,14 +323,26 @@ _UPLOAD_RESPONSES = {
     tags=["deployments"],
     summary="Deploy a package or a handler .py; creates the service on its first deploy",
 )
-def deployments_create(request: HttpRequest, name: str, message: str = "") -> Status[Deployment]:
+def deployments_create(
+    request: HttpRequest,
+    name: str,
+    message: str = "",
+    provider: str = Query("", max_length=16, description="local or hetzner; empty: unchanged"),
+    server_type: str = Query(
+        "", max_length=32, description="e.g. cpx41; empty: unchanged (none: the cheapest fit)"
+    ),
+    location: str = Query("", max_length=32, description="e.g. fsn1; empty: unchanged"),
+) -> Status[Deployment]:
     """The body is checked before anything is stored; every refusal is a 4xx whose
     `details.reason` names the problem. Identical bytes make a new version (a redeploy)
-    but are stored once."""
+    but are stored once. `provider`, `server_type` and `location` set the service's
+    machines, checked against the new settings' memory and disk (an unknown type or
+    location, or one too small, is a 422)."""
     deployments.service_name_check(name)
+    fleet = {"provider": provider, "server_type": server_type, "location": location}
     with uploads.upload_receive(request=request, message=message) as upload:
         deployment = deployments.deployment_upload(
-            service_name=name, upload=upload, created_by=request.auth
+            service_name=name, upload=upload, created_by=request.auth, fleet=fleet
         )
     return Status(201, deployment)
 

@@ -22,6 +22,7 @@ from django.db import transaction
 
 from apps.common.errors import DomainError
 from apps.common.events import ServiceFleetChanged, event_emit_on_commit
+from apps.common.fleet import FleetChoice, fleet_check
 from apps.common.permissions import staff_require
 from apps.services import selectors
 from apps.services.artifacts import artifact_exists, artifact_put
@@ -35,6 +36,8 @@ from memrun.wire.archive import Manifest, PackageLimits, inspect_package, open_t
 from memrun.wire.config import SETTING_ARGS, service_config_changes
 
 MESSAGE_MAX_CHARS = 2000
+# What a deploy may set of the service's machines besides its settings.
+FLEET_FIELDS = frozenset({"provider", "server_type", "location"})
 # The entry module is compiled in the web process: bound what that may cost.
 ENTRY_MAX_BYTES = 4 * 2**20
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}\.py$")
@@ -50,13 +53,25 @@ def deployment_upload(
     upload: Upload,
     created_by: AbstractBaseUser | None = None,
     overrides: Mapping[str, Any] | None = None,
+    fleet: Mapping[str, str] | None = None,
 ) -> Deployment:
     """Validate `upload` (a package, or a handler .py built into one here) for the
     service `service_name`, store it, and record a new deployment of it, with
     `overrides` (MemoryService argument names, as `memrun deploy`'s flags give them;
     None: not given) merged over the package's settings into the manifest it stores.
-    The service is created on its first deploy. Only staff users deploy. Refusals are
-    DomainErrors; a refused upload stores nothing."""
+    `fleet` (provider, server_type, location; "" or absent: unchanged) sets the
+    service's machines, checked against the new settings' memory and disk. The service
+    is created on its first deploy. Only staff users deploy. Refusals are DomainErrors;
+    a refused upload stores nothing."""
+    fleet = {key: value for key, value in (fleet or {}).items() if value}
+    unknown_fleet = sorted(set(fleet) - FLEET_FIELDS)
+    if unknown_fleet:
+        raise DomainError(
+            f"unknown fleet field {', '.join(unknown_fleet)}; known: "
+            f"{', '.join(sorted(FLEET_FIELDS))}",
+            status=422,
+            details={"fields": {key: ["unknown"] for key in unknown_fleet}},
+        )
     staff_require(user=created_by, action="deploy")
     service_name_check(service_name)
     message = _message(upload.message)
@@ -77,11 +92,14 @@ def deployment_upload(
         if existing is not None:
             _config_check(existing, config)
         _secrets_check(config)
+        _fleet_check(existing, fleet, config)
         url = artifact_put(path=package, key=f"deployments/{service_name}/{sha256}.tar.gz")
     with transaction.atomic():
-        service = Service.objects.filter(name=service_name).first() or service_create(
-            name=service_name, desired_workers=config.min_workers
-        )
+        service = Service.objects.filter(name=service_name).first()
+        if service is None:
+            service = service_create(name=service_name, desired_workers=config.min_workers, **fleet)
+        elif fleet:
+            service = service_update(service=service, data=fleet)
         return _deployment_record(
             service=service,
             config=config,
@@ -335,6 +353,19 @@ def _secrets_check(config: ServiceConfig, *, lock: bool = False) -> None:
             status=422,
             details={"fields": {"secrets": [f"no secret named {name}" for name in missing]}},
         )
+
+
+def _fleet_check(service: Service | None, fleet: Mapping[str, str], config: ServiceConfig) -> None:
+    """The machine choice the service will have, against the new settings' sizes."""
+    fleet_check(
+        choice=FleetChoice(
+            provider=fleet.get("provider", service.provider if service else "local"),
+            server_type=fleet.get("server_type", service.server_type if service else ""),
+            location=fleet.get("location", service.location if service else ""),
+            memory_bytes=config.memory_bytes,
+            disk_bytes=config.disk_bytes,
+        )
+    )
 
 
 def _config_with(config: ServiceConfig, changes: Mapping[str, object]) -> ServiceConfig:

@@ -24,6 +24,7 @@ from apps.common.credentials import (
     secret_shown_part,
 )
 from apps.common.errors import DomainError, full_clean_or_raise
+from apps.common.fleet import FleetChoice, fleet_check
 from apps.common.states import WORKER_FINISHED_STATES
 from apps.common.ttlcache import TtlCache
 from apps.services.broker import listener, publish_invalidate
@@ -71,6 +72,7 @@ def service_create(
         server_type=server_type,
         location=location,
     )
+    fleet_check(choice=FleetChoice(provider=provider, server_type=server_type, location=location))
     try:
         with transaction.atomic():
             full_clean_or_raise(service, what="service")
@@ -87,7 +89,20 @@ def service_create(
 def service_update(*, service: Service, data: Mapping[str, Any]) -> Service:
     """Change the fleet fields in `data` (SERVICE_UPDATABLE). The name and the partition
     count are fixed at creation: sending the current partition count is accepted. A
-    desired worker count must lie within the live settings' min_workers..max_workers."""
+    desired worker count must lie within the live settings' min_workers..max_workers.
+    A changed machine choice is checked first (apps/common/fleet.py) against the live
+    settings' memory and disk."""
+    if {"provider", "server_type", "location"} & set(data):
+        config = service.config
+        fleet_check(
+            choice=FleetChoice(
+                provider=str(data.get("provider", service.provider)),
+                server_type=str(data.get("server_type", service.server_type)),
+                location=str(data.get("location", service.location)),
+                memory_bytes=config.memory_bytes if config else 0,
+                disk_bytes=config.disk_bytes if config else 0,
+            )
+        )
     with transaction.atomic():
         service = Service.objects.select_for_update().get(pk=service.pk)
         if "partitions" in data and data["partitions"] != service.partitions:

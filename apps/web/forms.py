@@ -26,6 +26,18 @@ class DeployForm(forms.Form):
     secrets = forms.CharField(
         required=False, max_length=2000, help_text="secret names, comma-separated"
     )
+    provider = forms.ChoiceField(
+        required=False,
+        choices=[
+            ("", "unchanged (local for a new service)"),
+            ("local", "local"),
+            ("hetzner", "hetzner"),
+        ],
+    )
+    server_type = forms.CharField(
+        required=False, max_length=32, help_text="e.g. cpx41 (Hetzner); empty: the cheapest fit"
+    )
+    location = forms.CharField(required=False, max_length=32, help_text="e.g. fsn1 (Hetzner)")
 
     OVERRIDES = ("memory", "disk", "concurrency", "sticky_key", "min_workers", "max_workers")
 
@@ -39,6 +51,12 @@ class DeployForm(forms.Form):
         names = [n.strip() for n in self.cleaned_data.get("secrets", "").split(",") if n.strip()]
         given["secrets"] = names or None
         return given
+
+    def fleet(self) -> dict[str, str]:
+        """The machine choice given (empty: unchanged)."""
+        return {
+            key: self.cleaned_data.get(key) or "" for key in ("provider", "server_type", "location")
+        }
 
 
 class SecretForm(forms.Form):

@@ -155,6 +155,7 @@ def _deploy(request: HttpRequest) -> HttpResponse:
                 upload=upload,
                 created_by=request.user,
                 overrides=form.overrides(),
+                fleet=form.fleet(),
             )
     except DomainError as exc:
         return render(request, "web/deploy.html", {"form": form, "error": exc}, status=exc.status)

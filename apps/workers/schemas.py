@@ -34,6 +34,11 @@ class WorkerOut(Schema):
     partitions: list[int]
     lag: int | None
     stats: dict[str, Any]
+    machine: dict[str, Any] = Field(
+        description="the provisioner's view of its machine: server_id, server_type, location, "
+        "status, created, ipv4, ipv6, private_ips, price_hourly_eur and price_monthly_eur "
+        "(net, the type's price in its location); empty for a local process"
+    )
     created_at: datetime
 
     @staticmethod

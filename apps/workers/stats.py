@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.db.models import QuerySet
@@ -99,6 +100,17 @@ class WorkerStats:
     cache_capacity_bytes: int
     cache_tiers: tuple[TierStats, ...]
     largest: tuple[CachedObject, ...]
+    # The provisioner's view of its machine (Worker.machine): server, type, location,
+    # addresses, and the type's EUR prices; empty for a local process.
+    machine: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def cost_monthly_eur(self) -> Decimal | None:
+        return _price(self.machine.get("price_monthly_eur"))
+
+    @property
+    def cost_hourly_eur(self) -> Decimal | None:
+        return _price(self.machine.get("price_hourly_eur"))
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,17 @@ class ServiceStats:
     largest: tuple[CachedObject, ...]
     workers: tuple[WorkerStats, ...]
     dead_letters: int | None = None
+
+    @property
+    def cost_monthly_eur(self) -> Decimal | None:
+        """What its running workers' machines cost a month (None: no priced machine)."""
+        costs = [c for w in self.workers if (c := w.cost_monthly_eur) is not None]
+        return sum(costs, Decimal(0)) if costs else None
+
+    @property
+    def cost_hourly_eur(self) -> Decimal | None:
+        costs = [c for w in self.workers if (c := w.cost_hourly_eur) is not None]
+        return sum(costs, Decimal(0)) if costs else None
 
 
 def service_dashboard_list(*, dead_letters: bool = True) -> list[ServiceStats]:
@@ -208,6 +231,13 @@ def _service_stats(
     )
 
 
+def _price(raw: object) -> Decimal | None:
+    try:
+        return Decimal(str(raw)) if raw is not None else None
+    except ArithmeticError:
+        return None
+
+
 def _worker_stats(worker: Worker, now: datetime) -> WorkerStats:
     raw = worker.stats if isinstance(worker.stats, dict) else {}
     cache = _mapping(raw.get("cache"))
@@ -232,6 +262,7 @@ def _worker_stats(worker: Worker, now: datetime) -> WorkerStats:
         partition_lag=partition_lag,
         lag=raw["lag"] if _is_int(raw.get("lag")) else None,
         requests=_merge_requests([_requests(requests)]),
+        machine=worker.machine if isinstance(worker.machine, dict) else {},
         cache_used_bytes=_int(tiers["memory"].get("used_bytes"))
         + _int(tiers["disk"].get("used_bytes")),
         cache_capacity_bytes=_int(tiers["memory"].get("capacity_bytes"))

@@ -60,6 +60,22 @@ def register(subparsers: Any) -> None:
         metavar="PATH",
         help="a file or folder to package too (repeatable)",
     )
+    parser.add_argument(
+        "--provider",
+        choices=("local", "hetzner"),
+        default="",
+        help="where the workers run (default: unchanged; local for a new service)",
+    )
+    parser.add_argument(
+        "--server-type",
+        default="",
+        metavar="TYPE",
+        help="the Hetzner server type, e.g. cpx41 (default: the cheapest that fits "
+        "--memory and --disk)",
+    )
+    parser.add_argument(
+        "--location", default="", metavar="LOC", help="the Hetzner location, e.g. fsn1"
+    )
     parser.add_argument("--message", "-m", default="", help="what changed, for the history")
     parser.add_argument("--no-wait", action="store_true", help="return once uploaded")
     parser.set_defaults(handler=run)
@@ -80,7 +96,13 @@ def run(args: argparse.Namespace) -> int:
         files = f" (+{extra} file{'s' if extra != 1 else ''})" if extra else ""
         print(f"packaged {args.handler_path.name}{files} as {name}: {human_bytes(info.size_bytes)}")
         deployment = client.deploy(
-            name, package, message=args.message, progress=_progress_printer()
+            name,
+            package,
+            message=args.message,
+            progress=_progress_printer(),
+            provider=args.provider,
+            server_type=args.server_type,
+            location=args.location,
         )
     print(
         f"uploaded {human_bytes(deployment.size_bytes)}, sha256 {deployment.sha256[:12]}: "

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.test import TestCase
+from django.test import Client, TestCase
 
 from apps.provisioning import tasks
 from apps.services.models import Deployment, Service
 from apps.workers.models import Worker
 from apps.workers.services import worker_heartbeat
+from memrun.cli.workers import monthly_total, worker_rows
 from tests.hetzner.standin import StandIn
 
 pytestmark = pytest.mark.django_db
@@ -200,7 +202,12 @@ def test_a_worker_that_never_registers_is_destroyed_and_the_rollout_says_why(
 
 
 def test_workers_carry_their_machine_and_cost(
-    service: Service, hetzner_standin: StandIn, deploy_settings: Callable[..., Deployment]
+    service: Service,
+    hetzner_standin: StandIn,
+    deploy_settings: Callable[..., Deployment],
+    api_client: Client,
+    user: Any,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     Service.objects.filter(pk=service.pk).update(server_type="cpx41", location="nbg1")
     deploy(deploy_settings, service)
@@ -214,3 +221,23 @@ def test_workers_carry_their_machine_and_cost(
         assert worker.machine["server_id"] == int(worker.provider_ref)
         assert worker.machine["price_monthly_eur"] == "25.2000"
         assert worker.machine["ipv4"]
+
+    # The API's worker schema, `memrun workers` and the UI's worker list show them, and
+    # the service's total: 3 x cpx41 in nbg1 at 25.20 EUR/month (net) = 75.60.
+    answer = api_client.get(f"/api/v1/services/{service.name}/workers")
+    assert answer.status_code == 200
+    machines = [w["machine"] for w in answer.json()]
+    assert sorted(m["server_id"] for m in machines) == sorted(int(w.provider_ref) for w in workers)
+    assert {m["price_monthly_eur"] for m in machines} == {"25.2000"}
+    rows = worker_rows(answer.json())
+    assert rows[0][-1] == "MACHINE"
+    assert all(
+        row[-1].startswith("cpx41@nbg1 #") and row[-1].endswith("25.20 EUR/mo") for row in rows[1:]
+    )
+    assert monthly_total(answer.json()) == Decimal("75.60")
+
+    browser = Client()
+    browser.force_login(user)
+    page = browser.get(f"/services/{service.name}/").content.decode()
+    assert '<span class="cost-total">75.60 EUR/month</span>' in page
+    assert page.count('<td class="cost">25.20</td>') == 3

@@ -38,6 +38,7 @@ from hcloud.servers import BoundServer, Server
 from hcloud.ssh_keys import SSHKey
 
 from apps.common.errors import DomainError
+from apps.common.fleet import FleetChoice
 from apps.provisioning.provisioners.base import LiveWorker, WorkerSpec
 from apps.provisioning.userdata import worker_user_data
 
@@ -470,6 +471,30 @@ def _label_value(value: str) -> str:
     """A Hetzner label value: at most 63 of [a-zA-Z0-9._-], alphanumeric at both ends."""
     cleaned = re.sub(r"[^a-zA-Z0-9._-]+", "-", value)[:63]
     return cleaned.strip("._-")
+
+
+def hetzner_fleet_check(choice: FleetChoice) -> None:
+    """For provider=hetzner: DomainError unless the token is set, the location and the
+    server type are ones the API lists, and the type (given, or the cheapest that fits)
+    has the memory and disk the service asks for."""
+    if choice.provider != "hetzner":
+        return
+    backend = hetzner_from_settings()
+    machine = backend.machine_type(
+        server_type=choice.server_type,
+        location=choice.location or backend.location,
+        memory_bytes=choice.memory_bytes,
+        disk_bytes=choice.disk_bytes,
+    )
+    if machine.memory_bytes < choice.memory_bytes or machine.disk_bytes < choice.disk_bytes:
+        raise DomainError(
+            f"server type {machine.name} has {machine.memory_bytes / _GIB:g} GiB of RAM and "
+            f"{machine.disk_bytes / _GIB:g} GiB of disk; the service asks for "
+            f"{choice.memory_bytes / _GIB:g} GiB and {choice.disk_bytes / _GIB:g} GiB: pick a "
+            "larger type, or none to have the cheapest that fits chosen",
+            status=422,
+            details={"fields": {"server_type": ["too small for the service"]}},
+        )
 
 
 def hetzner_from_settings() -> HetznerProvisioner:
