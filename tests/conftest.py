@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.django",
     "tests.fixtures.appliance",
+    "tests.fixtures.hetzner",
 ]

@@ -241,3 +241,40 @@ def test_workers_carry_their_machine_and_cost(
     page = browser.get(f"/services/{service.name}/").content.decode()
     assert '<span class="cost-total">75.60 EUR/month</span>' in page
     assert page.count('<td class="cost">25.20</td>') == 3
+
+
+def test_replacements_that_never_register_back_off_and_degrade_the_deployment(
+    service: Service,
+    hetzner_standin: StandIn,
+    deploy_settings: Callable[..., Deployment],
+    settings: Any,
+) -> None:
+    settings.MEMRUN_WORKER_BOOT_TIMEOUT_S = 2.0
+    settings.MEMRUN_CRASH_BACKOFF_BASE_S = 1.0
+    settings.MEMRUN_CRASH_BACKOFF_MAX_S = 2.0
+    settings.MEMRUN_CRASH_DEGRADED_AFTER_FAILURES = 3
+    deployment = deploy(deploy_settings, service)
+    scale(service, 1)
+    passes_until(lambda: len(hetzner_standin.servers()) == 1)
+    heartbeat(service, "ready")
+    passes_until(lambda: Deployment.objects.get(pk=deployment.pk).status == "active")
+    [first] = running(service)
+
+    # Its server goes; every replacement boots a server whose worker never registers.
+    hetzner_standin.vanish(int(first.provider_ref))
+
+    def degraded() -> bool:
+        # Never more than one server for the one desired worker, whatever happens.
+        assert len(hetzner_standin.servers()) <= 1
+        return bool(Deployment.objects.get(pk=deployment.pk).degraded_reason)
+
+    passes_until(degraded)
+    deployment.refresh_from_db()
+    assert deployment.status == "active"
+    assert "workers of v1 died within" in deployment.degraded_reason
+    assert "not ready within the boot timeout of 2 s" in deployment.degraded_reason
+    reasons = list(deployment.events.values_list("reason", flat=True))
+    assert any(reason.startswith("crash loop: ") for reason in reasons), reasons
+    dead = service.workers.filter(state="dead").count()
+    assert dead >= 3
+    assert server_names(hetzner_standin) == [w.name for w in running(service)]
