@@ -24,6 +24,7 @@ import collections
 import itertools
 import json
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -335,7 +336,7 @@ class StandIn:
             def do_DELETE(self) -> None:
                 standin._handle(self, "DELETE")
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = _QuietServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="hetzner-standin", daemon=True
@@ -741,6 +742,13 @@ class StandIn:
                 group["servers"].remove(server["id"])
         action = self._action("delete_server", [{"id": server["id"], "type": "server"}])
         return action.json(duration_s=self.state.action_duration_s)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a timeout fault, a closed pool connection) is expected.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _endpoint_name(path: str) -> str:

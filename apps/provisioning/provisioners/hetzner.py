@@ -62,6 +62,10 @@ class RateLimited(HetznerError):
     """Hetzner answered 429; no request before the reset time it gave."""
 
 
+class ActionFailed(HetznerError):
+    """An action (a create, a delete) ended in error or outlasted its timeout."""
+
+
 _rate_lock = threading.Lock()
 _blocked_until = 0.0  # epoch seconds: the last 429's RateLimit-Reset, for the whole process
 
@@ -195,7 +199,7 @@ class HetznerProvisioner:
         server_id = int(made.server.id or 0)
         try:
             self._wait(made.action.id, made.action.status, made.action.error)
-        except HetznerError as error:
+        except ActionFailed as error:
             # Cleanup past the budget: a broken server must not be found as this worker's.
             self._delete(server_id, budgeted=False)
             raise HetznerError(
@@ -308,12 +312,13 @@ class HetznerProvisioner:
 
     def _wait(self, action_id: int, status: str | None, error: Any) -> None:
         """Poll an action until it finishes, backing off from 0.2 s to 5 s between polls;
-        HetznerError when it fails or outlasts HCLOUD_ACTION_TIMEOUT_S."""
+        ActionFailed when it fails or outlasts HCLOUD_ACTION_TIMEOUT_S (a spent budget or
+        a 429 while polling leaves the action running: the next pass finds its server)."""
         deadline = time.monotonic() + self.action_timeout_s
         delay_s = 0.2
         while status == "running":
             if time.monotonic() >= deadline:
-                raise HetznerError(
+                raise ActionFailed(
                     f"action {action_id} still running after {self.action_timeout_s:g} s"
                 )
             time.sleep(min(delay_s, max(deadline - time.monotonic(), 0)))
@@ -323,7 +328,7 @@ class HetznerProvisioner:
             status, error = action.status, action.error
         if status == "error":
             message = error.get("message") if isinstance(error, dict) else error
-            raise HetznerError(f"action {action_id} failed: {message}")
+            raise ActionFailed(f"action {action_id} failed: {message}")
 
     def _delete(self, server_id: int, *, budgeted: bool = True) -> None:
         if budgeted:
