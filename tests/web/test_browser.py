@@ -365,3 +365,54 @@ def test_a_user_without_staff_rights_is_refused_by_the_deploy_form(
     Shots(SCREENSHOTS / "viewer")(page, "deploy-refused-non-staff")
     assert not Service.objects.filter(name="not-allowed").exists()
     page.close()
+
+
+def test_secrets_are_typed_into_password_inputs_and_never_shown_again(
+    browser: Any, live_server: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography.fernet import Fernet
+    from django.contrib.auth.models import User
+
+    from apps.services.models import Secret
+    from apps.services.selectors import secret_env
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    settings.MEMRUN_SECRETS_KEYS = [Fernet.generate_key().decode()]
+    value = "typed-in-a-browser-only"
+    base = live_server.url
+    shots = Shots(SCREENSHOTS / "secrets")
+    User.objects.create_user(username="keeper", password=PASSWORD, is_staff=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("dialog", lambda dialog: dialog.accept())
+    login(page, base, "keeper")
+    page.click("nav >> text=Secrets")
+    assert page.url == f"{base}/secrets/"
+    assert page.get_attribute("#secret-form input[name=value] >> nth=0", "type") == "password"
+
+    # A reserved key is refused by name; the keys typed stay, the values do not.
+    page.fill("#secret-form input[name=name]", "api-key")
+    page.fill("#secret-form input[name=key] >> nth=0", "API_KEY")
+    page.fill("#secret-form input[name=value] >> nth=0", value)
+    page.fill("#secret-form input[name=key] >> nth=1", "REDIS_URL")
+    page.fill("#secret-form input[name=value] >> nth=1", value)
+    page.click("#secret-form button[type=submit]")
+    assert "REDIS_URL is set by memrun" in page.inner_text("#secret-error")
+    assert page.input_value("#secret-form input[name=key] >> nth=0") == "API_KEY"
+    assert page.input_value("#secret-form input[name=value] >> nth=0") == ""
+    assert value not in page.content()
+    shots(page, "secret-refused")
+
+    page.fill("#secret-form input[name=key] >> nth=1", "")
+    page.fill("#secret-form input[name=value] >> nth=0", value)
+    page.click("#secret-form button[type=submit]")
+    assert "secret api-key set: API_KEY" in page.inner_text("main")
+    row = page.inner_text('#secrets tr[data-secret="api-key"]')
+    assert "API_KEY" in row and Secret.objects.get(name="api-key").fingerprint in row
+    assert value not in page.content()
+    assert secret_env(names=("api-key",)) == {"API_KEY": value}
+    shots(page, "secrets")
+
+    with page.expect_navigation():
+        page.click('#secrets tr[data-secret="api-key"] button.danger')
+    assert "secret api-key deleted" in page.inner_text("main")
+    assert not Secret.objects.exists()
