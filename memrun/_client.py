@@ -268,6 +268,36 @@ class Client:
         path = f"/api/v1/secrets/{urllib.parse.quote(name, safe='')}"
         self._http.call("DELETE", path, timeout_s=self.timeout_s)
 
+    # -- API tokens ----------------------------------------------------------------------
+
+    def tokens(self, *, all_users: bool = False) -> list[dict[str, Any]]:
+        """The caller's user's active tokens (every user's with `all_users`, for admins),
+        each with its `grants` ({service, role}; service None: all services)."""
+        return self._call_list("GET", "/api/v1/tokens" + ("?all=true" if all_users else ""))
+
+    def token_create(
+        self,
+        name: str,
+        *,
+        service: str | None = None,
+        role: str | None = None,
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        """A new token named `name` holding `role` on `service` (on all services when
+        None); without either, a copy of its user's grants; `role` defaults to invoke
+        when only `service` is given. Its `secret` is in this answer only."""
+        payload: dict[str, Any] = {"name": name}
+        if service is not None or role is not None:
+            payload["grants"] = [{"service": service, "role": role or "invoke"}]
+        if user is not None:
+            payload["user"] = user
+        return self._call("POST", "/api/v1/tokens", payload, timeout_s=self.timeout_s)
+
+    def token_revoke(self, token_id: int, *, any_user: bool = False) -> None:
+        """Revoke the token `token_id` (another user's too with `any_user`, for admins)."""
+        query = "?all=true" if any_user else ""
+        self._http.call("DELETE", f"/api/v1/tokens/{token_id}{query}", timeout_s=self.timeout_s)
+
     # -- running workers: scaling and the workers of a service --------------------------
 
     def scale(self, service: str, workers: int) -> dict[str, Any]:

@@ -8,7 +8,9 @@ whole: a bearer token this process already knows, and `wait`/`queue` given plain
 calls the same service functions as the ninja views in apps/services/api.py, which stay the
 contract (OpenAPI, sessions, and every case this lane passes on: unknown tokens, odd
 parameters, other methods), and answers with the same bodies and error shape. A caller
-that disconnects cancels its wait.
+that disconnects cancels its wait. It checks the same roles as those views, from the
+same cached token look-up: a revoked token or a changed grant is seen at once (an
+invalidation message), at worst within MEMRUN_LOOKUP_CACHE_TTL_S.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from urllib.parse import parse_qsl
 from django.conf import settings
 
 from apps.common.errors import DomainError
+from apps.common.permissions import Access, Role
 from apps.services import invoke
 from apps.services.auth import token_caller
-from apps.services.services import apitoken_cached_user
+from apps.services.services import apitoken_cached_holder
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ class Call:
     op: str  # "invoke", "invoke-batch" or "request"
     target: str  # the service, or the request id
     caller: str
+    access: Access  # the token's, from the same cached look-up as the ninja routes'
     wait_s: float
     queue: bool
 
@@ -57,7 +61,8 @@ def fast_call(scope: dict[str, Any]) -> Call | None:
     if scope["method"] != ("GET" if op == "request" else "POST"):
         return None
     token = _bearer(scope["headers"])
-    if token is None or apitoken_cached_user(secret=token) is None:
+    holder = None if token is None else apitoken_cached_holder(secret=token)
+    if token is None or holder is None:
         return None
     params = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
     try:
@@ -71,6 +76,7 @@ def fast_call(scope: dict[str, Any]) -> Call | None:
         op=op,
         target=match["service"] or match["request_id"],
         caller=token_caller(token),
+        access=holder.access,
         wait_s=wait_s,
         queue=queue,
     )
@@ -123,6 +129,8 @@ async def _send(send: Any, status: int, payload: dict[str, Any], headers: dict[s
 async def _answer(call: Call, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
     try:
         wait_s = invoke.wait_seconds(call.wait_s)
+        if call.op != "request":  # what `needs_async(Role.INVOKE)` checks on the ninja routes
+            call.access.require(Role.INVOKE, call.target)
         if call.op == "invoke":
             state = await invoke.service_invoke(
                 name=call.target, body=body, wait_s=wait_s, queue=call.queue, caller=call.caller
@@ -137,7 +145,9 @@ async def _answer(call: Call, body: bytes) -> tuple[int, dict[str, Any], dict[st
                 caller=call.caller,
             )
             return invoke.invoke_status(states), {"results": [s.to_api() for s in states]}, {}
-        state = await invoke.request_wait(request_id=call.target, wait_s=wait_s)
+        state = await invoke.request_wait(
+            request_id=call.target, wait_s=wait_s, access=call.access, caller=call.caller
+        )
         return 200, state.to_api(), {}
     except DomainError as exc:
         return exc.status, {"message": exc.message, "details": exc.details}, exc.headers

@@ -7,9 +7,11 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Router
 
+from apps.common.permissions import Role
 from apps.provisioning.gc import gc_plan, gc_run
 from apps.provisioning.schemas import GcIn, GcOut, ScaleIn
 from apps.provisioning.services import service_scale
+from apps.services.auth import ALL, needs
 from apps.services.models import Service
 from apps.services.schemas import ErrorOut, ServiceOut
 from apps.services.selectors import service_get
@@ -20,6 +22,7 @@ router = Router(tags=["workers"])
 
 @router.post(
     "/services/{name}/scale",
+    auth=needs(Role.DEPLOY),
     response={200: ServiceOut, 403: ErrorOut, 404: ErrorOut, 422: ErrorOut},
 )
 def services_scale(request: HttpRequest, name: str, payload: ScaleIn) -> Service:
@@ -28,13 +31,15 @@ def services_scale(request: HttpRequest, name: str, payload: ScaleIn) -> Service
     return service_scale(service=service_get(name=name), workers=payload.workers, by=request.auth)
 
 
-@router.post("/gc", response={200: GcOut, 403: ErrorOut}, tags=["operations"])
+@router.post(
+    "/gc", auth=needs(Role.ADMIN, ALL), response={200: GcOut, 403: ErrorOut}, tags=["operations"]
+)
 def gc(request: HttpRequest, payload: GcIn) -> dict[str, Any]:
     """Free what memrun stores and no longer needs: packages of deleted services and of
     versions beyond the retention count (never a live, rolling or running one), stopped
     local workers' folders and logs, half-built venvs. With `dry_run`, only say what."""
-    plan = gc_plan(by=request.auth)
-    done = plan if payload.dry_run else gc_run(plan=plan, by=request.auth)
+    plan = gc_plan()
+    done = plan if payload.dry_run else gc_run(plan=plan)
     return {
         "dry_run": payload.dry_run,
         "kinds": [

@@ -9,7 +9,6 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.db import transaction
 
 from apps.common.errors import DomainError
-from apps.common.permissions import staff_require
 from apps.provisioning.tasks import reconcile_soon
 from apps.services.models import Service
 from apps.services.services import desired_workers_check
@@ -18,10 +17,8 @@ from apps.services.services import desired_workers_check
 def service_scale(*, service: Service, workers: int, by: Any = None) -> Service:
     """Set the service's desired worker count, within its live settings'
     min_workers..max_workers; a count outside is a 422 that names the bound, and a
-    service never deployed is a 409 (it has no bounds, and nothing to run). Only staff
-    users (`by`) scale; who scaled, when and to what is recorded in the service's admin
-    history."""
-    staff_require(user=by, action="scale a service")
+    service never deployed is a 409 (it has no bounds, and nothing to run). Who scaled
+    (`by`), when and to what is recorded in the service's admin history."""
     with transaction.atomic():
         locked = Service.objects.select_for_update().get(pk=service.pk)
         if locked.config is None:

@@ -17,7 +17,15 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.common.errors import DomainError
-from apps.services.models import ApiToken, DeadLetterReplay, Deployment, Secret, Service
+from apps.services.models import (
+    ApiToken,
+    ApiTokenGrant,
+    DeadLetterReplay,
+    Deployment,
+    Secret,
+    Service,
+    UserGrant,
+)
 from apps.services.selectors import secret_usage, service_list
 from apps.services.services import (
     SERVICE_UPDATABLE,
@@ -25,6 +33,8 @@ from apps.services.services import (
     desired_workers_check,
     service_create,
     service_update,
+    usergrant_add,
+    usergrant_delete,
 )
 from memrun.wire.config import SETTINGS, Setting
 from memrun.wire.sizes import format_size
@@ -195,6 +205,49 @@ class DeploymentAdmin(admin.ModelAdmin):
         return obj.degraded
 
 
+class ApiTokenGrantInline(admin.TabularInline):
+    """A token's grants, fixed at its creation: shown, never edited."""
+
+    model = ApiTokenGrant
+    fields = ["role", "service"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(UserGrant)
+class UserGrantAdmin(admin.ModelAdmin):
+    """What a user without staff status may do (and the most its tokens may). Added and
+    deleted through `usergrant_add` / `usergrant_delete`, so every web process forgets the
+    user's cached tokens at once."""
+
+    list_display = ["user", "role", "service"]
+    list_filter = ["role"]
+    list_select_related = ["user", "service"]
+    search_fields = ["user__username", "service__name"]
+    fields = ["user", "role", "service"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: UserGrant, form: Any, change: bool) -> None:
+        try:
+            saved = usergrant_add(user=obj.user, role=obj.role, service=obj.service)
+        except DomainError as exc:
+            raise forms.ValidationError(exc.message) from None
+        obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: UserGrant) -> None:
+        usergrant_delete(grant=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[UserGrant]) -> None:
+        for grant in queryset:
+            usergrant_delete(grant=grant)
+
+
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ["name", "user", "prefix", "created_at", "last_used_at", "active"]
@@ -211,6 +264,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     ]
     exclude = ["token_hash"]
     actions = ["revoke"]
+    inlines = [ApiTokenGrantInline]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

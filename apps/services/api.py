@@ -7,12 +7,20 @@ from typing import Any
 from django.http import HttpRequest, JsonResponse
 from ninja import Query, Router, Status
 
+from apps.common.permissions import Grant, Role, role_parse
 from apps.services import deadletters, deployments, invoke, selectors, services, uploads
 from apps.services.auth import (
+    ALL,
+    ANY,
+    OBJECT,
+    SELF,
     ApiTokenAuth,
+    Need,
     SessionCsrfHeaderAuth,
-    api_auth_async,
+    access_of,
     caller_of,
+    needs,
+    needs_async,
 )
 from apps.services.health import health_check
 from apps.services.models import ApiToken, Deployment, Service
@@ -56,13 +64,15 @@ def health(request: HttpRequest) -> Status[dict[str, object]]:
     return Status(503 if down else 200, body)
 
 
-@router.get("/services", response=list[ServiceOut])
+@router.get("/services", auth=needs(Role.READ, ANY), response=list[ServiceOut])
 def services_list(request: HttpRequest) -> list[Service]:
-    return list(selectors.service_list())
+    """The services the caller may read."""
+    return list(selectors.service_list(access=access_of(request)))
 
 
 @router.post(
     "/services",
+    auth=needs(Role.ADMIN, ALL),
     response={201: ServiceOut, 503: ErrorOut, **_WRITE_ERRORS},
     summary="Create a service before its first deploy: name and fleet only",
 )
@@ -72,13 +82,14 @@ def services_create(request: HttpRequest, payload: ServiceIn) -> Status[Service]
     return Status(201, services.service_create(**payload.model_dump()))
 
 
-@router.get("/services/{name}", response={200: ServiceOut, 404: ErrorOut})
+@router.get("/services/{name}", auth=needs(Role.READ), response={200: ServiceOut, 404: ErrorOut})
 def services_get(request: HttpRequest, name: str) -> Service:
     return selectors.service_get(name=name, with_live_deployment=True)
 
 
 @router.patch(
     "/services/{name}",
+    auth=needs(Role.DEPLOY),
     response={200: ServiceOut, 404: ErrorOut, **_WRITE_ERRORS},
     summary="Change the fleet, or settings (a new deployment of the live package)",
 )
@@ -94,7 +105,9 @@ def services_update(request: HttpRequest, name: str, payload: ServicePatch) -> S
     )
 
 
-@router.delete("/services/{name}", response={204: None, 404: ErrorOut, 409: ErrorOut})
+@router.delete(
+    "/services/{name}", auth=needs(Role.ADMIN), response={204: None, 404: ErrorOut, 409: ErrorOut}
+)
 def services_delete(request: HttpRequest, name: str) -> Status[None]:
     services.service_delete(service=selectors.service_get(name=name))
     return Status(204, None)
@@ -130,7 +143,7 @@ def _invoke_response(status: int, body: dict[str, Any]) -> JsonResponse:
 
 @router.post(
     "/services/{name}/invoke",
-    auth=api_auth_async,
+    auth=needs_async(Role.INVOKE),
     response=_INVOKE_RESPONSES,
     openapi_extra=_INVOKE_BODY,
     tags=["invoke"],
@@ -165,7 +178,7 @@ _BATCH_BODY = {
 
 @router.post(
     "/services/{name}/invoke-batch",
-    auth=api_auth_async,
+    auth=needs_async(Role.INVOKE),
     response={**_INVOKE_RESPONSES, 200: BatchOut, 202: BatchOut},
     openapi_extra=_BATCH_BODY,
     tags=["invoke"],
@@ -192,18 +205,25 @@ async def services_invoke_batch(
 
 @router.get(
     "/requests/{request_id}",
-    auth=api_auth_async,
+    auth=needs_async(Role.READ, OBJECT),
     response={200: RequestOut, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
     tags=["invoke"],
 )
 async def requests_get(request: HttpRequest, request_id: str, wait: float = 0.0) -> JsonResponse:
-    """The request's state; with `wait`, block up to that long for its outcome."""
-    state = await invoke.request_wait(request_id=request_id, wait_s=invoke.wait_seconds(wait))
+    """The request's state; with `wait`, block up to that long for its outcome. For a
+    caller with the read role on the request's service, or the caller that submitted it."""
+    state = await invoke.request_wait(
+        request_id=request_id,
+        wait_s=invoke.wait_seconds(wait),
+        access=access_of(request),
+        caller=caller_of(request),
+    )
     return _invoke_response(200, state.to_api())
 
 
 @router.get(
     "/services/{name}/dead-letters",
+    auth=needs(Role.READ),
     response={200: DeadLetterPageOut, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
     tags=["dead letters"],
 )
@@ -222,6 +242,7 @@ def deadletters_list(
 # Before the {dead_letter_id} route, which would otherwise match "replay".
 @router.post(
     "/services/{name}/dead-letters/replay",
+    auth=needs(Role.DEPLOY),
     response={201: list[ReplayOut], 403: ErrorOut, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
     tags=["dead letters"],
     summary="Run dead letters again: same key and payload, attempt + 1, as new requests",
@@ -239,6 +260,7 @@ def deadletters_replay(request: HttpRequest, name: str, payload: ReplayIn) -> St
 
 @router.get(
     "/services/{name}/dead-letters/{dead_letter_id}",
+    auth=needs(Role.READ),
     response={200: DeadLetterDetailOut, 404: ErrorOut, 503: ErrorOut},
     tags=["dead letters"],
 )
@@ -250,31 +272,77 @@ def deadletters_get(request: HttpRequest, name: str, dead_letter_id: str) -> dic
     return {**letter.__dict__, "replays": list(replays)}
 
 
-@router.get("/tokens", response=list[TokenOut], tags=["tokens"])
-def tokens_list(request: HttpRequest) -> list[ApiToken]:
-    return list(selectors.apitoken_list(user=request.auth))
+@router.get("/tokens", auth=needs(Role.ADMIN, SELF), response=list[TokenOut], tags=["tokens"])
+def tokens_list(request: HttpRequest, all: bool = False) -> list[dict[str, Any]]:
+    """The caller's user's active tokens with their grants; with `all`, every user's
+    (admin on all services)."""
+    if all:
+        access_of(request).require(Role.ADMIN, what="list every user's tokens")
+    tokens = selectors.apitoken_list(user=None if all else request.user)  # type: ignore[arg-type]
+    return [_token_out(token) for token in tokens]
 
 
-@router.post("/tokens", response={201: TokenCreatedOut, **_WRITE_ERRORS}, tags=["tokens"])
-def tokens_create(request: HttpRequest, payload: TokenIn) -> Status[TokenCreatedOut]:
-    token, secret = services.apitoken_create(user=request.auth, name=payload.name)
-    return Status(
-        201,
-        TokenCreatedOut(
-            id=token.pk,
-            name=token.name,
-            prefix=token.prefix,
-            created_at=token.created_at,
-            last_used_at=token.last_used_at,
-            secret=secret,
-        ),
+@router.post(
+    "/tokens",
+    auth=needs(Role.ADMIN, SELF),
+    response={201: TokenCreatedOut, 403: ErrorOut, 404: ErrorOut, **_WRITE_ERRORS},
+    tags=["tokens"],
+)
+def tokens_create(request: HttpRequest, payload: TokenIn) -> Status[dict[str, Any]]:
+    """A token for the caller's user (or, for an admin on all services, for `user`),
+    holding `grants` (default: a copy of its user's). A token never holds more than its
+    user, nor more than the caller. The secret is in this answer only."""
+    access = access_of(request)
+    owner = request.user
+    if payload.user is not None and payload.user != request.user.get_username():
+        access.require(Role.ADMIN, what="create tokens for other users")
+        owner = selectors.user_get(username=payload.user)
+    grants = (
+        None
+        if payload.grants is None
+        else [Grant(g.service, role_parse(g.role)) for g in payload.grants]
     )
+    token, secret = services.apitoken_create(
+        user=owner,  # type: ignore[arg-type]
+        name=payload.name,
+        grants=grants,
+        by=access,
+    )
+    return Status(201, {**_token_out(token), "secret": secret})
 
 
-@router.delete("/tokens/{token_id}", response={204: None, 404: ErrorOut}, tags=["tokens"])
-def tokens_revoke(request: HttpRequest, token_id: int) -> Status[None]:
-    services.apitoken_revoke(token=selectors.apitoken_get(user=request.auth, token_id=token_id))
+@router.delete(
+    "/tokens/{token_id}",
+    auth=needs(Role.ADMIN, SELF),
+    response={204: None, 403: ErrorOut, 404: ErrorOut},
+    tags=["tokens"],
+)
+def tokens_revoke(request: HttpRequest, token_id: int, all: bool = False) -> Status[None]:
+    """Revoke one of the caller's user's tokens; with `all`, any user's (admin on all
+    services)."""
+    if all:
+        access_of(request).require(Role.ADMIN, what="revoke other users' tokens")
+    user = None if all else request.user
+    services.apitoken_revoke(token=selectors.apitoken_get(user=user, token_id=token_id))  # type: ignore[arg-type]
     return Status(204, None)
+
+
+def _token_out(token: ApiToken) -> dict[str, Any]:
+    return {
+        "id": token.pk,
+        "name": token.name,
+        "user": token.user.get_username(),
+        "prefix": token.prefix,
+        "created_at": token.created_at,
+        "last_used_at": token.last_used_at,
+        "grants": [
+            {"service": grant.service, "role": str(grant.role)}
+            for grant in sorted(selectors.apitoken_grants(token=token))
+        ],
+    }
+
+
+_DEPLOY = Need(Role.DEPLOY)
 
 
 class _UploadSessionAuth(SessionCsrfHeaderAuth):
@@ -317,7 +385,7 @@ _UPLOAD_RESPONSES = {
 
 @router.post(
     "/services/{name}/deployments",
-    auth=[ApiTokenAuth(), _UploadSessionAuth()],
+    auth=[ApiTokenAuth(_DEPLOY), _UploadSessionAuth(_DEPLOY)],
     response=_UPLOAD_RESPONSES,
     openapi_extra=_UPLOAD_BODY,
     tags=["deployments"],
@@ -342,13 +410,18 @@ def deployments_create(
     fleet = {"provider": provider, "server_type": server_type, "location": location}
     with uploads.upload_receive(request=request, message=message) as upload:
         deployment = deployments.deployment_upload(
-            service_name=name, upload=upload, created_by=request.auth, fleet=fleet
+            service_name=name,
+            upload=upload,
+            created_by=request.auth,
+            fleet=fleet,
+            access=access_of(request),
         )
     return Status(201, deployment)
 
 
 @router.get(
     "/services/{name}/deployments",
+    auth=needs(Role.READ),
     response={200: list[DeploymentOut], 404: ErrorOut, 422: ErrorOut},
     tags=["deployments"],
 )
@@ -362,6 +435,7 @@ def deployments_list(
 
 @router.get(
     "/services/{name}/deployments/{version}",
+    auth=needs(Role.READ),
     response={200: DeploymentOut, 404: ErrorOut},
     tags=["deployments"],
 )
@@ -371,6 +445,7 @@ def deployments_get(request: HttpRequest, name: str, version: int) -> Deployment
 
 @router.post(
     "/services/{name}/rollback",
+    auth=needs(Role.DEPLOY),
     response={
         201: DeploymentOut,
         **{status: ErrorOut for status in (403, 404, 409, 422, 503)},

@@ -23,7 +23,7 @@ from django.db import transaction
 from apps.common.errors import DomainError
 from apps.common.events import ServiceFleetChanged, event_emit_on_commit
 from apps.common.fleet import FleetChoice, fleet_check
-from apps.common.permissions import staff_require
+from apps.common.permissions import Access, Role
 from apps.services import selectors
 from apps.services.artifacts import artifact_exists, artifact_put
 from apps.services.models import Deployment, Service
@@ -54,6 +54,7 @@ def deployment_upload(
     created_by: AbstractBaseUser | None = None,
     overrides: Mapping[str, Any] | None = None,
     fleet: Mapping[str, str] | None = None,
+    access: Access | None = None,
 ) -> Deployment:
     """Validate `upload` (a package, or a handler .py built into one here) for the
     service `service_name`, store it, and record a new deployment of it, with
@@ -61,8 +62,9 @@ def deployment_upload(
     None: not given) merged over the package's settings into the manifest it stores.
     `fleet` (provider, server_type, location; "" or absent: unchanged) sets the
     service's machines, checked against the new settings' memory and disk. The service
-    is created on its first deploy. Only staff users deploy. Refusals are DomainErrors;
-    a refused upload stores nothing."""
+    is created on its first deploy, which needs `access` (the caller's; the route checked
+    the deploy role) to hold admin on all services. Refusals are DomainErrors; a refused
+    upload stores nothing."""
     fleet = {key: value for key, value in (fleet or {}).items() if value}
     unknown_fleet = sorted(set(fleet) - FLEET_FIELDS)
     if unknown_fleet:
@@ -72,8 +74,9 @@ def deployment_upload(
             status=422,
             details={"fields": {key: ["unknown"] for key in unknown_fleet}},
         )
-    staff_require(user=created_by, action="deploy")
     service_name_check(service_name)
+    if access is not None and not Service.objects.filter(name=service_name).exists():
+        access.require(Role.ADMIN, what=f"create the service {service_name} by deploying it")
     message = _message(upload.message)
     limits = package_limits()
     with tempfile.TemporaryDirectory(prefix="build-", dir=uploads_dir()) as work:
@@ -197,9 +200,7 @@ def deployment_rollback(
     created_by: AbstractBaseUser | None = None,
 ) -> Deployment:
     """A new deployment of the package and settings of `version`; by default of the one
-    that was active before the current active one. The artifact is reused, not copied.
-    Only staff users roll back."""
-    staff_require(user=created_by, action="roll back")
+    that was active before the current active one. The artifact is reused, not copied."""
     if version is None:
         target = selectors.deployment_previous_active(service=service)
         if target is None:

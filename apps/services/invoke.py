@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db.models import Count, OuterRef, Q, Subquery
 
 from apps.common.errors import DomainError
+from apps.common.permissions import Access, Role
 from apps.common.ttlcache import TtlCache
 from apps.services import broker
 from apps.services.admission import admission
@@ -255,10 +256,12 @@ async def requests_submit(
     items: list[tuple[str | None, bytes]],
     request_ids: list[str],
     attempt: int = 1,
+    caller: str | None = None,
 ) -> None:
     """Record and produce each (Kafka key, payload json) under its request id; return
     once Kafka has them all. 429 when the service's backlog is full. `attempt` > 1 marks
-    a replay of a failed request."""
+    a replay of a failed request. The record keeps the submitting `caller`, which may
+    poll the request without the read role on the service."""
     admission.admit(
         service=target.service, request_ids=request_ids, timeout_s=target.timeout_seconds
     )
@@ -266,7 +269,14 @@ async def requests_submit(
     records = [
         (
             protocol.request_key(request_id),
-            json.dumps({"service": target.service, "key": key, "submitted_ms": submitted_ms}),
+            json.dumps(
+                {
+                    "service": target.service,
+                    "key": key,
+                    "submitted_ms": submitted_ms,
+                    "caller": caller,
+                }
+            ),
         )
         for request_id, (key, _) in zip(request_ids, items, strict=True)
     ]
@@ -347,14 +357,18 @@ async def _submit_and_wait(
     request_ids = [protocol.new_request_id() for _ in items]
     with admission.waiting(service=target.service, caller=caller) as may_wait:
         if not may_wait or wait_s <= 0:
-            await requests_submit(target=target, items=items, request_ids=request_ids)
+            await requests_submit(
+                target=target, items=items, request_ids=request_ids, caller=caller
+            )
             return [RequestState(request_id, "queued") for request_id in request_ids]
         waiter = _Waiters()
         try:
             # Wake-ups are registered before the produce, so none can be missed.
             for request_id in request_ids:
                 waiter.add(request_id)
-            await requests_submit(target=target, items=items, request_ids=request_ids)
+            await requests_submit(
+                target=target, items=items, request_ids=request_ids, caller=caller
+            )
             return await waiter.wait(wait_s)
         finally:
             waiter.close()
@@ -390,14 +404,16 @@ class _Waiters:
             future.cancel()
 
 
-async def request_wait(*, request_id: str, wait_s: float) -> RequestState:
+async def request_wait(
+    *, request_id: str, wait_s: float, access: Access, caller: str
+) -> RequestState:
     """The request's state, waiting up to `wait_s` seconds for its outcome; 404 for an
-    id never submitted (or expired)."""
+    id never submitted (or expired); 403 unless `caller` may see it (`request_get`)."""
     waiter = _Waiters()
     try:
         if wait_s > 0:
             waiter.add(request_id)
-        state = await request_get(request_id=request_id)
+        state = await request_get(request_id=request_id, access=access, caller=caller)
         if state.status == "done" or wait_s <= 0:
             return state
         return (await waiter.wait(wait_s))[0]
@@ -405,24 +421,43 @@ async def request_wait(*, request_id: str, wait_s: float) -> RequestState:
         waiter.close()
 
 
-async def request_get(*, request_id: str) -> RequestState:
-    """ "done" with the outcome, "queued" while pending; 404 for an id never submitted."""
+async def request_get(*, request_id: str, access: Access, caller: str) -> RequestState:
+    """ "done" with the outcome, "queued" while pending; 404 for an id never submitted.
+    Only for a caller with the read role on the request's service, or for the caller
+    that submitted it while it may still invoke that service; else 403."""
     try:
         outcome_raw, record = await broker.redis_async().mget(
             protocol.outcome_key(request_id), protocol.request_key(request_id)
         )
     except redis.RedisError as exc:
         raise _redis_down(exc) from None
-    if outcome_raw is not None:
-        return RequestState(request_id, "done", protocol.Outcome.from_json(outcome_raw))
-    if record is None:
+    if outcome_raw is None and record is None:
         raise DomainError(
             f"no request {request_id!r}: it never existed or its record expired "
             f"({protocol.REPLY_TTL_S // 3600} h after submission)",
             status=404,
             details={"request_id": request_id},
         )
+    _request_require(access, caller, request_id, record)
+    if outcome_raw is not None:
+        return RequestState(request_id, "done", protocol.Outcome.from_json(outcome_raw))
     return RequestState(request_id, "queued")
+
+
+def _request_require(access: Access, caller: str, request_id: str, record: bytes | None) -> None:
+    # An outcome outliving its record has no known service: readers of all services only.
+    fields = json.loads(record) if record is not None else {}
+    service = fields.get("service")
+    if access.allows(Role.READ, service):
+        return
+    if fields.get("caller") == caller and access.allows(Role.INVOKE, service):
+        return
+    raise DomainError(
+        f"{access.who} may not see request {request_id}: it needs the read role on the "
+        "request's service, or to be the token that submitted it",
+        status=403,
+        details={"request_id": request_id, "role": str(Role.READ)},
+    )
 
 
 def _redis_down(exc: Exception) -> DomainError:

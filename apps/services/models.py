@@ -12,6 +12,7 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 
+from apps.common.permissions import Role
 from memrun.errors import ConfigError
 from memrun.wire import protocol, validate_service_name
 from memrun.wire.config import ServiceConfig, service_config_from_dict, validate_secret_name
@@ -212,6 +213,55 @@ class ApiToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class GrantBase(models.Model):
+    """A role on one service (`service`) or on all of them (`service` null); the roles
+    are described in apps/common/permissions.py. Deleting the service deletes its grants:
+    a service created again under the same name starts with none."""
+
+    service = models.ForeignKey(
+        Service, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    role = models.CharField(max_length=16, choices=[(r.value, r.value) for r in Role])
+
+    class Meta:
+        abstract = True
+
+
+class ApiTokenGrant(GrantBase):
+    """A grant of a token; fixed at the token's creation (a token with other grants is a
+    new token). It never gives more than the token's user holds."""
+
+    token = models.ForeignKey(ApiToken, on_delete=models.CASCADE, related_name="grants")
+
+    class Meta:
+        ordering = ["token", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(role__in=[r.value for r in Role]), name="apitokengrant_role_known"
+            ),
+        ]
+
+
+class UserGrant(GrantBase):
+    """A grant of a user without staff status (a staff user holds admin on all): what it
+    may do in the web UI, and the most any of its tokens may do."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memrun_grants"
+    )
+
+    class Meta:
+        ordering = ["user", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(role__in=[r.value for r in Role]), name="usergrant_role_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.role} on {self.service or 'all services'}"
 
 
 class DeploymentEvent(models.Model):

@@ -158,18 +158,38 @@ class ServiceOut(Schema):
         return None if live is None else live.version
 
 
+class GrantIn(Schema):
+    """A role (invoke, read, deploy or admin) on a service, or on all when it is null."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str | None = None
+    role: str
+
+
+class GrantOut(Schema):
+    service: str | None
+    role: str
+
+
 class TokenIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     name: str
+    grants: list[GrantIn] | None = Field(
+        None, description="what the token may do; default: a copy of its user's grants"
+    )
+    user: str | None = Field(None, description="its owner (admins only); default: the caller")
 
 
 class TokenOut(Schema):
     id: int
     name: str
+    user: str
     prefix: str
     created_at: datetime
     last_used_at: datetime | None
+    grants: list[GrantOut]
 
 
 class TokenCreatedOut(TokenOut):

@@ -1,28 +1,27 @@
-"""The secrets API: list, set (create or replace) and delete a service secret. Staff only.
-No route ever answers with a value."""
+"""The secrets API: list, set (create or replace) and delete a service secret. For admins
+on all services (staff users). No route ever answers with a value."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest
 from ninja import Router, Status
 
-from apps.common.permissions import staff_require
+from apps.common.permissions import Role
 from apps.services import secretstore, selectors
+from apps.services.auth import ALL, needs
 from apps.services.models import Secret
 from apps.services.schemas import ErrorOut, SecretIn, SecretOut, SecretSetOut
 
-router = Router(tags=["secrets"])
+router = Router(tags=["secrets"], auth=needs(Role.ADMIN, ALL))
 
 
 @router.get("/secrets", response={200: list[SecretOut], 403: ErrorOut})
 def secrets_list(request: HttpRequest) -> list[Secret]:
-    staff_require(user=request.auth, action="list secrets")
     return selectors.secret_list()
 
 
 @router.get("/secrets/{name}", response={200: SecretOut, 403: ErrorOut, 404: ErrorOut})
 def secrets_get(request: HttpRequest, name: str) -> Secret:
-    staff_require(user=request.auth, action="read secrets")
     return selectors.secret_get(name=name)
 
 

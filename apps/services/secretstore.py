@@ -16,7 +16,7 @@ from django.db import transaction
 from django.views.decorators.debug import sensitive_variables
 
 from apps.common.errors import DomainError, full_clean_or_raise
-from apps.common.permissions import staff_require
+from apps.common.permissions import Role
 from apps.services import selectors
 from apps.services.deployments import deployment_restart
 from apps.services.models import Deployment, Secret, Service
@@ -38,8 +38,8 @@ def secret_set(
 ) -> tuple[Secret, list[Deployment]]:
     """Create the secret `name`, or replace all of its pairs with `values`. When the
     values change, each service using it gets a new deployment ("secret NAME changed").
-    Returns the secret and those deployments. Only staff users manage secrets."""
-    staff_require(user=user, action="manage secrets")
+    Returns the secret and those deployments. Only admins on all services manage secrets."""
+    _admin_require(user)
     clean = _values_checked(values)
     fingerprint = secret_fingerprint(clean)
     with transaction.atomic():
@@ -58,7 +58,7 @@ def secret_set(
 
 def secret_delete(*, name: str, user: AbstractBaseUser | None = None) -> None:
     """Delete the secret `name`; 409 naming the services whose live deployments use it."""
-    staff_require(user=user, action="manage secrets")
+    _admin_require(user)
     with transaction.atomic():
         secret = Secret.objects.select_for_update().filter(name=name).first()
         if secret is None:
@@ -81,7 +81,7 @@ def secret_delete(*, name: str, user: AbstractBaseUser | None = None) -> None:
 def secrets_reencrypt(*, user: AbstractBaseUser | None = None) -> int:
     """Encrypt every secret again with the newest key (after a new key was put first in
     MEMRUN_SECRETS_KEYS); the values do not change, so nothing rolls. Returns the count."""
-    staff_require(user=user, action="manage secrets")
+    _admin_require(user)
     with transaction.atomic():
         secrets = list(Secret.objects.select_for_update())
         for secret in secrets:
@@ -105,6 +105,13 @@ def _services_rolled(*, secret: Secret, user: AbstractBaseUser | None) -> list[D
         if deployment is not None:
             rolled.append(deployment)
     return rolled
+
+
+def _admin_require(user: AbstractBaseUser | None) -> None:
+    """403 unless `user` (None: memrun itself) holds admin on all services: secrets are
+    the appliance's, not one service's. The routes and pages check the same first."""
+    if user is not None:
+        selectors.user_access(user=user).require(Role.ADMIN, what="manage secrets")
 
 
 @sensitive_variables("values", "clean", "value")

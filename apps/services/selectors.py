@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Count, Prefetch, Q, QuerySet
 from django.views.decorators.debug import sensitive_variables
 
 from apps.common.errors import DomainError
+from apps.common.permissions import Access, Grant, Role
 from apps.common.states import WorkerState
-from apps.services.models import LIVE_STATUSES, ApiToken, Deployment, Secret, Service
+from apps.services.models import (
+    LIVE_STATUSES,
+    ApiToken,
+    ApiTokenGrant,
+    Deployment,
+    Secret,
+    Service,
+    UserGrant,
+)
 from apps.services.secretbox import secret_decrypt
 from memrun.errors import ConfigError
 from memrun.wire.config import ServiceConfig, service_config_from_dict
@@ -21,8 +31,18 @@ def _with_live_deployment(services: QuerySet[Service]) -> QuerySet[Service]:
     return services.prefetch_related(Prefetch("deployments", live, to_attr="live_deployments"))
 
 
-def service_list() -> QuerySet[Service]:
-    return _with_live_deployment(Service.objects.order_by("name"))
+def service_list(*, access: Access | None = None) -> QuerySet[Service]:
+    """Every service, or those `access` may read."""
+    services = Service.objects.order_by("name")
+    if access is not None:
+        services = services_readable(services, access=access)
+    return _with_live_deployment(services)
+
+
+def services_readable(services: QuerySet[Service], *, access: Access) -> QuerySet[Service]:
+    """`services` narrowed to those `access` holds the read role on."""
+    readable = access.services_with(Role.READ)
+    return services if readable is None else services.filter(name__in=readable)
 
 
 def service_get(*, name: str, with_live_deployment: bool = False) -> Service:
@@ -56,15 +76,72 @@ def service_live_config_get(*, name: str) -> ServiceConfig | None:
         return None
 
 
-def apitoken_list(*, user: AbstractBaseUser) -> QuerySet[ApiToken]:
-    """The user's tokens that still work, newest first."""
-    return ApiToken.objects.filter(user=user, revoked_at__isnull=True).order_by(
-        "-created_at", "-id"
+def user_access(*, user: AbstractBaseUser) -> Access:
+    """What `user` may do: admin on all for a staff user, else its grants (one query)."""
+    name = user.get_username()
+    if getattr(user, "is_staff", False):
+        return Access(who=name, grants=frozenset({Grant(None, Role.ADMIN)}))
+    rows = UserGrant.objects.filter(user=user).values_list("service__name", "role")
+    return Access(who=name, grants=frozenset(Grant(s, Role(r)) for s, r in rows))
+
+
+def user_get(*, username: str) -> AbstractBaseUser:
+    """The active user `username`; 404 when there is none."""
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise DomainError(
+            f"no active user named {username!r}", status=404, details={"user": username}
+        )
+    return user
+
+
+def apitoken_grants(*, token: ApiToken) -> frozenset[Grant]:
+    """The token's grants (from `grants__service` when prefetched)."""
+    return frozenset(
+        Grant(g.service.name if g.service else None, Role(g.role)) for g in token.grants.all()
     )
 
 
-def apitoken_get(*, user: AbstractBaseUser, token_id: int) -> ApiToken:
-    """One of the user's active tokens; another user's token is reported as missing."""
+def apitoken_access(*, token: ApiToken, grants: frozenset[Grant] | None = None) -> Access:
+    """What `token` (holding `grants`, else read) may do: its grants, capped by its
+    user's."""
+    return Access(
+        who=f"token {token.name!r} of {token.user.get_username()}",
+        grants=apitoken_grants(token=token) if grants is None else grants,
+        ceiling=user_access(user=token.user),
+    )
+
+
+def apitoken_active_get(*, token_hash: str) -> tuple[ApiToken, frozenset[Grant]] | None:
+    """The active token of an active user whose hash is `token_hash`, with its grants;
+    one query (every token has a grant)."""
+    rows = list(
+        ApiTokenGrant.objects.select_related("token__user", "service").filter(
+            token__token_hash=token_hash, token__revoked_at__isnull=True
+        )
+    )
+    if not rows or not rows[0].token.user.is_active:
+        return None
+    grants = frozenset(Grant(r.service.name if r.service else None, Role(r.role)) for r in rows)
+    return rows[0].token, grants
+
+
+def apitoken_list(*, user: AbstractBaseUser | None) -> QuerySet[ApiToken]:
+    """The user's tokens that still work (every user's when None), newest first, with
+    their grants."""
+    tokens = ApiToken.objects.filter(revoked_at__isnull=True)
+    if user is not None:
+        tokens = tokens.filter(user=user)
+    return (
+        tokens.select_related("user")
+        .prefetch_related("grants__service")
+        .order_by("-created_at", "-id")
+    )
+
+
+def apitoken_get(*, user: AbstractBaseUser | None, token_id: int) -> ApiToken:
+    """One of the user's active tokens (anyone's when None); another user's token is
+    reported as missing."""
     token = apitoken_list(user=user).filter(pk=token_id).first()
     if token is None:
         raise DomainError(

@@ -9,7 +9,9 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.common.errors import DomainError
+from apps.common.permissions import Role
 from apps.services import deadletters
+from apps.services.auth import requires
 from apps.services.selectors import service_get
 from apps.web.pages import page
 
@@ -18,6 +20,7 @@ PAGE_LETTERS = 50
 
 @require_GET
 @page
+@requires(Role.READ)
 def dead_letters(request: HttpRequest, name: str) -> HttpResponse:
     service = service_get(name=name)
     before = request.GET.get("before") or None
@@ -32,6 +35,7 @@ def dead_letters(request: HttpRequest, name: str) -> HttpResponse:
 
 @require_GET
 @page
+@requires(Role.READ)
 def dead_letter(request: HttpRequest, name: str, dead_letter_id: str) -> HttpResponse:
     service = service_get(name=name)
     letter = deadletters.deadletter_get(service=service, dead_letter_id=dead_letter_id)
@@ -45,6 +49,7 @@ def dead_letter(request: HttpRequest, name: str, dead_letter_id: str) -> HttpRes
 
 @require_POST
 @page
+@requires(Role.DEPLOY)
 def dead_letters_replay(request: HttpRequest, name: str) -> HttpResponse:
     service = service_get(name=name)
     ids = request.POST.getlist("ids")

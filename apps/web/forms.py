@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 
+from apps.common.permissions import Role
 from apps.services.deployments import MESSAGE_MAX_CHARS
 
 
@@ -86,7 +87,14 @@ class ScaleForm(forms.Form):
 
 
 class TokenForm(forms.Form):
+    """A token's name and, optionally, its one grant: a role on a service, or on all
+    services when the service is blank. Without a role, the token gets the user's grants."""
+
+    ROLES = [("", "all my grants"), *((role.value, role.value) for role in Role)]
+
     name = forms.CharField(max_length=100)
+    role = forms.ChoiceField(required=False, choices=ROLES)
+    service = forms.CharField(required=False, max_length=63)
 
 
 class DiffForm(forms.Form):

@@ -10,6 +10,8 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from apps.common.errors import DomainError
+from apps.common.permissions import Role
+from apps.services.auth import OBJECT, access_of, requires
 from apps.services.models import Service
 from apps.services.selectors import service_get
 from apps.web.forms import LogFilterForm
@@ -22,6 +24,7 @@ PAGE_LINES = 200
 
 @require_GET
 @page
+@requires(Role.READ)
 def service_logs(request: HttpRequest, name: str) -> HttpResponse:
     service = service_get(name=name)
     return _logs(request, service=service, worker=None, title=f"{service.name}: all workers")
@@ -29,8 +32,10 @@ def service_logs(request: HttpRequest, name: str) -> HttpResponse:
 
 @require_GET
 @page
+@requires(Role.READ, OBJECT)
 def worker_logs(request: HttpRequest, name: str) -> HttpResponse:
     worker = log_selectors.worker_get(name=name)
+    access_of(request).require(Role.READ, worker.service.name)
     return _logs(request, service=worker.service, worker=worker, title=f"worker {worker.name}")
 
 

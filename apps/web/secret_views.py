@@ -1,5 +1,5 @@
 """The secrets pages: the list (keys, fingerprint, users; never a value) with a set form
-whose values are password inputs, and delete. Staff only, through
+whose values are password inputs, and delete. For admins on all services (staff), through
 apps/services/secretstore.py like the API and the CLI."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from apps.common.errors import DomainError
-from apps.common.permissions import staff_require
+from apps.common.permissions import Role
 from apps.services import secretstore, selectors
+from apps.services.auth import ALL, requires
 from apps.web.forms import SecretForm
 from apps.web.pages import page
 
@@ -23,9 +24,9 @@ FORM_ROWS = 6
 
 @sensitive_post_parameters("value")
 @page
+@requires(Role.ADMIN, ALL)
 def secrets(request: HttpRequest) -> HttpResponse:
     """The secrets; a POST sets one (all its pairs) and comes back here."""
-    staff_require(user=request.user, action="manage secrets")
     form = SecretForm(request.POST if request.method == "POST" else None)
     error: DomainError | None = None
     if request.method == "POST":
@@ -57,6 +58,7 @@ def secrets(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @page
+@requires(Role.ADMIN, ALL)
 def secret_delete(request: HttpRequest, name: str) -> HttpResponse:
     try:
         secretstore.secret_delete(name=name, user=request.user)

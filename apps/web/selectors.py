@@ -76,12 +76,18 @@ def service_recent_requests(*, service: Service) -> list[WorkerLogLine]:
     )
 
 
-def request_log_lines(*, request_id: str) -> list[WorkerLogLine]:
-    """The log lines that carry `request_id`, oldest first, each with `worker_name`."""
+def request_log_lines(
+    *, request_id: str, readable: frozenset[str] | None = None
+) -> list[WorkerLogLine]:
+    """The log lines that carry `request_id`, oldest first, each with `worker_name`;
+    with `readable`, only those of these services."""
+    lines = WorkerLogLine.objects.filter(request_id=request_id)
+    if readable is not None:
+        lines = lines.filter(service__name__in=readable)
     return list(
-        WorkerLogLine.objects.filter(request_id=request_id)
-        .annotate(worker_name=F("worker__name"), service_name=F("service__name"))
-        .order_by("ts", "id")[:REQUEST_LOG_LINES]
+        lines.annotate(worker_name=F("worker__name"), service_name=F("service__name")).order_by(
+            "ts", "id"
+        )[:REQUEST_LOG_LINES]
     )
 
 

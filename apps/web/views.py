@@ -16,9 +16,10 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.common.errors import DomainError
+from apps.common.permissions import Grant, Role
 from apps.provisioning.services import service_scale as scale_service
 from apps.services import deployments, invoke, selectors, services, sources, uploads
-from apps.services.auth import csrf_header_ok
+from apps.services.auth import OBJECT, SELF, access_of, caller_of, csrf_header_ok, requires
 from apps.web import selectors as page_selectors
 from apps.web.forms import DeployForm, DiffForm, RollbackForm, ScaleForm, TokenForm
 from apps.web.pages import error_page, page
@@ -36,25 +37,28 @@ def _form_error(form: DeployForm | DiffForm | RollbackForm | ScaleForm | TokenFo
 
 @require_GET
 @page
+@requires(Role.READ, OBJECT)  # filtered to the services it may read
 def dashboard(request: HttpRequest) -> HttpResponse:
     return render(request, "web/dashboard.html", _dashboard_context(request))
 
 
 @require_GET
 @page
+@requires(Role.READ, OBJECT)
 def dashboard_live(request: HttpRequest) -> HttpResponse:
     return render(request, "web/_dashboard_services.html", _dashboard_context(request))
 
 
 def _dashboard_context(request: HttpRequest) -> dict[str, object]:
     return {
-        "services": service_dashboard_list(),
+        "services": service_dashboard_list(readable=access_of(request).services_with(Role.READ)),
         "appliance_url": request.build_absolute_uri("/").rstrip("/"),
     }
 
 
 @require_GET
 @page
+@requires(Role.READ)
 def service_detail(request: HttpRequest, name: str) -> HttpResponse:
     service = selectors.service_get(name=name, with_live_deployment=True)
     history = list(page_selectors.service_deployments(service=service))
@@ -81,6 +85,7 @@ def service_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 @require_GET
 @page
+@requires(Role.READ)
 def service_diff(request: HttpRequest, name: str) -> HttpResponse:
     service = selectors.service_get(name=name)
     form = DiffForm(request.GET)
@@ -101,6 +106,7 @@ def service_diff(request: HttpRequest, name: str) -> HttpResponse:
 
 @require_POST
 @page
+@requires(Role.DEPLOY)
 def service_rollback(request: HttpRequest, name: str) -> HttpResponse:
     service = selectors.service_get(name=name)
     form = RollbackForm(request.POST)
@@ -114,6 +120,7 @@ def service_rollback(request: HttpRequest, name: str) -> HttpResponse:
 
 @require_POST
 @page
+@requires(Role.DEPLOY)
 def service_scale(request: HttpRequest, name: str) -> HttpResponse:
     service = selectors.service_get(name=name)
     form = ScaleForm(request.POST)
@@ -125,6 +132,7 @@ def service_scale(request: HttpRequest, name: str) -> HttpResponse:
 
 
 @csrf_exempt
+@requires(Role.DEPLOY, OBJECT)  # _deploy checks it on the service in the form
 def deploy(request: HttpRequest) -> HttpResponse:
     """The deploy form. Its script sends the CSRF token in the X-CSRFToken header, which
     is checked before a byte of the upload is read; then the upload streams to disk under
@@ -140,15 +148,19 @@ def deploy(request: HttpRequest) -> HttpResponse:
 
 
 @page
+@requires(Role.DEPLOY, OBJECT)
 @csrf_protect
 def _deploy(request: HttpRequest) -> HttpResponse:
+    can_deploy = access_of(request).allows_any(Role.DEPLOY)
     if request.method != "POST":
         form = DeployForm(initial={"service": request.GET.get("service", "")})
-        return render(request, "web/deploy.html", {"form": form})
+        return render(request, "web/deploy.html", {"form": form, "can_deploy": can_deploy})
     form = DeployForm(request.POST)
     try:
         if not form.is_valid():
             raise _form_error(form)
+        access = access_of(request)
+        access.require(Role.DEPLOY, form.cleaned_data["service"], what="deploy it")
         with _received(request, form) as upload:
             deployment = deployments.deployment_upload(
                 service_name=form.cleaned_data["service"],
@@ -156,9 +168,11 @@ def _deploy(request: HttpRequest) -> HttpResponse:
                 created_by=request.user,
                 overrides=form.overrides(),
                 fleet=form.fleet(),
+                access=access,
             )
     except DomainError as exc:
-        return render(request, "web/deploy.html", {"form": form, "error": exc}, status=exc.status)
+        context = {"form": form, "error": exc, "can_deploy": can_deploy}
+        return render(request, "web/deploy.html", context, status=exc.status)
     return redirect("web:rollout", deployment_id=deployment.pk)
 
 
@@ -182,8 +196,10 @@ def _received(request: HttpRequest, form: DeployForm) -> Iterator[uploads.Upload
 
 @require_GET
 @page
+@requires(Role.READ, OBJECT)
 def rollout(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = selectors.deployment_get_by_id(deployment_id=deployment_id)
+    access_of(request).require(Role.READ, deployment.service.name)
     return render(
         request,
         "web/rollout.html",
@@ -196,8 +212,10 @@ def rollout(request: HttpRequest, deployment_id: int) -> HttpResponse:
 
 @require_GET
 @page
+@requires(Role.READ, OBJECT)
 def rollout_live(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = selectors.deployment_get_by_id(deployment_id=deployment_id)
+    access_of(request).require(Role.READ, deployment.service.name)
     return render(
         request,
         "web/_rollout_lines.html",
@@ -210,44 +228,65 @@ def rollout_live(request: HttpRequest, deployment_id: int) -> HttpResponse:
 
 @require_GET
 @page
+@requires(Role.READ, OBJECT)
 def request_lookup(request: HttpRequest) -> HttpResponse:
     request_id = request.GET.get("id", "").strip()[:100]
     context: dict[str, object] = {"request_id": request_id}
     if request_id:
+        access = access_of(request)
         try:
             # The same read as the async API's (a sync page waits for one Redis round trip).
-            context["state"] = async_to_sync(invoke.request_get)(request_id=request_id)
+            context["state"] = async_to_sync(invoke.request_get)(
+                request_id=request_id, access=access, caller=caller_of(request)
+            )
         except DomainError as exc:
             if exc.status != 404:
                 raise
             context["missing"] = exc.message
-        context["lines"] = page_selectors.request_log_lines(request_id=request_id)
+        context["lines"] = page_selectors.request_log_lines(
+            request_id=request_id, readable=access.services_with(Role.READ)
+        )
     return render(request, "web/request.html", context)
 
 
 @page
+@requires(Role.ADMIN, SELF)
 def tokens(request: HttpRequest) -> HttpResponse:
-    """The user's tokens; a POST creates one, whose secret this answer shows once."""
+    """The user's tokens with their grants; a POST creates one (with the user's grants,
+    or one role on one service or on all), whose secret this answer shows once."""
+    access = access_of(request)
     form = TokenForm(request.POST if request.method == "POST" else None)
-    context: dict[str, object] = {"form": form}
+    context: dict[str, object] = {"form": form, "access": sorted(access.grants)}
     error: DomainError | None = None
     if request.method == "POST":
         try:
             if not form.is_valid():
                 raise _form_error(form)
+            role, service = form.cleaned_data["role"], form.cleaned_data["service"] or None
+            grants = [Grant(service, Role(role))] if role else None
             token, secret = services.apitoken_create(
-                user=request.user, name=form.cleaned_data["name"]
+                user=request.user, name=form.cleaned_data["name"], grants=grants, by=access
             )
         except DomainError as exc:
             error = exc
         else:
             context |= {"created": token, "secret": secret, "form": TokenForm()}
-    context |= {"tokens": list(selectors.apitoken_list(user=request.user)), "error": error}
+    tokens = [
+        (token, sorted(selectors.apitoken_grants(token=token)))
+        for token in selectors.apitoken_list(user=request.user)
+    ]
+    context |= {
+        "tokens": tokens,
+        "services": selectors.service_list(access=access).values_list("name", flat=True),
+        "roles": list(Role),
+        "error": error,
+    }
     return render(request, "web/tokens.html", context, status=error.status if error else 200)
 
 
 @require_POST
 @page
+@requires(Role.ADMIN, SELF)
 def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     token = selectors.apitoken_get(user=request.user, token_id=token_id)
     services.apitoken_revoke(token=token)

@@ -10,13 +10,14 @@ from ninja import Query, Router, Status
 from ninja.errors import ValidationError
 
 from apps.common.errors import DomainError
+from apps.common.permissions import Role
 from apps.services.artifacts import artifact_open
-from apps.services.auth import api_auth
+from apps.services.auth import ANY, OBJECT, access_of, needs
 from apps.services.schemas import ErrorOut
 from apps.services.selectors import deployment_get_by_id, service_get
 from apps.workers import selectors, services
 from apps.workers.auth import (
-    package_download_allowed,
+    package_download_require,
     worker_auth,
     worker_log_auth,
     worker_require_self,
@@ -69,13 +70,25 @@ _INGEST_BODY = {
 _READ_ERRORS = {404: ErrorOut, 422: ErrorOut}
 
 
-@router.get("/workers", response={200: list[WorkerOut], 404: ErrorOut})
+@router.get(
+    "/workers",
+    auth=needs(Role.READ, ANY),
+    response={200: list[WorkerOut], 403: ErrorOut, 404: ErrorOut},
+)
 def workers_list(request: HttpRequest, service: str | None = None) -> list[Worker]:
-    """All workers, or those of one `service`."""
-    return list(selectors.worker_list(service=service_get(name=service) if service else None))
+    """All workers of the services the caller may read, or those of one `service`."""
+    access = access_of(request)
+    if service:
+        access.require(Role.READ, service)
+        return list(selectors.worker_list(service=service_get(name=service)))
+    return list(selectors.worker_list(readable=access.services_with(Role.READ)))
 
 
-@router.get("/services/{name}/workers", response={200: list[WorkerOut], 404: ErrorOut})
+@router.get(
+    "/services/{name}/workers",
+    auth=needs(Role.READ),
+    response={200: list[WorkerOut], 404: ErrorOut},
+)
 def services_workers(request: HttpRequest, name: str, all: bool = False) -> list[Worker]:
     """The service's running workers; with `all`, the stopped and dead ones too."""
     return list(selectors.worker_list(service=service_get(name=name), running_only=not all))
@@ -120,15 +133,26 @@ def worker_logs_ingest(request: HttpRequest, name: str) -> Status[dict[str, int]
     return Status(201, {"accepted": accepted})
 
 
-@router.get("/workers/{name}/logs", response={200: LogPageOut, **_READ_ERRORS}, tags=_LOGS)
+@router.get(
+    "/workers/{name}/logs",
+    auth=needs(Role.READ, OBJECT),
+    response={200: LogPageOut, 403: ErrorOut, **_READ_ERRORS},
+    tags=_LOGS,
+)
 def worker_logs_read(request: HttpRequest, name: str, query: Query[LogQueryIn]) -> LogPage:
     """The worker's lines, oldest first: the newest `limit` without `since`, else those
     after `since`; pass `next_since` back as `since` for the next page."""
     worker = selectors.worker_get(name=name)
+    access_of(request).require(Role.READ, worker.service.name)
     return selectors.worker_log_page(worker=worker, **query.model_dump())
 
 
-@router.get("/services/{name}/logs", response={200: LogPageOut, **_READ_ERRORS}, tags=_LOGS)
+@router.get(
+    "/services/{name}/logs",
+    auth=needs(Role.READ),
+    response={200: LogPageOut, **_READ_ERRORS},
+    tags=_LOGS,
+)
 def service_logs_read(request: HttpRequest, name: str, query: Query[ServiceLogQueryIn]) -> LogPage:
     """Like a worker's logs, merged across the service's workers (or only `worker`'s);
     each line names its worker."""
@@ -153,7 +177,7 @@ _PACKAGE_RESPONSE = {
 
 @router.get(
     "/deployments/{deployment_id}/package",
-    auth=[*api_auth, worker_auth],
+    auth=[*needs(Role.READ, OBJECT), worker_auth],
     response={403: ErrorOut, 404: ErrorOut, 503: ErrorOut},
     openapi_extra=_PACKAGE_RESPONSE,
     tags=["deployments"],
@@ -162,12 +186,7 @@ def deployments_package(request: HttpRequest, deployment_id: int) -> HttpRespons
     """Stream the package archive of a deployment: for its service's workers (which
     verify it against `X-Memrun-Sha256`) and for users."""
     deployment = deployment_get_by_id(deployment_id=deployment_id)
-    if not package_download_allowed(request=request, deployment=deployment):
-        raise DomainError(
-            f"this credential may not fetch packages of {deployment.service.name}",
-            status=403,
-            details={"deployment_id": deployment_id},
-        )
+    package_download_require(request=request, deployment=deployment)
     response = FileResponse(
         artifact_open(url=deployment.artifact_url),
         content_type="application/gzip",

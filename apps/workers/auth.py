@@ -22,6 +22,8 @@ from ninja.security import HttpBearer
 
 from apps.common.credentials import WORKER_TOKEN_PREFIX
 from apps.common.errors import DomainError
+from apps.common.permissions import Role
+from apps.services.auth import access_of
 from apps.services.models import Deployment, Service
 from apps.workers.models import Worker
 from apps.workers.selectors import worker_get_by_credential
@@ -74,13 +76,19 @@ def worker_require_self(*, request: HttpRequest, name: str) -> Worker:
     return worker
 
 
-def package_download_allowed(*, request: HttpRequest, deployment: Deployment) -> bool:
-    """Whether the caller may fetch `deployment`'s package: any user (token or session),
-    and a worker (its own credential) only the packages of its own service."""
+def package_download_require(*, request: HttpRequest, deployment: Deployment) -> None:
+    """403 unless the caller may fetch `deployment`'s package: a user (token or session)
+    with the read role on its service, and a worker (its own credential) only the
+    packages of its own service."""
     caller = request.auth
-    if isinstance(caller, Worker):
-        return caller.service_id == deployment.service_id
-    return bool(getattr(caller, "is_authenticated", False))
+    if not isinstance(caller, Worker):
+        access_of(request).require(Role.READ, deployment.service.name, what="fetch its packages")
+    elif caller.service_id != deployment.service_id:
+        raise DomainError(
+            f"this credential may not fetch packages of {deployment.service.name}",
+            status=403,
+            details={"deployment_id": deployment.pk},
+        )
 
 
 def worker_require_service(*, request: HttpRequest, service: Service) -> Worker:

@@ -33,12 +33,19 @@ _CURSOR = re.compile(r"c(-?\d+)\.(\d+)\.(\d+)")
 _LEVELS = list(LogLevel.values)
 
 
-def worker_list(*, service: Service | None = None, running_only: bool = False) -> QuerySet[Worker]:
+def worker_list(
+    *,
+    service: Service | None = None,
+    running_only: bool = False,
+    readable: frozenset[str] | None = None,
+) -> QuerySet[Worker]:
     """Workers with their service and deployment, by service then name; `running_only`
-    leaves out the stopped and dead ones."""
+    leaves out the stopped and dead ones; `readable` keeps those of these services."""
     workers = Worker.objects.select_related("service", "deployment").order_by(
         "service__name", "name"
     )
+    if readable is not None:
+        workers = workers.filter(service__name__in=readable)
     if running_only:
         workers = workers.exclude(state__in=Worker.FINISHED_STATES)
     return workers if service is None else workers.filter(service=service)

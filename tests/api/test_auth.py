@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from apps.services.models import ApiToken
-from apps.services.services import apitoken_create, apitoken_revoke
+from apps.services.services import apitoken_create, apitoken_revoke, usergrant_add
 from memrun_site.api import api
 
 pytestmark = pytest.mark.django_db
@@ -110,6 +110,7 @@ def test_a_duplicate_token_name_is_409(api_client: Client) -> None:
 
 def test_users_see_and_revoke_only_their_own_tokens(api_client: Client) -> None:
     bob = User.objects.create_user(username="bob")
+    usergrant_add(user=bob, role="read", service=None)
     bobs, _secret = apitoken_create(user=bob, name="bob's")
     assert "bob's" not in {t["name"] for t in api_client.get("/api/v1/tokens").json()}
     assert api_client.delete(f"/api/v1/tokens/{bobs.pk}").status_code == 404

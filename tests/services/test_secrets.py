@@ -284,9 +284,10 @@ def test_the_api_lists_keys_and_fingerprints_never_values(
 
 
 def test_the_api_is_for_staff_only(client: Client, django_user_model: Any) -> None:
-    from apps.services.services import apitoken_create
+    from apps.services.services import apitoken_create, usergrant_add
 
     someone = django_user_model.objects.create_user(username="bob")
+    usergrant_add(user=someone, role="deploy", service=None)
     _, secret = apitoken_create(user=someone, name="t")
     headers = {"Authorization": f"Bearer {secret}"}
     assert client.get("/api/v1/secrets", headers=headers).status_code == 403

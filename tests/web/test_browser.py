@@ -361,7 +361,7 @@ def test_a_user_without_staff_rights_is_refused_by_the_deploy_form(
     page.fill("input[name=service]", "not-allowed")
     page.fill("textarea[name=source]", README_HANDLER.read_text())
     page.click("#deploy-form button[type=submit]")
-    assert "only staff users can deploy" in page.inner_text("#deploy-error")
+    assert "needs the deploy role" in page.inner_text("#deploy-error")
     Shots(SCREENSHOTS / "viewer")(page, "deploy-refused-non-staff")
     assert not Service.objects.filter(name="not-allowed").exists()
     page.close()

@@ -138,10 +138,10 @@ def test_a_user_without_staff_rights_cannot_deploy(
     client.force_login(viewer)
     name = service_name()
     form = client.get("/deploy/").content.decode()
-    assert "Only staff users can deploy" in form
+    assert "holds the deploy role on no service" in form
     refused = deploy_form(client, name, source=handler_source(name))
     assert refused.status_code == 403
-    assert "only staff users can deploy" in refused.content.decode()
+    assert "needs the deploy role" in refused.content.decode()
     assert not Service.objects.filter(name=name).exists()
 
 
@@ -158,7 +158,7 @@ def test_the_api_refuses_a_deploy_by_a_user_without_staff_rights(
         content_type="text/x-python",
     )
     assert response.status_code == 403, response.content
-    assert "only staff users can deploy" in response.json()["message"]
+    assert "needs the deploy role" in response.json()["message"]
 
 
 def test_deploy_by_pasting_code_creates_the_service_and_shows_the_rollout(
@@ -516,4 +516,4 @@ def test_dead_letters_page_lists_and_refuses_a_replay_without_staff_rights(
     client.force_login(viewer)
     refused = client.post(f"/services/{service.name}/dead-letters/replay/", {"ids": ["0-0"]})
     assert refused.status_code == 403
-    assert "only staff users can replay dead letters" in refused.content.decode()
+    assert "needs the deploy role" in refused.content.decode()
