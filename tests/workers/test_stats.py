@@ -203,7 +203,9 @@ def test_metrics_for_a_staff_session(served: tuple[Service, Worker, Worker], use
     browser.force_login(user)
     user.is_staff = False
     user.save()
-    assert browser.get("/metrics").status_code == 401
+    refused = browser.get("/metrics")  # signed in, without the read role on all services
+    assert refused.status_code == 403
+    assert "needs the read role on all services" in refused.json()["message"]
     user.is_staff = True
     user.save()
     assert browser.get("/metrics").status_code == 200
