@@ -12,21 +12,23 @@ from apps.services.auth import ALL, needs
 from apps.services.models import Secret
 from apps.services.schemas import ErrorOut, SecretIn, SecretOut, SecretSetOut
 
-router = Router(tags=["secrets"], auth=needs(Role.ADMIN, ALL))
+router = Router(tags=["secrets"])
+_ADMIN = needs(Role.ADMIN, ALL)
 
 
-@router.get("/secrets", response={200: list[SecretOut], 403: ErrorOut})
+@router.get("/secrets", auth=_ADMIN, response={200: list[SecretOut], 403: ErrorOut})
 def secrets_list(request: HttpRequest) -> list[Secret]:
     return selectors.secret_list()
 
 
-@router.get("/secrets/{name}", response={200: SecretOut, 403: ErrorOut, 404: ErrorOut})
+@router.get("/secrets/{name}", auth=_ADMIN, response={200: SecretOut, 403: ErrorOut, 404: ErrorOut})
 def secrets_get(request: HttpRequest, name: str) -> Secret:
     return selectors.secret_get(name=name)
 
 
 @router.put(
     "/secrets/{name}",
+    auth=_ADMIN,
     response={200: SecretSetOut, 403: ErrorOut, 409: ErrorOut, 422: ErrorOut},
     summary="Create a secret, or replace all of its pairs",
 )
@@ -45,7 +47,11 @@ def secrets_set(request: HttpRequest, name: str, payload: SecretIn) -> SecretSet
     )
 
 
-@router.delete("/secrets/{name}", response={204: None, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut})
+@router.delete(
+    "/secrets/{name}",
+    auth=_ADMIN,
+    response={204: None, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+)
 def secrets_delete(request: HttpRequest, name: str) -> Status[None]:
     """409 naming the services whose live deployments use it."""
     secretstore.secret_delete(name=name, user=request.auth)

@@ -94,7 +94,11 @@ def services_workers(request: HttpRequest, name: str, all: bool = False) -> list
     return list(selectors.worker_list(service=service_get(name=name), running_only=not all))
 
 
-@router.get("/services/{name}/warmth", response={200: ServiceWarmthOut, 404: ErrorOut})
+@router.get(
+    "/services/{name}/warmth",
+    auth=needs(Role.READ),
+    response={200: ServiceWarmthOut, 403: ErrorOut, 404: ErrorOut},
+)
 def services_warmth(request: HttpRequest, name: str) -> ServiceWarmth:
     """What is warm where: each running worker's partitions, and the largest and most
     requested objects in its cache (at most 10 of each), from its last heartbeat."""
