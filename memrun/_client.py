@@ -306,6 +306,15 @@ class Client:
         path = f"{_service_path(service)}/scale"
         return self._call("POST", path, {"workers": workers}, timeout_s=self.timeout_s)
 
+    def autoscale(self, service: str, **changes: Any) -> dict[str, Any]:
+        """The autoscaling policy of `service` and its recent decisions; with `changes`
+        (enabled, min_workers, max_workers, lag_per_worker, scale_up_window_s,
+        scale_down_window_s, scale_up_cooldown_s, scale_down_cooldown_s) set those first."""
+        path = f"{_service_path(service)}/autoscale"
+        if changes:
+            return self._call("PUT", path, changes, timeout_s=self.timeout_s)
+        return self._call("GET", path, timeout_s=self.timeout_s)
+
     def gc(self, *, dry_run: bool = False) -> dict[str, Any]:
         """Free what the control plane stores and no longer needs (with `dry_run`, only
         list it): `kinds` (kind, count, size_bytes), `items` and the total `size_bytes`."""

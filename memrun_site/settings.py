@@ -294,6 +294,15 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": MEMRUN_RECONCILE_INTERVAL_S,
     },
 }
+# Autoscaling (apps/provisioning/autoscaling.py): each service with a policy on is decided
+# this often; its windows and cooldowns (seconds, per service) are what smooth it, so the
+# tick only bounds how late a decision is. The newest KEPT decisions per service stay.
+MEMRUN_AUTOSCALE_INTERVAL_S = float(env_int("MEMRUN_AUTOSCALE_INTERVAL_S", 10))
+MEMRUN_AUTOSCALE_DECISIONS_KEPT = 500
+CELERY_BEAT_SCHEDULE["autoscale"] = {
+    "task": "apps.provisioning.tasks.autoscale",
+    "schedule": MEMRUN_AUTOSCALE_INTERVAL_S,
+}
 
 # Worker logs (apps/workers/services.py): at most this many lines per worker and
 # nothing older, pruned on ingest about every MEMRUN_LOG_PRUNE_EVERY_LINES lines and swept

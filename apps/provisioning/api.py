@@ -1,4 +1,5 @@
-"""The provisioning API: how many workers a service runs, and garbage collection."""
+"""The provisioning API: how many workers a service runs (by hand, or by its autoscaling
+policy), and garbage collection."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from ninja import Router
 
 from apps.common.permissions import Role
 from apps.provisioning.gc import gc_plan, gc_run
-from apps.provisioning.schemas import GcIn, GcOut, ScaleIn
-from apps.provisioning.services import service_scale
+from apps.provisioning.models import POLICY_FIELDS
+from apps.provisioning.schemas import AutoscaleIn, AutoscaleOut, GcIn, GcOut, ScaleIn
+from apps.provisioning.selectors import AutoscaleStatus, autoscale_status_get
+from apps.provisioning.services import autoscale_policy_set, service_scale
 from apps.services.auth import ALL, needs
 from apps.services.models import Service
 from apps.services.schemas import ErrorOut, ServiceOut
@@ -29,6 +32,40 @@ def services_scale(request: HttpRequest, name: str, payload: ScaleIn) -> Service
     """Set how many workers the service runs (within its min and max); reconcile starts
     or drains workers to match."""
     return service_scale(service=service_get(name=name), workers=payload.workers, by=request.auth)
+
+
+@router.get(
+    "/services/{name}/autoscale",
+    auth=needs(Role.READ),
+    response={200: AutoscaleOut, 403: ErrorOut, 404: ErrorOut},
+)
+def services_autoscale_get(request: HttpRequest, name: str) -> dict[str, Any]:
+    """The service's autoscaling policy and its recent decisions, each with its reason
+    and the lag and load it saw."""
+    return _autoscale_out(autoscale_status_get(service=service_get(name=name)))
+
+
+@router.put(
+    "/services/{name}/autoscale",
+    auth=needs(Role.DEPLOY),
+    response={200: AutoscaleOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut},
+)
+def services_autoscale_set(request: HttpRequest, name: str, payload: AutoscaleIn) -> dict[str, Any]:
+    """Turn autoscaling on or off, or change its range, threshold, windows and cooldowns
+    (only the fields sent change)."""
+    service = service_get(name=name)
+    autoscale_policy_set(service=service, by=request.auth, **payload.dict(exclude_none=True))
+    return _autoscale_out(autoscale_status_get(service=service_get(name=name)))
+
+
+def _autoscale_out(status: AutoscaleStatus) -> dict[str, Any]:
+    policy = status.policy
+    return {
+        "service": status.service,
+        "desired_workers": status.desired_workers,
+        "decisions": status.decisions,
+        **{field: getattr(policy, field) for field in POLICY_FIELDS},
+    }
 
 
 @router.post(

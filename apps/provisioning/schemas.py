@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from ninja import Field, Schema
+from pydantic import ConfigDict
+
+from apps.services.schemas import DB_INT_MAX
+
+WINDOW_MAX_S = 7 * 24 * 3600.0
 
 
 class ScaleIn(Schema):
@@ -32,3 +39,62 @@ class GcOut(Schema):
     kinds: list[GcKindOut]
     items: list[GcItemOut]
     size_bytes: int
+
+
+class AutoscaleIn(Schema):
+    """Only the fields sent change. `enabled` false turns autoscaling off (the policy is
+    kept); the range lies within the live deployment's min_workers..max_workers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = None
+    min_workers: int | None = Field(None, ge=0, le=DB_INT_MAX)
+    max_workers: int | None = Field(None, ge=1, le=DB_INT_MAX)
+    lag_per_worker: int | None = Field(
+        None, ge=1, le=DB_INT_MAX, description="add a worker above this lag per worker"
+    )
+    scale_up_window_s: float | None = Field(
+        None, ge=0, le=WINDOW_MAX_S, description="how long the lag must stay above it"
+    )
+    scale_down_window_s: float | None = Field(
+        None, ge=0, le=WINDOW_MAX_S, description="how long workers must stay idle to remove one"
+    )
+    scale_up_cooldown_s: float | None = Field(
+        None, ge=0, le=WINDOW_MAX_S, description="no scale-up sooner after a change"
+    )
+    scale_down_cooldown_s: float | None = Field(
+        None, ge=0, le=WINDOW_MAX_S, description="no scale-down sooner after a change"
+    )
+
+
+class ScaleDecisionOut(Schema):
+    """One decision: `action` up, down or hold; `reason` a code (lag_above, idle,
+    pressure_window, idle_window, cooldown, at_max, at_min, steady, lag_unknown,
+    below_min, above_max) and `message` the same with its numbers."""
+
+    decided_at: datetime
+    action: str
+    reason: str
+    message: str
+    workers_before: int
+    workers_after: int
+    lag: int | None
+    lag_source: str
+    inputs: dict[str, object]
+
+
+class AutoscaleOut(Schema):
+    """A service's autoscaling policy (defaults when never set: off) and its recent
+    decisions, newest first."""
+
+    service: str
+    enabled: bool
+    min_workers: int
+    max_workers: int
+    lag_per_worker: int
+    scale_up_window_s: float
+    scale_down_window_s: float
+    scale_up_cooldown_s: float
+    scale_down_cooldown_s: float
+    desired_workers: int
+    decisions: list[ScaleDecisionOut]

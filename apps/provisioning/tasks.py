@@ -4,7 +4,8 @@ gc.py.
 `reconcile` runs every MEMRUN_RECONCILE_INTERVAL_S (beat, settings.CELERY_BEAT_SCHEDULE)
 over every service; `reconcile_service` runs one service at once, when something changed
 (a new deployment, a scale, a worker that became ready or stopped); `gc` frees garbage
-every MEMRUN_GC_INTERVAL_S.
+every MEMRUN_GC_INTERVAL_S; `autoscale` decides every autoscaled service's worker count
+every MEMRUN_AUTOSCALE_INTERVAL_S (apps/provisioning/autoscaling.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from django.conf import settings
 
 from apps.common.events import ServiceFleetChanged
 from apps.provisioning import reconcile as reconciling
+from apps.provisioning.autoscaling import autoscale_all
 from apps.provisioning.gc import gc_plan, gc_run
 
 logger = logging.getLogger(__name__)
@@ -24,6 +26,11 @@ logger = logging.getLogger(__name__)
 @shared_task(name="apps.provisioning.tasks.reconcile", ignore_result=True)
 def reconcile() -> None:
     reconciling.reconcile_all()
+
+
+@shared_task(name="apps.provisioning.tasks.autoscale", ignore_result=True)
+def autoscale() -> None:
+    autoscale_all()
 
 
 @shared_task(name="apps.provisioning.tasks.gc", ignore_result=True)

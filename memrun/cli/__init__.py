@@ -27,6 +27,7 @@ SUBCOMMANDS = [
     "memrun.cli.status",
     "memrun.cli.rollback",
     "memrun.cli.scale",
+    "memrun.cli.autoscale",
     "memrun.cli.workers",
     "memrun.cli.warmth",
     "memrun.cli.logs",

@@ -15,7 +15,8 @@ def register(subparsers: Any) -> None:
         description=(
             "Set the service's desired worker count; the control plane starts or drains "
             "workers to match (`memrun workers NAME` shows them). N must be within the "
-            "service's min_workers and max_workers."
+            "service's min_workers and max_workers. A service that is autoscaled "
+            "(`memrun autoscale NAME`) refuses: change its range, or turn it --off first."
         ),
     )
     parser.add_argument("name", help="the service")

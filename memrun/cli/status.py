@@ -1,6 +1,7 @@
-"""`memrun status [NAME]`: each service's live version, ready workers and last deployment;
-with NAME, its recent deployments too. A version whose workers keep dying is shown
-DEGRADED, with the reason (and, with NAME, the log tail)."""
+"""`memrun status [NAME]`: each service's live version, ready workers, autoscaling and last
+deployment; with NAME, its recent deployments and autoscaling decisions too. A version
+whose workers keep dying is shown DEGRADED, with the reason (and, with NAME, the log
+tail)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from memrun._client import Client, Deployment
+from memrun.cli.autoscale import decision_lines, describe
 from memrun.cli.deploy import human_bytes
 
 HISTORY = 10
@@ -35,17 +37,21 @@ def run(args: argparse.Namespace) -> int:
     ready = Counter(
         worker["service"] for worker in client.workers(args.name) if worker["state"] == "ready"
     )
-    rows = [("SERVICE", "LIVE", "WORKERS", "LAST DEPLOYMENT")]
+    rows = [("SERVICE", "LIVE", "WORKERS", "AUTOSCALE", "LAST DEPLOYMENT")]
     history: list[Deployment] = []
     for service in services:
         name = service["name"]
         history = client.deployments(name, limit=HISTORY)
+        autoscale = client.autoscale(name)
         live = next((d for d in history if d.status == "active"), None)
         rows.append(
             (
                 name,
                 (f"v{live.version}" + (" DEGRADED" if live.degraded else "")) if live else "-",
                 f"{ready[name]}/{service['desired_workers']}",
+                f"{autoscale['min_workers']}..{autoscale['max_workers']}"
+                if autoscale["enabled"]
+                else "off",
                 _describe(history[0]) if history else "never deployed",
             )
         )
@@ -70,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
         for d in history:
             if d.degraded:
                 print(f"\nv{d.version} is DEGRADED: {d.degraded_reason}")
+    if args.name and (autoscale["enabled"] or autoscale["decisions"]):
+        print()
+        print(describe(autoscale))
+        for line in decision_lines(autoscale["decisions"][:HISTORY]):
+            print(line)
     return 0
 
 

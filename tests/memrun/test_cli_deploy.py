@@ -177,8 +177,8 @@ def test_status_and_rollback(
     code, out, _ = memrun(capsys, "status")
     assert code == 0
     header, row = out.splitlines()[0], next(line for line in out.splitlines() if name in line)
-    assert header.split() == ["SERVICE", "LIVE", "WORKERS", "LAST", "DEPLOYMENT"]
-    assert row.split()[:6] == [name, "v2", "0/1", "v2", "active", "0s"]
+    assert header.split() == ["SERVICE", "LIVE", "WORKERS", "AUTOSCALE", "LAST", "DEPLOYMENT"]
+    assert row.split()[:7] == [name, "v2", "0/1", "off", "v2", "active", "0s"]
 
     code, out, err = memrun(capsys, "rollback", name, "--no-wait")
     assert code == 0, err
