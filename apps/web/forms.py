@@ -86,6 +86,19 @@ class ScaleForm(forms.Form):
     workers = forms.IntegerField(min_value=0, max_value=10_000)
 
 
+class AutoscaleForm(forms.Form):
+    """The whole policy at once (the page shows the current values); unticked is off."""
+
+    enabled = forms.BooleanField(required=False)
+    min_workers = forms.IntegerField(min_value=0, max_value=10_000)
+    max_workers = forms.IntegerField(min_value=1, max_value=10_000)
+    lag_per_worker = forms.IntegerField(min_value=1, max_value=2**31 - 1)
+    scale_up_window_s = forms.FloatField(min_value=0, max_value=7 * 24 * 3600)
+    scale_down_window_s = forms.FloatField(min_value=0, max_value=7 * 24 * 3600)
+    scale_up_cooldown_s = forms.FloatField(min_value=0, max_value=7 * 24 * 3600)
+    scale_down_cooldown_s = forms.FloatField(min_value=0, max_value=7 * 24 * 3600)
+
+
 class TokenForm(forms.Form):
     """A token's name and, optionally, its one grant: a role on a service, or on all
     services when the service is blank. Without a role, the token gets the user's grants."""

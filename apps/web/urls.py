@@ -14,6 +14,8 @@ urlpatterns = [
     path("services/<str:name>/diff/", views.service_diff, name="diff"),
     path("services/<str:name>/rollback/", views.service_rollback, name="rollback"),
     path("services/<str:name>/scale/", views.service_scale, name="scale"),
+    path("services/<str:name>/autoscale/", views.service_autoscale, name="autoscale"),
+    path("services/<str:name>/autoscale/set/", views.service_autoscale_set, name="autoscale-set"),
     path("services/<str:name>/logs/", log_views.service_logs, name="service-logs"),
     path("services/<str:name>/dead-letters/", dlq_views.dead_letters, name="dead-letters"),
     path(

@@ -17,17 +17,28 @@ from django.views.decorators.http import require_GET, require_POST
 
 from apps.common.errors import DomainError
 from apps.common.permissions import Grant, Role
+from apps.provisioning.selectors import autoscale_status_get
+from apps.provisioning.services import autoscale_policy_set
 from apps.provisioning.services import service_scale as scale_service
 from apps.services import deployments, invoke, selectors, services, sources, uploads
 from apps.services.auth import OBJECT, SELF, access_of, caller_of, csrf_header_ok, requires
 from apps.web import selectors as page_selectors
-from apps.web.forms import DeployForm, DiffForm, RollbackForm, ScaleForm, TokenForm
+from apps.web.forms import (
+    AutoscaleForm,
+    DeployForm,
+    DiffForm,
+    RollbackForm,
+    ScaleForm,
+    TokenForm,
+)
 from apps.web.pages import error_page, page
 from apps.workers.stats import service_dashboard_list, service_stats_get
 from memrun.wire.config import SETTINGS
 
 
-def _form_error(form: DeployForm | DiffForm | RollbackForm | ScaleForm | TokenForm) -> DomainError:
+def _form_error(
+    form: AutoscaleForm | DeployForm | DiffForm | RollbackForm | ScaleForm | TokenForm,
+) -> DomainError:
     summary = "; ".join(
         f"{name}: {' '.join(errors)}" if name != "__all__" else " ".join(errors)
         for name, errors in form.errors.items()
@@ -128,6 +139,33 @@ def service_scale(request: HttpRequest, name: str) -> HttpResponse:
         raise _form_error(form)
     scale_service(service=service, workers=form.cleaned_data["workers"], by=request.user)
     messages.success(request, f"{service.name} scales to {form.cleaned_data['workers']} worker(s)")
+    return redirect("web:service", name=service.name)
+
+
+@require_GET
+@page
+@requires(Role.READ)
+def service_autoscale(request: HttpRequest, name: str) -> HttpResponse:
+    """The policy and its recent decisions (the service page loads it on its own)."""
+    service = selectors.service_get(name=name, with_live_deployment=True)
+    return render(
+        request,
+        "web/_autoscale.html",
+        {"service": service, "autoscale": autoscale_status_get(service=service)},
+    )
+
+
+@require_POST
+@page
+@requires(Role.DEPLOY)
+def service_autoscale_set(request: HttpRequest, name: str) -> HttpResponse:
+    service = selectors.service_get(name=name)
+    form = AutoscaleForm(request.POST)
+    if not form.is_valid():
+        raise _form_error(form)
+    policy = autoscale_policy_set(service=service, by=request.user, **form.cleaned_data)
+    state = "on" if policy.enabled else "off"
+    messages.success(request, f"autoscaling of {service.name} is {state}")
     return redirect("web:service", name=service.name)
 
 

@@ -335,6 +335,55 @@ def test_history_diff_rollback_and_scale(
     assert staff.get(f"/services/{name}/scale/").status_code == 405
 
 
+def test_the_autoscaling_form_sets_the_policy_and_the_page_lists_decisions(
+    staff: Client, viewer: User, home: Path, service_name: Callable[[], str], settings: Any
+) -> None:
+    from apps.provisioning.autoscaling import autoscale_service
+
+    name = service_name()
+    deploy_form(staff, name, source=handler_source(name))
+    page = staff.get(f"/services/{name}/").content.decode()
+    assert f'hx-get="/services/{name}/autoscale/"' in page  # loaded apart, with its own reads
+    part = staff.get(f"/services/{name}/autoscale/").content.decode()
+    assert "Autoscaling" in part and "off: the count above is kept" in part
+    policy = {
+        "enabled": "on",
+        "min_workers": 1,
+        "max_workers": 2,
+        "lag_per_worker": 40,
+        "scale_up_window_s": 15,
+        "scale_down_window_s": 120,
+        "scale_up_cooldown_s": 30,
+        "scale_down_cooldown_s": 60,
+    }
+    assert staff.post(f"/services/{name}/autoscale/set/", policy).status_code == 302
+    part = staff.get(f"/services/{name}/autoscale/").content.decode()
+    assert "on: 1..2 worker(s)" in part and "stays above 40 for 15 s" in part
+    page = staff.get(f"/services/{name}/").content.decode()
+    assert "alice · autoscaling on: 1..2 worker(s), 40 lag per worker" in page
+
+    too_many = staff.post(f"/services/{name}/autoscale/set/", {**policy, "max_workers": 9})
+    assert too_many.status_code == 422 and "max_workers" in too_many.content.decode()
+    bad = staff.post(f"/services/{name}/autoscale/set/", {**policy, "lag_per_worker": "x"})
+    assert bad.status_code == 422 and "lag_per_worker" in bad.content.decode()
+    client = Client()
+    client.force_login(viewer)
+    assert client.post(f"/services/{name}/autoscale/set/", policy).status_code == 403
+
+    # A decision, with Kafka out of reach: a hold that says why.
+    settings.KAFKA_BOOTSTRAP_SERVERS = "127.0.0.1:1"
+    settings.MEMRUN_KAFKA_TIMEOUT_S = 1.0
+    service = Service.objects.get(name=name)
+    autoscale_service(service_id=service.pk)
+    part = staff.get(f"/services/{name}/autoscale/").content.decode()
+    assert "hold · lag_unknown" in part and "lag could not be measured; holding" in part
+
+    off = {k: v for k, v in policy.items() if k != "enabled"}
+    assert staff.post(f"/services/{name}/autoscale/set/", off).status_code == 302
+    part = staff.get(f"/services/{name}/autoscale/").content.decode()
+    assert "off: the count above is kept" in part and "lag_unknown" in part
+
+
 def test_a_user_without_staff_rights_cannot_roll_back_or_scale(
     staff: Client, viewer: User, home: Path, service_name: Callable[[], str]
 ) -> None:
@@ -453,6 +502,7 @@ def test_every_page_reads_in_a_bounded_number_of_queries(
         f"/workers/{worker.name}/logs/?request_id=r500",
         f"/workers/{worker.name}/logs/?download=1",
         "/requests/?id=r500",
+        f"/services/{service.name}/autoscale/",
         "/tokens/",
         "/deploy/",
     ]
