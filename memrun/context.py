@@ -42,8 +42,24 @@ class DataCache(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+class ObjectStorage(Protocol):
+    """`ctx.storage`: async reads and writes of `s3://bucket/key` objects, uncached, with
+    the worker's own S3 endpoint and credentials (the worker daemon's AsyncStorage)."""
+
+    async def get(self, url: str) -> bytes: ...
+
+    async def put(self, url: str, data: bytes | str | Path) -> None: ...
+
+    async def head(self, url: str) -> Any: ...
+
+    async def list(self, prefix: str, *, limit: int = 1000) -> list[Any]: ...
+
+    async def delete(self, url: str) -> None: ...
+
+
 class WorkerContext:
-    """Per-worker state that outlives requests: named objects and the warm cache.
+    """Per-worker state that outlives requests: named objects, the warm cache, and
+    `storage`, the async S3 client (None where the worker has none).
 
     `init_handler` functions receive this; every request context delegates to it.
     """
@@ -55,7 +71,7 @@ class WorkerContext:
         worker_id: str,
         cache: DataCache,
         logger: logging.Logger | None = None,
-        storage: Any = None,
+        storage: ObjectStorage | None = None,
     ) -> None:
         self.service = service
         self.worker_id = worker_id

@@ -27,6 +27,7 @@ from worker_daemon.logs import EventLog, configure_stdlib_logging
 from worker_daemon.package import ServiceLoadError, load_service, prepare
 from worker_daemon.runtime import Worker
 from worker_daemon.settings import WorkerSettings
+from worker_daemon.storage import AsyncStorage, make_s3_client
 
 KAFKA_ADMIN_TIMEOUT_S = 30.0
 DLQ_POLL_INTERVAL_S = 0.2
@@ -45,11 +46,12 @@ def run_worker(
     service = load_package(settings, log=log)
     check_dlq_topic(settings.kafka, settings.service)
     deployed = service.config()
-    cache = WarmCache.open(
-        CacheSettings.from_env(
-            service.name, disk_bytes=deployed.disk_bytes, memory_bytes=deployed.memory_bytes
-        )
+    cache_settings = CacheSettings.from_env(
+        service.name, disk_bytes=deployed.disk_bytes, memory_bytes=deployed.memory_bytes
     )
+    cache = WarmCache.open(cache_settings)
+    # ctx.storage reads the same endpoint and credentials as the cache's S3 fetcher.
+    storage = AsyncStorage(lambda: make_s3_client(cache_settings.s3_endpoint_url))
     redis_client = redis.Redis.from_url(
         settings.redis_url, socket_timeout=10, socket_connect_timeout=5
     )
@@ -78,6 +80,7 @@ def run_worker(
         redis=redis_client,
         producer=producer,
         log=log,
+        storage=storage,
     )
     if on_worker is not None:
         on_worker(worker)

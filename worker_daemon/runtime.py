@@ -26,7 +26,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from memrun.context import DataCache, WorkerContext
+from memrun.context import DataCache, ObjectStorage, WorkerContext
 from memrun.service import MemoryService
 from memrun.wire.kafka import kafka_client_config
 from memrun.wire.protocol import consumer_group, request_topic
@@ -67,7 +67,7 @@ class Worker:
         admin_factory: Callable[[dict[str, Any]], AdminClient] = AdminClient,
         log: EventLog | None = None,
         on_stats: Callable[[dict[str, Any]], None] | None = None,
-        storage: Any = None,
+        storage: ObjectStorage | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         handler = service.request_handler

@@ -1,4 +1,5 @@
-"""Object storage for the worker: the S3 client it uses, URL parsing, and result uploads.
+"""Object storage for the worker: the S3 client it uses, URL parsing, result uploads, and
+the handlers' async client (`ctx.storage`).
 
 Any S3-compatible endpoint works (AWS_ENDPOINT_URL, from the service's secrets);
 addressing is path-style so a local server needs no DNS. Credentials and region come from
@@ -10,15 +11,21 @@ the cache facade turns them into its own errors.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -100,3 +107,120 @@ def _write_local(data: bytes | str | Path, path: Path) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What `ctx.storage.head` and `.list` tell about an object."""
+
+    url: str
+    size_bytes: int
+    etag: str
+    last_modified: datetime | None
+
+
+class AsyncStorage:
+    """`ctx.storage`: the handler's async S3 client (the seed's), for what the cache does
+    not do: writes, listings, existence checks, reads that should not be cached.
+
+    Locations are `s3://bucket/key` URLs, as for `ctx.get_or_fetch`. Built like the
+    cache's fetcher, from the worker's own environment, on first use: AWS_ENDPOINT_URL
+    (or _S3) and boto3's chain for AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    AWS_DEFAULT_REGION, which come from the service's secrets (its own credentials,
+    never the appliance's). boto3 is blocking,
+    so each call runs in a thread off the handler's event loop (aioboto3 would pin
+    botocore to the narrow range aiobotocore supports, below what the cache's boto3
+    needs). `client` is the boto3 client itself, for anything else.
+    """
+
+    def __init__(self, make_client: Callable[[], S3Client]) -> None:
+        self._make_client = make_client
+        self._client: S3Client | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> S3Client:
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    async def get(self, url: str) -> bytes:
+        """The object's bytes; FileNotFoundError when there is none."""
+        return await asyncio.to_thread(self._get, url)
+
+    async def put(self, url: str, data: bytes | str | Path) -> None:
+        """Write bytes, text (UTF-8) or the file at a Path (multipart when big) to `url`."""
+        await asyncio.to_thread(upload_result, data, _s3_only(url), s3=self.client)
+
+    async def head(self, url: str) -> StoredObject | None:
+        """Size, ETag and time of the object; None when there is none."""
+        return await asyncio.to_thread(self._head, url)
+
+    async def list(self, prefix: str, *, limit: int = 1000) -> list[StoredObject]:
+        """The objects under `s3://bucket/prefix`, by key, at most `limit`."""
+        return await asyncio.to_thread(_list_objects, self.client, prefix, limit)
+
+    async def delete(self, url: str) -> None:
+        """Remove the object (no error when it is already gone)."""
+        bucket, key = split_s3_url(url)
+        await asyncio.to_thread(self.client.delete_object, Bucket=bucket, Key=key)
+
+    def _get(self, url: str) -> bytes:
+        bucket, key = split_s3_url(url)
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                raise FileNotFoundError(f"{url} does not exist") from exc
+            raise
+        body = response["Body"]
+        try:
+            return body.read()
+        finally:
+            body.close()
+
+    def _head(self, url: str) -> StoredObject | None:
+        bucket, key = split_s3_url(url)
+        try:
+            head = self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+        return StoredObject(
+            url, int(head["ContentLength"]), str(head.get("ETag", "")), head.get("LastModified")
+        )
+
+
+def _list_objects(client: S3Client, prefix: str, limit: int) -> list[StoredObject]:
+    parts = urlsplit(prefix)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"{prefix} is not an s3://bucket/prefix URL")
+    bucket, key_prefix = parts.netloc, parts.path.lstrip("/")
+    found: list[StoredObject] = []
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=key_prefix, PaginationConfig={"MaxItems": limit}
+    )
+    for page in pages:
+        for item in page.get("Contents", []):
+            found.append(
+                StoredObject(
+                    f"s3://{bucket}/{item['Key']}",
+                    int(item["Size"]),
+                    str(item.get("ETag", "")),
+                    item.get("LastModified"),
+                )
+            )
+    return found[:limit]
+
+
+def _s3_only(url: str) -> str:
+    split_s3_url(url)
+    return url
+
+
+def _is_not_found(exc: ClientError) -> bool:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in {"404", "NoSuchKey", "NotFound"} or status == 404
