@@ -19,6 +19,7 @@ from apps.provisioning.lag import service_lag
 from apps.provisioning.models import ScaleDecision
 from apps.provisioning.services import autoscale_policy_set, service_scale
 from apps.services.models import Service
+from apps.services.services import apitoken_create
 from apps.services.topics import topics_ensure
 from memrun.wire import protocol
 from tests.fixtures.services import kafka_test_config
@@ -294,8 +295,12 @@ def test_the_policy_api_sets_shows_and_refuses_bad_input(
         f"/api/v1/services/{deployed.name}/scale", {"workers": 2}, content_type="application/json"
     )
     assert scaled.status_code == 409 and "--off" in scaled.json()["message"]
-    with pytest.raises(Exception, match="only staff"):
-        autoscale_policy_set(service=deployed, by=viewer, enabled=False)
+    # The read role shows the policy; changing it takes the deploy role.
+    _, secret = apitoken_create(user=viewer, name="viewer")
+    reader = Client(headers={"Authorization": f"Bearer {secret}"})
+    assert reader.get(path).status_code == 200
+    refused = reader.put(path, {"enabled": False}, content_type="application/json")
+    assert refused.status_code == 403 and "deploy" in refused.json()["message"]
     off = api_client.put(path, {"enabled": False}, content_type="application/json")
     assert off.status_code == 200 and off.json()["enabled"] is False
     assert service_scale(service=deployed, workers=2).desired_workers == 2
