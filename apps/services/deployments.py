@@ -185,6 +185,9 @@ def service_patch(
     or not at all."""
     changes = {key: value for key, value in data.items() if key in SETTING_ARGS}
     fleet = {key: value for key, value in data.items() if key not in SETTING_ARGS}
+    if "secrets" in changes:
+        # A secret attached is handed to the service's code: as much as managing secrets.
+        staff_require(user=created_by, action="change which secrets a service gets")
     with transaction.atomic():
         locked = Service.objects.select_for_update().get(pk=service.pk)
         if changes:

@@ -319,3 +319,15 @@ def test_the_admin_shows_keys_never_values(client: Client, django_user_model: An
         assert VALUE.encode() not in response.content
         assert secret.ciphertext.encode() not in response.content
     assert client.get("/admin/services/secret/add/").status_code == 403
+
+
+def test_only_staff_attach_secrets_by_patch(
+    deploy: Callable[..., Deployment], user: Any, django_user_model: Any
+) -> None:
+    v1 = deploy()
+    secret_set(name="staff-only", values={"A": VALUE}, user=user)
+    someone = django_user_model.objects.create_user(username="bob")
+    with pytest.raises(DomainError) as refusal:
+        service_patch(service=v1.service, data={"secrets": ["staff-only"]}, created_by=someone)
+    assert refusal.value.status == 403
+    assert v1.service.deployments.count() == 1
