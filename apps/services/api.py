@@ -102,6 +102,7 @@ def services_update(request: HttpRequest, name: str, payload: ServicePatch) -> S
         service=selectors.service_get(name=name),
         data=payload.model_dump(exclude_unset=True),  # type: ignore[attr-defined]
         created_by=request.auth,
+        access=access_of(request),
     )
 
 

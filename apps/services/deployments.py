@@ -178,16 +178,21 @@ def deployment_restart(
 
 
 def service_patch(
-    *, service: Service, data: Mapping[str, Any], created_by: AbstractBaseUser | None = None
+    *,
+    service: Service,
+    data: Mapping[str, Any],
+    created_by: AbstractBaseUser | None = None,
+    access: Access | None = None,
 ) -> Service:
     """PATCH of a service: settings in `data` make a new deployment
     (`deployment_configure`), fleet fields change the row (`service_update`), together
-    or not at all."""
+    or not at all. Changing `secrets` needs `access` (the caller's; None: memrun itself)
+    to hold admin on all services, as managing secrets does: an attached secret's values
+    are handed to the service's code."""
     changes = {key: value for key, value in data.items() if key in SETTING_ARGS}
     fleet = {key: value for key, value in data.items() if key not in SETTING_ARGS}
-    if "secrets" in changes:
-        # A secret attached is handed to the service's code: as much as managing secrets.
-        staff_require(user=created_by, action="change which secrets a service gets")
+    if "secrets" in changes and access is not None:
+        access.require(Role.ADMIN, what="change which secrets a service gets")
     with transaction.atomic():
         locked = Service.objects.select_for_update().get(pk=service.pk)
         if changes:

@@ -321,13 +321,19 @@ def test_the_admin_shows_keys_never_values(client: Client, django_user_model: An
     assert client.get("/admin/services/secret/add/").status_code == 403
 
 
-def test_only_staff_attach_secrets_by_patch(
-    deploy: Callable[..., Deployment], user: Any, django_user_model: Any
+def test_only_admins_on_all_attach_secrets_by_patch(
+    deploy: Callable[..., Deployment], user: Any
 ) -> None:
+    from apps.common.permissions import Access, Grant, Role
+
     v1 = deploy()
-    secret_set(name="staff-only", values={"A": VALUE}, user=user)
-    someone = django_user_model.objects.create_user(username="bob")
+    secret_set(name="admin-only", values={"A": VALUE}, user=user)
+    deployer = Access(who="bob", grants=frozenset({Grant(v1.service.name, Role.ADMIN)}))
     with pytest.raises(DomainError) as refusal:
-        service_patch(service=v1.service, data={"secrets": ["staff-only"]}, created_by=someone)
+        service_patch(service=v1.service, data={"secrets": ["admin-only"]}, access=deployer)
     assert refusal.value.status == 403
+    assert "admin role on all services" in refusal.value.message
     assert v1.service.deployments.count() == 1
+    # Other settings stay the deployer's to change.
+    service_patch(service=v1.service, data={"concurrency": 3}, access=deployer)
+    assert v1.service.deployments.count() == 2
