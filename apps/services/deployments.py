@@ -95,6 +95,7 @@ def deployment_upload(
         if existing is not None:
             _config_check(existing, config)
         _secrets_check(config)
+        _secrets_attach_check(service=existing, names=config.secrets, access=access)
         _fleet_check(existing, fleet, config)
         url = artifact_put(path=package, key=f"deployments/{service_name}/{sha256}.tar.gz")
     with transaction.atomic():
@@ -186,13 +187,11 @@ def service_patch(
 ) -> Service:
     """PATCH of a service: settings in `data` make a new deployment
     (`deployment_configure`), fleet fields change the row (`service_update`), together
-    or not at all. Changing `secrets` needs `access` (the caller's; None: memrun itself)
-    to hold admin on all services, as managing secrets does: an attached secret's values
-    are handed to the service's code."""
+    or not at all. Attaching a secret needs admin on all (`_secrets_attach_check`)."""
     changes = {key: value for key, value in data.items() if key in SETTING_ARGS}
     fleet = {key: value for key, value in data.items() if key not in SETTING_ARGS}
-    if "secrets" in changes and access is not None:
-        access.require(Role.ADMIN, what="change which secrets a service gets")
+    if isinstance(changes.get("secrets"), list | tuple):
+        _secrets_attach_check(service=service, names=tuple(changes["secrets"]), access=access)
     with transaction.atomic():
         locked = Service.objects.select_for_update().get(pk=service.pk)
         if changes:
@@ -375,6 +374,19 @@ def _fleet_check(service: Service | None, fleet: Mapping[str, str], config: Serv
             disk_bytes=config.disk_bytes,
         )
     )
+
+
+def _secrets_attach_check(
+    *, service: Service | None, names: tuple[str, ...], access: Access | None
+) -> None:
+    """Attaching a secret a service does not have yet hands its values to that service's
+    code, so it needs what managing secrets needs: admin on all services (`access` is the
+    caller's; None: memrun itself). Keeping or dropping attached ones needs no more than
+    the deploy itself."""
+    live = None if service is None else service.config
+    new = [name for name in names if live is None or name not in live.secrets]
+    if new and access is not None:
+        access.require(Role.ADMIN, what=f"attach the secrets {', '.join(new)} to a service")
 
 
 def _config_with(config: ServiceConfig, changes: Mapping[str, object]) -> ServiceConfig:

@@ -321,19 +321,43 @@ def test_the_admin_shows_keys_never_values(client: Client, django_user_model: An
     assert client.get("/admin/services/secret/add/").status_code == 403
 
 
-def test_only_admins_on_all_attach_secrets_by_patch(
-    deploy: Callable[..., Deployment], user: Any
+def test_only_admins_on_all_attach_secrets(
+    deploy: Callable[..., Deployment], user: Any, tmp_path: Path
 ) -> None:
+    """A deploy role on one service does not reach other secrets: attaching one (by PATCH
+    or by deploying) needs admin on all; what is attached already stays deployable."""
     from apps.common.permissions import Access, Grant, Role
 
     v1 = deploy()
+    service = v1.service
     secret_set(name="admin-only", values={"A": VALUE}, user=user)
-    deployer = Access(who="bob", grants=frozenset({Grant(v1.service.name, Role.ADMIN)}))
+    deployer = Access(who="bob", grants=frozenset({Grant(service.name, Role.ADMIN)}))
     with pytest.raises(DomainError) as refusal:
-        service_patch(service=v1.service, data={"secrets": ["admin-only"]}, access=deployer)
+        service_patch(service=service, data={"secrets": ["admin-only"]}, access=deployer)
     assert refusal.value.status == 403
-    assert "admin role on all services" in refusal.value.message
-    assert v1.service.deployments.count() == 1
-    # Other settings stay the deployer's to change.
-    service_patch(service=v1.service, data={"concurrency": 3}, access=deployer)
-    assert v1.service.deployments.count() == 2
+    assert "admin role on all services to attach the secrets admin-only" in (refusal.value.message)
+    path = tmp_path / "again"
+    path.write_bytes(build(tmp_path, service.name))
+    upload = Upload(
+        path=path, size_bytes=path.stat().st_size, filename="", is_source=False, message=""
+    )
+    with pytest.raises(DomainError) as by_deploy:
+        deployment_upload(
+            service_name=service.name,
+            upload=upload,
+            overrides={"secrets": ["admin-only"]},
+            access=deployer,
+        )
+    assert by_deploy.value.status == 403
+    assert service.deployments.count() == 1
+    admin = Access(who="root", grants=frozenset({Grant(None, Role.ADMIN)}))
+    service_patch(service=service, data={"secrets": ["admin-only"]}, access=admin)
+    # Attached by an admin: the deployer may deploy with it and change other settings.
+    deployment_upload(
+        service_name=service.name,
+        upload=upload,
+        overrides={"secrets": ["admin-only"]},
+        access=deployer,
+    )
+    service_patch(service=service, data={"concurrency": 3}, access=deployer)
+    assert service.deployments.count() == 4
