@@ -224,6 +224,12 @@ class Client:
         path = f"{_service_path(service)}/rollback"
         return Deployment.from_api(self._call("POST", path, payload, timeout_s=self.timeout_s))
 
+    def rotate_credentials(self, service: str) -> dict[str, Any]:
+        """Give `service`'s Kafka principal a new password; `version` is the deployment
+        that rolls its workers onto it (None before the first deploy)."""
+        path = f"{_service_path(service)}/rotate-credentials"
+        return self._call("POST", path, {}, timeout_s=self.timeout_s)
+
     def services(self) -> list[dict[str, Any]]:
         """Every service with its settings, by name."""
         return self._call_list("GET", "/api/v1/services")

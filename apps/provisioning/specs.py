@@ -9,6 +9,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from apps.provisioning.provisioners import WorkerSpec
 from apps.services.models import Deployment, Service
+from apps.services.principals import kafka_principal_connection, kafka_principal_ensure
 from apps.services.selectors import secret_env
 from apps.workers.models import Worker
 
@@ -21,10 +22,13 @@ def worker_spec_build(
     carries its own credential, the brokers, the machine's install settings (trust
     store, index, proxy), its deployment's settings and the values of the secrets those
     name, and nothing else: never the appliance's own S3 keys (I8), so a handler reads S3
-    with the AWS_* its secrets give. The machine is sized from the settings too (I10)."""
+    with the AWS_* its secrets give. Kafka is reached as the service's own principal,
+    never the control plane's; the principal is ensured here, so a broker that lost it
+    heals before the worker logs in. The machine is sized from the settings too (I10)."""
     config = deployment.config
     if config is None:
         raise ValueError(f"{deployment} has no valid settings in its manifest")
+    kafka_principal_ensure(service=service)
     secrets = secret_env(names=config.secrets)
     env = {
         # Reserved names (apps/services/secretbox.py) cannot come from a secret, so the
@@ -38,7 +42,7 @@ def worker_spec_build(
         "MEMRUN_DEPLOYMENT_ID": str(deployment.pk),
         "MEMRUN_PACKAGE_SHA256": deployment.sha256,
         "MEMRUN_SERVICE_CONFIG": json.dumps(config.to_dict(), sort_keys=True),
-        "KAFKA_BOOTSTRAP_SERVERS": settings.KAFKA_BOOTSTRAP_SERVERS,
+        **kafka_principal_connection(service=service).env(),
         "REDIS_URL": settings.REDIS_URL,
         # Which variables hold secret values, for the log shipper to mask (not the values).
         "MEMRUN_SECRET_KEYS": ",".join(sorted(secrets)),

@@ -26,6 +26,7 @@ from apps.services.health import health_check
 from apps.services.models import ApiToken, Deployment, Service
 from apps.services.schemas import (
     BatchOut,
+    CredentialsRotatedOut,
     DeadLetterDetailOut,
     DeadLetterPageOut,
     DeploymentOut,
@@ -464,3 +465,18 @@ def deployments_rollback(
         created_by=request.auth,
     )
     return Status(201, deployment)
+
+
+@router.post(
+    "/services/{name}/rotate-credentials",
+    response={
+        200: CredentialsRotatedOut,
+        **{status: ErrorOut for status in (403, 404, 409, 422, 503)},
+    },
+    summary="Give the service's Kafka principal a new password and roll its workers",
+)
+def services_rotate_credentials(request: HttpRequest, name: str) -> dict[str, int | None]:
+    generation, deployment = deployments.service_kafka_credentials_rotate(
+        service=selectors.service_get(name=name), created_by=request.auth
+    )
+    return {"generation": generation, "version": None if deployment is None else deployment.version}

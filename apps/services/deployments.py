@@ -19,6 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
+from django.db.models import F
 
 from apps.common.errors import DomainError
 from apps.common.events import ServiceFleetChanged, event_emit_on_commit
@@ -27,6 +28,7 @@ from apps.common.permissions import Access, Role
 from apps.services import selectors
 from apps.services.artifacts import artifact_exists, artifact_put
 from apps.services.models import Deployment, Service
+from apps.services.principals import kafka_principal_ensure
 from apps.services.services import deployment_create, service_create, service_update
 from apps.services.uploads import Upload, package_max_bytes, uploads_dir
 from memrun.errors import ConfigError, PackageRejected
@@ -246,6 +248,40 @@ def deployment_rollback(
         message=_message(message) or f"rollback to v{target.version}",
         created_by=created_by,
     )
+
+
+def service_kafka_credentials_rotate(
+    *, service: Service, created_by: AbstractBaseUser | None = None
+) -> tuple[int, Deployment | None]:
+    """Give the service's Kafka principal a new password (its generation goes up by one,
+    apps/services/principals.py), then roll its workers: a new deployment of the live
+    package and settings, so each new worker starts with the new password and the old
+    ones are drained as in any rollout. Returns the new generation and that deployment
+    (None before the first deploy: no worker to roll). Only staff users rotate."""
+    staff_require(user=created_by, action="rotate Kafka credentials")
+    with transaction.atomic():
+        locked = Service.objects.select_for_update().get(pk=service.pk)
+        locked.kafka_credential_generation = F("kafka_credential_generation") + 1
+        locked.save(update_fields=["kafka_credential_generation", "updated_at"])
+        locked.refresh_from_db()
+        generation = locked.kafka_credential_generation
+        kafka_principal_ensure(service=locked)
+        live = locked.live_deployment
+        config = None if live is None else live.config
+        if live is None or config is None:
+            return generation, None
+        deployment = _deployment_record(
+            service=locked,
+            config=config,
+            sha256=live.sha256,
+            size_bytes=live.size_bytes,
+            artifact_url=live.artifact_url,
+            manifest=live.manifest,
+            message=f"Kafka credentials rotated (generation {generation}): v{live.version} "
+            "again, so every worker logs in with the new password",
+            created_by=created_by,
+        )
+    return generation, deployment
 
 
 def package_check(*, path: Path, service_name: str, limits: PackageLimits) -> Manifest:

@@ -291,6 +291,14 @@ class DeploymentOut(Schema):
         return reverse("api-v1:deployments_package", kwargs={"deployment_id": obj.pk})
 
 
+class CredentialsRotatedOut(Schema):
+    """The service's Kafka credential generation after the rotation, and the version that
+    rolls its workers onto the new password (null before the first deploy)."""
+
+    generation: int
+    version: int | None
+
+
 class RollbackIn(Schema):
     """Deploy an earlier version again; without `version`, the one active before the
     current active one."""

@@ -42,6 +42,7 @@ from apps.services.models import (
     Service,
     UserGrant,
 )
+from apps.services.principals import kafka_principal_ensure, kafka_principal_remove
 from apps.services.topics import topics_ensure
 
 # A token's last use is recorded at most this often, so that authenticating stays a
@@ -62,12 +63,14 @@ def service_create(
     server_type: str = "",
     location: str = "",
 ) -> Service:
-    """Create a service, not yet deployed, and its Kafka topics. Its settings come with
-    its first deployment; `partitions` defaults to 64.
+    """Create a service, not yet deployed, its Kafka topics and its Kafka principal
+    (apps/services/principals.py). Its settings come with its first deployment;
+    `partitions` defaults to 64.
 
-    The topics are created inside the transaction, before the row commits: a broker that
-    is down is a 503 and leaves no service behind, and a commit that fails after the
-    topics exist leaves only topics that a retry reuses.
+    The topics and principal are made inside the transaction, before the row commits: a
+    broker that is down is a 503 and leaves no service behind, and a commit that fails
+    after the topics exist leaves only topics that a retry reuses (and a principal no
+    worker gets the password of).
     """
     service = Service(
         name=name,
@@ -83,6 +86,7 @@ def service_create(
             full_clean_or_raise(service, what="service")
             service.save()
             topics_ensure(service=service.name, partitions=service.partitions)
+            kafka_principal_ensure(service=service)
     except IntegrityError:
         # Lost a race with a concurrent create of the same name.
         if Service.objects.filter(name=name).exists():
@@ -161,7 +165,8 @@ def desired_workers_check(
 
 
 def service_delete(*, service: Service) -> None:
-    """Delete the service with its deployments and finished workers. Its Kafka topics are
+    """Delete the service with its deployments and finished workers, and its Kafka
+    principal (a broker that is down is a 503 and deletes nothing). Its Kafka topics are
     kept: they may still hold requests and dead letters, and a service created again
     under the same name and partition count picks them up.
 
@@ -178,6 +183,7 @@ def service_delete(*, service: Service) -> None:
                 status=409,
                 details={"running_workers": running},
             )
+        kafka_principal_remove(service=service.name)
         service.delete()
         _invalidate_on_commit(f"service:{service.name}")
 

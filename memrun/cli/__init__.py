@@ -26,6 +26,7 @@ SUBCOMMANDS = [
     "memrun.cli.invoke",
     "memrun.cli.status",
     "memrun.cli.rollback",
+    "memrun.cli.rotate",
     "memrun.cli.scale",
     "memrun.cli.autoscale",
     "memrun.cli.workers",

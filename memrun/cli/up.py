@@ -23,6 +23,7 @@ from typing import Any
 
 from memrun.errors import MemrunError
 from memrun.home import memrun_home
+from memrun.wire.kafka import kafka_connection_from_env
 
 SETTINGS_MODULE = "memrun_site.settings"
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -106,6 +107,13 @@ def run(args: argparse.Namespace) -> int:
     preflight = manage("memrun_preflight", capture=True)
     if preflight.returncode != 0:
         raise MemrunError(command_error(preflight.stderr) or "the preflight check failed")
+    if not kafka_connection_from_env().authenticated:
+        _say(
+            "WARNING: Kafka has no authentication (KAFKA_SECURITY_PROTOCOL is not set): "
+            "every worker can read and write every service's topics and groups. Run Kafka "
+            "with SASL (bash scripts/services up does) and export what `scripts/services "
+            "env` prints"
+        )
     _say("migrating the database")
     _check(manage("migrate", "--noinput", "-v", "0"), "migrate")
     _check(manage("collectstatic", "--noinput", "-v", "0"), "collectstatic")
