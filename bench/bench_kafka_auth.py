@@ -4,8 +4,9 @@ ratios.
 
 The authenticated broker is the one `scripts/services env` describes (KAFKA_*); the
 PLAINTEXT one is MEMRUN_BENCH_PLAINTEXT_BOOTSTRAP (default 127.0.0.1:19092), the same
-single-node Kafka 4.4 started with MEMRUN_KAFKA_AUTH=0 on the same machine. A broker
-cannot serve one listener both ways, so two are compared; both run the same template.
+single-node Kafka 4.4 started with MEMRUN_KAFKA_AUTH=0 on the same machine (best an idle
+one: the shared development broker carries everyone's tests). A listener cannot serve
+both ways, so two brokers are compared; both run the same template and heap.
 
     eval "$(MEMRUN_KAFKA_PORT=29092 ... bash scripts/services env)"
     .venv/bin/python bench/bench_kafka_auth.py [--requests 2000]
