@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from memrun.wire.kafka import kafka_connection_from_env
 from tests.fixtures.appliance import STOP_TIMEOUT_S, Appliance, children_of, get, memrun
 
 
@@ -18,6 +19,9 @@ from tests.fixtures.appliance import STOP_TIMEOUT_S, Appliance, children_of, get
 def test_up_serves_the_api_and_the_admin_and_stops_on_sigterm(appliance: Appliance) -> None:
     output = appliance.output()
     assert "created the admin user: username admin, password " in output
+    # Said once, loudly, when Kafka has no authentication; never when it has.
+    unauthenticated = not kafka_connection_from_env().authenticated
+    assert output.count("WARNING: Kafka has no authentication") == int(unauthenticated)
 
     token_file = appliance.home / "cli-token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600

@@ -29,6 +29,7 @@ from apps.provisioning.local_layout import (
 from apps.provisioning.local_supervisor import LocalSupervisor, SupervisorSettings
 from apps.provisioning.provisioners import WorkerSpec
 from apps.provisioning.provisioners.local import LocalProvisioner
+from apps.services.principals import kafka_principal_connection
 from memrun.wire.protocol import consumer_group, request_topic
 from tests.worker_daemon.harness import (
     MEMRUN,
@@ -229,7 +230,8 @@ def test_real_memrun_workers_are_started_restarted_and_stopped(
     layout = LocalLayout(home)
     env = {
         "MEMRUN_SERVICE": service.name,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        # The service's own Kafka principal, as worker_spec_build gives it.
+        **kafka_principal_connection(service=service).env(),
         "REDIS_URL": redis_url,
         "MEMRUN_SESSION_TIMEOUT_MS": "6000",
     }
@@ -317,7 +319,8 @@ def test_a_new_supervisor_adopts_the_workers_of_a_killed_one(
     env = {
         "MEMRUN_SERVICE": service.name,
         "MEMRUN_WORKER_ID": name,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        # The service's own Kafka principal, as worker_spec_build gives it.
+        **kafka_principal_connection(service=service).env(),
         "REDIS_URL": redis_url,
         "MEMRUN_SESSION_TIMEOUT_MS": "6000",
     }
