@@ -469,6 +469,7 @@ def deployments_rollback(
 
 @router.post(
     "/services/{name}/rotate-credentials",
+    auth=needs(Role.ADMIN),
     response={
         200: CredentialsRotatedOut,
         **{status: ErrorOut for status in (403, 404, 409, 422, 503)},

@@ -257,8 +257,8 @@ def service_kafka_credentials_rotate(
     apps/services/principals.py), then roll its workers: a new deployment of the live
     package and settings, so each new worker starts with the new password and the old
     ones are drained as in any rollout. Returns the new generation and that deployment
-    (None before the first deploy: no worker to roll). Only staff users rotate."""
-    staff_require(user=created_by, action="rotate Kafka credentials")
+    (None before the first deploy: no worker to roll). The API asks the admin role on
+    the service."""
     with transaction.atomic():
         locked = Service.objects.select_for_update().get(pk=service.pk)
         locked.kafka_credential_generation = F("kafka_credential_generation") + 1

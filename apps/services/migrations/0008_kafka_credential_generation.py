@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('services', '0007_grants'),
+        ("services", "0007_grants"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='service',
-            name='kafka_credential_generation',
+            model_name="service",
+            name="kafka_credential_generation",
             field=models.PositiveIntegerField(default=1),
         ),
     ]
