@@ -23,6 +23,7 @@ from apps.services.services import apitoken_create, usergrant_add, usergrant_del
 from apps.web import urls as web_urls
 from memrun_site.api import api
 from tests.api.test_fastlane import call as fast
+from tests.fixtures.services import wait_for_topic_leaders
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,10 +59,13 @@ def world(
     api_token: tuple[ApiToken, str],
     service_factory: Callable[..., Service],
     deploy_settings: Callable[..., Deployment],
+    kafka_admin: Any,
 ) -> World:
     """Services A and B (A deployed, no worker: invokes queue), the staff user's token,
     and an invoke-only token of the same staff user for A."""
     a, b = service_factory(), service_factory()
+    # A topic just made has no partition leaders for a moment; a produce then waits.
+    wait_for_topic_leaders(kafka_admin, a.request_topic, a.partitions)
     deployment = deploy_settings(a, status="active")
     _token, secret = apitoken_create(user=user, name="app", grants=[Grant(a.name, Role.INVOKE)])
     queued = post(api_client, f"/api/v1/services/{a.name}/invoke?wait=0&queue=true", {"x": 1})
