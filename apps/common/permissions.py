@@ -8,7 +8,7 @@ A grant is a role on one service or on all of them. What each role allows:
 | read   | GET of the service, its deployments and packages, workers, logs, dead letters |
 |        | and its requests' outcomes (whoever submitted them); on all: metrics         |
 | deploy | read + invoke + upload a deployment, roll back, PATCH settings, scale, replay |
-|        | dead letters                                                                  |
+|        | dead letters (attaching a secret the service does not have yet: admin on all) |
 | admin  | deploy + delete the service; on all: everything, incl. creating services,     |
 |        | tokens for others, garbage collection and secrets                             |
 
