@@ -1,7 +1,8 @@
 """The one NinjaAPI of the control plane, at /api/v1/: every app mounts its Router here.
 
 Every operation requires a bearer token or a logged-in session unless it opts out with
-`auth=None` (only the health check does); tests/api/test_auth.py walks all routes.
+`auth=None` (the health check, and a remote worker's wheel and join);
+tests/api/test_auth.py walks all routes.
 """
 
 from __future__ import annotations

@@ -359,6 +359,17 @@ MEMRUN_CRASH_BACKOFF_MAX_S = float(env_int("MEMRUN_CRASH_BACKOFF_MAX_S", 600))
 MEMRUN_CRASH_DEGRADED_AFTER_FAILURES = env_int("MEMRUN_CRASH_DEGRADED_AFTER_FAILURES", 3)
 # Extra MEMRUN_* settings for every worker (tests shorten its timers here).
 MEMRUN_WORKER_EXTRA_ENV: dict[str, str] = {}
+# Remote workers (cloud-init, apps/provisioning/userdata.py). Their user-data carries a
+# single-use join token valid this long: enough for a VM to boot, install its packages
+# and memrun, and exchange it; short, since user-data stays readable on the VM. Refused
+# joins beyond MAX_FAILURES per caller within the window get 429. The wheel of this
+# appliance's memrun, which they install, is built once per version into the folder.
+MEMRUN_JOIN_TOKEN_TTL_S = float(env_int("MEMRUN_JOIN_TOKEN_TTL_S", 900))
+MEMRUN_JOIN_MAX_FAILURES = env_int("MEMRUN_JOIN_MAX_FAILURES", 10)
+MEMRUN_JOIN_FAILURE_WINDOW_S = float(env_int("MEMRUN_JOIN_FAILURE_WINDOW_S", 600))
+MEMRUN_BOOTSTRAP_WHEEL_DIR = Path(
+    env_str("MEMRUN_BOOTSTRAP_WHEEL_DIR", str(MEMRUN_HOME / "wheels"))
+)
 # Start a service's reconcile as soon as a worker becomes ready or stops, besides beat.
 MEMRUN_RECONCILE_ON_EVENTS = env_bool("MEMRUN_RECONCILE_ON_EVENTS", True)
 

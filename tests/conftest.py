@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.django",
     "tests.fixtures.appliance",
     "tests.fixtures.hetzner",
+    "tests.fixtures.bootstrap",
 ]

@@ -34,6 +34,15 @@ def register(subparsers: Any) -> None:
         description=_DESCRIPTION,
     )
     add_arguments(parser)
+    _add_commands(parser)
+
+
+def _add_commands(parser: argparse.ArgumentParser) -> None:
+    """`join`, a remote worker's first boot (worker_daemon/join.py), beside the daemon's
+    own options: `memrun worker join ...` exchanges, `memrun worker ...` runs."""
+    from worker_daemon.join import add_join_parser
+
+    add_join_parser(parser.add_subparsers(title="first boot", metavar="join"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,9 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker_daemon", description=_DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     add_arguments(parser)
+    _add_commands(parser)
     args = parser.parse_args(argv)
     try:
-        return run_shipping_logs(args)
+        code: int = args.handler(args)
+        return code
     except KeyboardInterrupt:
         return 130
     except MemrunError as exc:

@@ -7,6 +7,8 @@ import secrets
 
 API_TOKEN_PREFIX = "mr_"
 WORKER_TOKEN_PREFIX = "mrw_"
+# A remote worker's single-use join token, the one secret in its cloud-init user-data.
+JOIN_TOKEN_PREFIX = "mrj_"
 # Enough of the secret to tell tokens apart in a list, far too little to guess the rest.
 SHOWN_CHARS = 8
 

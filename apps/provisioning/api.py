@@ -1,19 +1,30 @@
 """The provisioning API: how many workers a service runs (by hand, or by its autoscaling
-policy), and garbage collection."""
+policy), garbage collection, and a remote worker's first boot (the appliance's wheel, the
+join)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest
+from django.http import FileResponse, HttpRequest
 from ninja import Router
 
 from apps.common.permissions import Role
 from apps.provisioning.gc import gc_plan, gc_run
+from apps.provisioning.joins import Joined, worker_join
 from apps.provisioning.models import POLICY_FIELDS
-from apps.provisioning.schemas import AutoscaleIn, AutoscaleOut, GcIn, GcOut, ScaleIn
+from apps.provisioning.schemas import (
+    AutoscaleIn,
+    AutoscaleOut,
+    GcIn,
+    GcOut,
+    JoinIn,
+    JoinOut,
+    ScaleIn,
+)
 from apps.provisioning.selectors import AutoscaleStatus, autoscale_status_get
 from apps.provisioning.services import autoscale_policy_set, service_scale
+from apps.provisioning.wheel import appliance_wheel
 from apps.services.auth import ALL, needs
 from apps.services.models import Service
 from apps.services.schemas import ErrorOut, ServiceOut
@@ -86,3 +97,41 @@ def gc(request: HttpRequest, payload: GcIn) -> dict[str, Any]:
         "items": done.items,
         "size_bytes": sum(item.size_bytes for item in done.items),
     }
+
+
+@router.get(
+    "/bootstrap/wheel",
+    auth=None,
+    response={200: None, 503: ErrorOut},
+    tags=["operations"],
+)
+def bootstrap_wheel(request: HttpRequest) -> FileResponse:
+    """The wheel of the memrun this appliance runs, which remote workers install at first
+    boot. Public: it is the open-source package, and its user-data pins its sha256
+    (also in `X-Memrun-Sha256`)."""
+    wheel = appliance_wheel()
+    response = FileResponse(
+        wheel.path.open("rb"),
+        content_type="application/zip",
+        as_attachment=True,
+        filename=wheel.filename,
+    )
+    response["X-Memrun-Sha256"] = wheel.sha256
+    return response
+
+
+@router.post(
+    "/workers/join",
+    auth=None,
+    response={200: JoinOut, 403: ErrorOut, 422: ErrorOut, 429: ErrorOut, 503: ErrorOut},
+)
+def workers_join(request: HttpRequest, payload: JoinIn) -> Joined:
+    """A remote worker's first boot: exchange its single-use join token, with its server
+    id, for its environment (its own credential, its service's settings). A used,
+    expired or unknown token, or a server that is not the worker's, is a 403; too many
+    refusals from one address, a 429."""
+    return worker_join(
+        token=payload.token,
+        server_id=payload.server_id,
+        client=str(request.META.get("REMOTE_ADDR") or "unknown"),
+    )

@@ -1,4 +1,5 @@
-"""Autoscaling: a service's policy and the decisions taken under it.
+"""Autoscaling: a service's policy and the decisions taken under it; and the join tokens
+of remote workers, with the refused joins that rate-limit the exchange.
 
 The policy is fleet-level, like `Service.desired_workers`, not a deployment setting:
 it says how many workers to run for the traffic there is, not how the code runs, so
@@ -105,3 +106,32 @@ class ScaleDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.service.name} {self.action} ({self.reason})"
+
+
+class JoinToken(models.Model):
+    """A single-use secret, put in one worker's cloud-init user-data and exchanged once at
+    its first boot for its own credentials (POST /api/v1/workers/join). User-data stays
+    readable from the server's metadata service for its whole life, so the token is
+    useless once used or expired. Only its sha256 is kept. Bound to the worker by name
+    (unique, and the server's own name): a provisioner renders user-data from a spec,
+    and the worker's row is read only at the exchange."""
+
+    worker_name = models.CharField(max_length=100, db_index=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    server_id = models.CharField(max_length=200, blank=True, help_text="who exchanged it")
+
+    def __str__(self) -> str:
+        return f"join token of {self.worker_name}"
+
+
+class JoinFailure(models.Model):
+    """One refused join, by caller address: too many in a window are refused with 429."""
+
+    client = models.CharField(max_length=64, db_index=True)
+    at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"join refused for {self.client} at {self.at:%Y-%m-%d %H:%M:%S}"

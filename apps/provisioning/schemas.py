@@ -98,3 +98,15 @@ class AutoscaleOut(Schema):
     scale_down_cooldown_s: float
     desired_workers: int
     decisions: list[ScaleDecisionOut]
+
+
+class JoinIn(Schema):
+    token: str = Field(min_length=1, max_length=200, description="the join token (mrj_...)")
+    server_id: int = Field(ge=1, description="the server's id, from its metadata service")
+
+
+class JoinOut(Schema):
+    """The joined worker's environment: its own credential and its service's settings."""
+
+    worker: str
+    env: dict[str, str]

@@ -147,8 +147,10 @@ def worker_mark_stopped(*, worker: Worker, reason: str, now: datetime | None = N
 
 
 def worker_credential_renew(*, worker: Worker) -> str:
-    """A new credential for a worker whose machine is made again (the first attempt
-    failed): the old one stops working, the new one is returned and not stored."""
+    """A new credential for the worker; the old one stops working, the new one is
+    returned and not stored. For a machine made again (the first attempt failed), and for
+    a remote worker's join: the credential minted at `worker_create` never leaves the
+    appliance, so nothing in its user-data or its server's metadata is a usable secret."""
     credential = secret_new(prefix=WORKER_TOKEN_PREFIX)
     Worker.objects.filter(pk=worker.pk).update(credential_hash=secret_hash(credential))
     worker.credential_hash = secret_hash(credential)

@@ -18,7 +18,13 @@ from memrun_site.api import api
 
 pytestmark = pytest.mark.django_db
 
-PUBLIC = {("GET", "/api/v1/health")}
+PUBLIC = {
+    ("GET", "/api/v1/health"),
+    # A remote worker's first boot: the open-source wheel, and the join (its token is
+    # its credential).
+    ("GET", "/api/v1/bootstrap/wheel"),
+    ("POST", "/api/v1/workers/join"),
+}
 JSON = "application/json"
 
 
