@@ -19,8 +19,6 @@ class RecordingProvisioner:
     destroyed: list[str] = field(default_factory=list)
     drained: list[str] = field(default_factory=list)
     exited: dict[str, tuple[int, str]] = field(default_factory=dict)
-    # server id -> worker name, for joins (`server_verify`)
-    servers: dict[int, str] = field(default_factory=dict)
 
     def create(self, spec: WorkerSpec) -> str:
         self.specs[spec.name] = spec
@@ -46,9 +44,6 @@ class RecordingProvisioner:
             for name, spec in self.specs.items()
             if all(spec.labels.get(k) == v for k, v in labels.items())
         ]
-
-    def server_verify(self, *, server_id: int, worker_name: str) -> bool:
-        return self.servers.get(server_id) == worker_name
 
     def credential(self, name: str) -> str:
         return self.specs[name].env["MEMRUN_WORKER_TOKEN"]

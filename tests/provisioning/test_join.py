@@ -1,6 +1,7 @@
 """POST /api/v1/workers/join: a remote worker's single-use join token, with its server id,
 exchanged once for its environment; every other attempt refused with a 4xx that says why,
-nothing issued, and too many refusals from one address answered 429."""
+nothing issued, and too many refusals from one address answered 429. The server ids are
+checked by the real `hetzner` provisioner against the stand-in of the Hetzner API."""
 
 from __future__ import annotations
 
@@ -11,23 +12,16 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from tests.provisioning.conftest import RecordingProvisioner
+from tests.hetzner.standin import StandIn
 
 pytestmark = pytest.mark.django_db
 
-SERVER_ID = 4711
-
 
 @pytest.fixture
-def hetzner(provisioner: RecordingProvisioner, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from apps.provisioning import provisioners
-
-    monkeypatch.setitem(provisioners._BACKENDS, "hetzner", lambda: provisioner)
-    return provisioner
-
-
-@pytest.fixture
-def worker(service_factory: Any, deploy_settings: Any, hetzner: RecordingProvisioner) -> Any:
+def worker(service_factory: Any, deploy_settings: Any, hetzner_standin: StandIn) -> Any:
+    """A Hetzner worker whose server exists on the stand-in (made as memrun names and
+    labels it); `worker.server_id` is that server's id."""
+    from apps.provisioning.provisioners.hetzner import server_name
     from apps.workers.services import worker_create
 
     service = service_factory(provider="hetzner")
@@ -35,11 +29,13 @@ def worker(service_factory: Any, deploy_settings: Any, hetzner: RecordingProvisi
     worker, _ = worker_create(
         service=service, deployment=deployment, name=f"{service.name}-v1-a1b2c3", provider="hetzner"
     )
-    hetzner.servers[SERVER_ID] = worker.name
+    worker.server_id = hetzner_standin.add_server(
+        name=server_name(worker.name), labels={"memrun-worker": worker.name}
+    )
     return worker
 
 
-def join(token: str, server_id: int = SERVER_ID) -> Any:
+def join(token: str, server_id: int) -> Any:
     return Client().post(
         "/api/v1/workers/join",
         {"token": token, "server_id": server_id},
@@ -53,8 +49,7 @@ def test_a_join_answers_the_workers_environment_with_a_new_credential(
     from apps.provisioning.jointokens import join_token_issue
     from apps.provisioning.specs import worker_spec_build
 
-    settings.HCLOUD_TOKEN = "hcloud-secret-token"
-    response = join(join_token_issue(worker_name=worker.name))
+    response = join(join_token_issue(worker_name=worker.name), worker.server_id)
     assert response.status_code == 200, response.content
     answer = response.json()
     assert answer["worker"] == worker.name
@@ -84,11 +79,11 @@ def test_a_used_token_is_refused_and_issues_nothing(worker: Any) -> None:
     from apps.provisioning.jointokens import join_token_issue
 
     token = join_token_issue(worker_name=worker.name)
-    assert join(token).status_code == 200
+    assert join(token, worker.server_id).status_code == 200
     worker.refresh_from_db()
     credential_hash = worker.credential_hash
 
-    again = join(token)
+    again = join(token, worker.server_id)
     assert again.status_code == 403
     assert "already used" in again.json()["message"]
     assert "env" not in again.json()
@@ -101,28 +96,31 @@ def test_an_expired_token_is_refused(worker: Any, settings: Any) -> None:
 
     settings.MEMRUN_JOIN_TOKEN_TTL_S = 60
     token = join_token_issue(worker_name=worker.name, now=timezone.now() - timedelta(seconds=61))
-    response = join(token)
+    response = join(token, worker.server_id)
     assert response.status_code == 403
     assert "expired" in response.json()["message"]
     assert "MEMRUN_JOIN_TOKEN_TTL_S" in response.json()["message"]
 
 
 def test_an_unknown_token_is_refused(worker: Any) -> None:
-    response = join("mrj_" + "x" * 43)
+    response = join("mrj_" + "x" * 43, worker.server_id)
     assert response.status_code == 403
     assert response.json()["message"] == "unknown join token"
 
 
-def test_a_server_the_provisioner_does_not_know_is_refused_and_the_token_stays_usable(
-    worker: Any,
+def test_a_server_the_stand_in_does_not_know_is_refused_and_the_token_stays_usable(
+    worker: Any, hetzner_standin: StandIn
 ) -> None:
     from apps.provisioning.jointokens import join_token_issue
 
     token = join_token_issue(worker_name=worker.name)
-    response = join(token, server_id=999999)
-    assert response.status_code == 403
-    assert "server 999999 is not the hetzner server of worker" in response.json()["message"]
-    assert join(token).status_code == 200
+    stranger = hetzner_standin.add_server(name="not-memrun", labels={})
+    for server_id in (999999, stranger):
+        response = join(token, server_id=server_id)
+        assert response.status_code == 403
+        message = response.json()["message"]
+        assert f"server {server_id} is not the hetzner server of worker" in message
+    assert join(token, worker.server_id).status_code == 200
 
 
 def test_a_token_of_a_stopped_worker_is_refused(worker: Any) -> None:
@@ -131,7 +129,7 @@ def test_a_token_of_a_stopped_worker_is_refused(worker: Any) -> None:
 
     token = join_token_issue(worker_name=worker.name)
     worker_mark_stopped(worker=worker, reason="scaled down")
-    response = join(token)
+    response = join(token, worker.server_id)
     assert response.status_code == 403
     assert "can no longer join" in response.json()["message"]
 
@@ -153,32 +151,29 @@ def test_too_many_refused_joins_are_answered_429_even_for_a_good_token(
 
     settings.MEMRUN_JOIN_MAX_FAILURES = 3
     for _ in range(3):
-        assert join("mrj_guess").status_code == 403
+        assert join("mrj_guess", worker.server_id).status_code == 403
     token = join_token_issue(worker_name=worker.name)
-    limited = join(token)
+    limited = join(token, worker.server_id)
     assert limited.status_code == 429
     assert "too many refused joins" in limited.json()["message"]
     # The window passes: the token, never consumed, works.
     from apps.provisioning.models import JoinFailure
 
     JoinFailure.objects.update(at=timezone.now() - timedelta(hours=1))
-    assert join(token).status_code == 200
+    assert join(token, worker.server_id).status_code == 200
 
 
 def test_a_cloud_that_cannot_answer_now_is_a_503_that_spends_nothing(
-    worker: Any, hetzner: RecordingProvisioner
+    worker: Any, hetzner_standin: StandIn
 ) -> None:
     from apps.provisioning.jointokens import join_token_issue
     from apps.provisioning.models import JoinFailure
 
-    def unreachable(*, server_id: int, worker_name: str) -> bool:
-        raise RuntimeError("502 Bad Gateway")
-
     token = join_token_issue(worker_name=worker.name)
-    hetzner.server_verify = unreachable  # type: ignore[method-assign]
-    response = join(token)
+    hetzner_standin.fault("bad_gateway", method="GET", path="/servers/.*", times=100)
+    response = join(token, worker.server_id)
     assert response.status_code == 503
-    assert "cannot confirm server 4711" in response.json()["message"]
+    assert f"cannot confirm server {worker.server_id}" in response.json()["message"]
     assert not JoinFailure.objects.exists()
-    del hetzner.server_verify
-    assert join(token).status_code == 200
+    hetzner_standin.state.faults.clear()
+    assert join(token, worker.server_id).status_code == 200

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def spec(service_factory: Any, deploy_settings: Any, bootstrap_wheels: Path) -> WorkerSpec:
+def spec(service_factory: Any, deploy_settings: Any, hetzner_standin: Any) -> WorkerSpec:
     from apps.provisioning.specs import worker_spec_build
     from apps.workers.services import worker_create
 
