@@ -34,6 +34,13 @@ WORKER_ONLY = {
     ("POST", "/api/v1/workers/{name}/heartbeat"),
     ("POST", "/api/v1/workers/{name}/logs"),
 }
+# Open to anyone, as tests/api/test_auth.py lists them: the health check, and a remote
+# worker's first boot (the open-source wheel; the join, whose token is its credential).
+PUBLIC = {
+    ("GET", "/api/v1/health"),
+    ("GET", "/api/v1/bootstrap/wheel"),
+    ("POST", "/api/v1/workers/join"),
+}
 
 
 @dataclass
@@ -118,14 +125,14 @@ def test_an_invoke_only_token_may_invoke_its_service_and_poll_its_requests_only(
     before = snapshot()
     allowed: set[tuple[str, str]] = set()
     for method, path in operations():
+        if (method, path) in PUBLIC:
+            continue
         for service in (world.a, world.b):
             url = fill(path, world, service)
             if method == "POST" and path.endswith(("/invoke", "/invoke-batch")):
                 url += "?queue=true&wait=0"
             body = "[{}]" if path.endswith("/invoke-batch") else "{}"
             response = world.invoker.generic(method, url, data=body, content_type=JSON)
-            if (method, path) == ("GET", "/api/v1/health"):
-                continue
             if (method, path) in WORKER_ONLY:
                 assert response.status_code == 401, (method, url)
                 continue
@@ -360,8 +367,8 @@ def test_tokens_api_creates_scoped_tokens_and_lists_their_grants(world: World) -
 
 
 def test_every_route_and_page_declares_what_it_needs() -> None:
-    """A Need on every operation's auth (but the public health check and the worker-only
-    routes), and on every page, so a route added later cannot forget it."""
+    """A Need on every operation's auth (but the public and the worker-only routes), and
+    on every page, so a route added later cannot forget it."""
     undeclared = []
     for prefix, router in api._routers:
         for path, path_view in router.path_operations.items():
@@ -369,7 +376,7 @@ def test_every_route_and_page_declares_what_it_needs() -> None:
                 needs = [getattr(auth, "need", None) for auth in operation.auth_callbacks]
                 for method in operation.methods:
                     key = (method, "/api/v1" + (prefix + path).replace("//", "/"))
-                    public = key in WORKER_ONLY or key == ("GET", "/api/v1/health")
+                    public = key in WORKER_ONLY or key in PUBLIC
                     if not public and (not needs or None in needs[:2]):
                         undeclared.append(key)
     assert undeclared == []
