@@ -178,6 +178,7 @@ class Broker:
     """The broker round trip, as bench_request_path measures it."""
 
     def __init__(self, service: str) -> None:
+        self.service = service
         self.topic = request_topic(service)
         self.producer = Producer(
             kafka_client_config(
@@ -192,9 +193,9 @@ class Broker:
         started = time.perf_counter()
         self.produce(request_id, key)
         self.producer.poll(0)
-        if self.redis.blpop([reply_key(request_id)], timeout=30) is None:
+        if self.redis.blpop([reply_key(self.service, request_id)], timeout=30) is None:
             raise TimeoutError(f"no reply for {request_id}")
-        outcome = self.redis.get(outcome_key(request_id))
+        outcome = self.redis.get(outcome_key(self.service, request_id))
         elapsed = time.perf_counter() - started
         assert outcome is not None and json.loads(outcome)["ok"]
         return elapsed
@@ -219,7 +220,7 @@ class Broker:
                 except BufferError:
                     self.producer.poll(0.01)
         self.producer.flush()
-        keys = [outcome_key(i) for i in ids]
+        keys = [outcome_key(self.service, i) for i in ids]
 
         def finished() -> list[float] | None:
             stamps: list[float] = []

@@ -12,6 +12,9 @@ not what a user pays per invoke. bench/bench_invoke_http.py measures that, besid
 2. dispatch rate of one worker (no-op handler, concurrency 16) draining a backlog that
    was queued before it started, against a Celery worker with a 16-thread pool; both
    measured between the first and the last completion timestamp the workers recorded.
+3. the cost of the workers' Redis ACL users: round trips (as in 1) to a worker that
+   connects as the default user and to one that connects as its service's own ACL user
+   (`svc-NAME`, the rules memrun.wire.protocol.worker_redis_acl gives), alternating.
 Never run as a test. Targets: p50 <= Celery's and <= 5 ms, p99 <= 25 ms; dispatch
 >= 2x Celery and >= 2,000/s.
 """
@@ -34,6 +37,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from confluent_kafka import KafkaException, Producer
@@ -54,6 +58,7 @@ from memrun.wire.protocol import (  # noqa: E402
     outcome_key,
     reply_key,
     request_topic,
+    worker_redis_acl,
 )
 
 HANDLER = """
@@ -106,6 +111,7 @@ class Env:
         self.redis = redis.Redis.from_url(self.redis_url)
         self.admin = AdminClient(kafka_client_config(self.kafka))
         self.topics: list[str] = []
+        self.users: list[str] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self.producer = Producer(
             kafka_client_config(self.kafka, {"partitioner": PARTITIONER, "linger.ms": 0})
@@ -135,9 +141,21 @@ class Env:
         build_package(handler, overrides={"name": name}, out=self.tmp / f"{name}.tar.gz")
         return name
 
-    def start_memrun(self, service: str) -> subprocess.Popen[bytes]:
+    def acl_user_url(self, service: str) -> str:
+        """REDIS_URL as `service`'s own ACL user, made as the control plane makes it."""
+        user, password = f"svc-{service}", uuid.uuid4().hex
+        self.redis.execute_command(
+            "ACL", "SETUSER", user, "reset", "on", f">{password}", *worker_redis_acl(service)
+        )
+        self.users.append(user)
+        parts = urlsplit(self.redis_url)
+        netloc = f"{user}:{password}@{parts.hostname}:{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+    def start_memrun(self, service: str, redis_url: str | None = None) -> subprocess.Popen[bytes]:
         env = dict(
             os.environ,
+            REDIS_URL=redis_url or self.redis_url,
             MEMRUN_SERVICE=service,
             MEMRUN_CACHE_ROOT=str(self.tmp / f"cache-{service}"),
             MEMRUN_CONCURRENCY="16",
@@ -237,6 +255,8 @@ class Env:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for user in self.users:
+            self.redis.execute_command("ACL", "DELUSER", user)
         if self.topics:
             for future in self.admin.delete_topics(self.topics).values():
                 with suppress(KafkaException):
@@ -265,9 +285,9 @@ def memrun_round_trip(env: Env, service: str) -> float:
         headers=encode_headers(request_id=request_id, deadline_ms=now_ms() + 60_000),
     )
     env.producer.poll(0)
-    if env.redis.blpop([reply_key(request_id)], timeout=30) is None:
+    if env.redis.blpop([reply_key(service, request_id)], timeout=30) is None:
         raise TimeoutError(f"no reply for {request_id}")
-    outcome = env.redis.get(outcome_key(request_id))
+    outcome = env.redis.get(outcome_key(service, request_id))
     elapsed = time.perf_counter() - started
     assert outcome is not None and json.loads(outcome)["ok"]
     return elapsed
@@ -297,7 +317,7 @@ def memrun_dispatch_rate(env: Env, count: int) -> tuple[float, float]:
     service = env.service(partitions=4)
     ids = env.produce(service, count)
     env.start_memrun(service)
-    keys = [outcome_key(i) for i in ids]
+    keys = [outcome_key(service, i) for i in ids]
 
     def finished() -> list[float] | None:
         stamps: list[float] = []
@@ -340,7 +360,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--round-trips", type=int, default=1000)
     parser.add_argument("--backlog", type=int, default=20000)
+    parser.add_argument("--only-acl", action="store_true", help="run section 3 alone")
     args = parser.parse_args()
+    if args.only_acl:
+        with bench_env() as env:
+            print(f"machine: {os.cpu_count()} cpus, python {sys.version.split()[0]}")
+            acl_cost(env, args.round_trips)
+        return
 
     with bench_env() as env:
         print(f"machine: {os.cpu_count()} cpus, python {sys.version.split()[0]}")
@@ -386,6 +412,29 @@ def main() -> None:
             f"   targets: >= 2x celery ({'met' if ours_rate >= 2 * theirs_rate else 'MISSED'})"
             f", >= 2,000/s ({'met' if ours_rate >= 2000 else 'MISSED'})"
         )
+        acl_cost(env, args.round_trips)
+
+
+def acl_cost(env: Env, round_trips: int) -> None:
+    """Section 3: a worker as the default user against one as its service's ACL user."""
+    default, scoped = env.service(partitions=4), env.service(partitions=4)
+    env.start_memrun(default)
+    env.start_memrun(scoped, env.acl_user_url(scoped))
+    for _ in range(100):  # warm both paths up
+        memrun_round_trip(env, default)
+        memrun_round_trip(env, scoped)
+    as_default: list[float] = []
+    as_scoped: list[float] = []
+    for _ in range(round_trips):
+        as_default.append(memrun_round_trip(env, default))
+        as_scoped.append(memrun_round_trip(env, scoped))
+    ms = 1000
+    d50, d99 = percentile(as_default, 0.5) * ms, percentile(as_default, 0.99) * ms
+    s50, s99 = percentile(as_scoped, 0.5) * ms, percentile(as_scoped, 0.99) * ms
+    print(f"\n3. round trip by the worker's Redis user, {round_trips} no-op requests each")
+    print(f"   default user      : p50 {d50:6.2f} ms  p99 {d99:6.2f} ms")
+    print(f"   service ACL user  : p50 {s50:6.2f} ms  p99 {s99:6.2f} ms")
+    print(f"   ACL/default: p50 x{s50 / d50:.2f}  p99 x{s99 / d99:.2f}")
 
 
 if __name__ == "__main__":

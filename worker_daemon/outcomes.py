@@ -20,6 +20,8 @@ from memrun.wire.protocol import dlq_topic, done_channel, now_ms, outcome_key, r
 from worker_daemon.decode import Request
 
 # KEYS: outcome, reply list. ARGV: outcome json, ttl seconds, done channel, request id.
+# The script runs with the worker's Redis ACL user, so each call in it is checked against
+# that user's key and channel patterns: a worker can only store its own service's outcomes.
 REPLY_SCRIPT = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('RPUSH', KEYS[2], '1')
@@ -71,6 +73,7 @@ class OutcomeStore:
 
     def __init__(self, redis: RedisLike, *, service: str, reply_ttl_s: int) -> None:
         self._redis = redis
+        self._service = service
         self._channel = done_channel(service)
         self._ttl = str(reply_ttl_s)
         self._sha: str | None = None
@@ -94,13 +97,13 @@ class OutcomeStore:
             self._sha = str(self._redis.script_load(REPLY_SCRIPT))
         pipe = self._redis.pipeline(transaction=False)
         for request_id in check_ids:
-            pipe.exists(outcome_key(request_id))
+            pipe.exists(outcome_key(self._service, request_id))
         for request_id, body in stores:
             pipe.evalsha(
                 self._sha,
                 2,
-                outcome_key(request_id),
-                reply_key(request_id),
+                outcome_key(self._service, request_id),
+                reply_key(self._service, request_id),
                 body,
                 self._ttl,
                 self._channel,

@@ -19,7 +19,15 @@ exits with the worker's exit status once the worker has drained.
 The memory cgroup (v1 or v2, a child of the supervisor's own) holds the worker at its
 service's declared memory: a leak ends in the kernel killing that worker, counted in the
 cgroup's oom_kill, never the OOM killer choosing the appliance, Kafka or another service.
-Where no cgroup can be made, RLIMIT_AS at the same size is the fallback.
+Where no cgroup can be made, RLIMIT_AS at the same size is the fallback. Whatever the
+worker leaves running in its cgroup when it exits (a child that made its own session, so
+that no signal to the worker's group reached it) is killed before the cgroup goes.
+
+The CPU cgroup gives the worker a weight (v2 `cpu.weight`, v1 `cpu.shares` scaled from it)
+of one ordinary process by default (MEMRUN_WORKER_CPU_WEIGHT, 1-10000, v2's default 100):
+under contention all of a worker's threads together get what one busy process of the
+appliance gets, so a runaway loop in a service slows that service, not the appliance,
+Kafka or the other services.
 """
 
 from __future__ import annotations
@@ -29,8 +37,10 @@ import importlib.util
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +53,9 @@ SANDBOX_MODES = ("auto", "on", "off")
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
+CPU_WEIGHT_ENV = "MEMRUN_WORKER_CPU_WEIGHT"
+DEFAULT_CPU_WEIGHT = 100
+_KILL_ROUNDS = 50
 _PROBE_TIMEOUT_S = 20.0
 
 
@@ -206,35 +219,120 @@ class MemoryCgroups:
         return 0
 
     def remove(self, path: Path) -> None:
-        """Remove an emptied cgroup; one still holding a process stays."""
+        """Kill what is left in the cgroup, then remove it; one whose processes would not
+        die stays."""
+        cgroup_kill_all(path)
         with contextlib.suppress(OSError):
             path.rmdir()
 
 
-def memory_cgroups_detect(cgroup_root: Path = _CGROUP_ROOT) -> tuple[MemoryCgroups | None, str]:
-    """Where this process may make memory cgroups for its workers, or None and why not."""
+@dataclass(frozen=True)
+class CpuCgroups:
+    """Per-worker CPU cgroups under `parent` (the supervisor's own CPU cgroup); `version`
+    1 (`cpu.shares`, 1024 per ordinary process) or 2 (`cpu.weight`, 100 per process)."""
+
+    parent: Path
+    version: int
+
+    def path(self, name: str) -> Path:
+        return self.parent / f"memrun-{name}"
+
+    def create(self, name: str, weight: int) -> Path:
+        """The worker's cgroup, made (or reused) with `weight` (v2 units); OSError if refused."""
+        path = self.path(name)
+        path.mkdir(exist_ok=True)
+        if self.version == 1:
+            (path / "cpu.shares").write_text(str(max(2, weight * 1024 // 100)))
+        else:
+            (path / "cpu.weight").write_text(str(weight))
+        return path
+
+    def remove(self, path: Path) -> None:
+        cgroup_kill_all(path)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+def cgroup_kill_all(path: Path) -> None:
+    """SIGKILL every process in the cgroup at `path`, until none is left (or give up
+    after a few rounds: a process may be forking as we read)."""
+    for _ in range(_KILL_ROUNDS):
+        try:
+            pids = [int(pid) for pid in (path / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_gone(pids)
+
+
+def _wait_gone(pids: list[int]) -> None:
+    # A killed process leaves cgroup.procs once its parent reaps it (the supervisor for
+    # the worker, init for an orphan): wait briefly for that before reading again.
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        time.sleep(0.01)
+
+
+def cgroup_weight(environ: dict[str, str] | None = None) -> int:
+    """The CPU weight of each worker: MEMRUN_WORKER_CPU_WEIGHT, 1 to 10000 (v2 units)."""
+    raw = (environ if environ is not None else os.environ).get(CPU_WEIGHT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CPU_WEIGHT
+    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+        raise ValueError(f"{CPU_WEIGHT_ENV} must be a whole number from 1 to 10000, got {raw!r}")
+    return int(raw)
+
+
+def _own_cgroups(cgroup_root: Path, controller: str) -> tuple[Path | None, Path | None]:
+    """(v1 folder of `controller`, v2 folder) of this process's cgroups, where mounted."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError as exc:
-        return None, f"cannot read /proc/self/cgroup: {exc}"
+    except OSError:
+        return None, None
     v1 = v2 = None
     for line in lines:
         _id, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            v1 = cgroup_root / "memory" / path.lstrip("/")
+        if controller in controllers.split(","):
+            v1 = cgroup_root / controller / path.lstrip("/")
         elif controllers == "":
             v2 = cgroup_root / path.lstrip("/")
-    candidates = []
-    if v1 is not None:
-        candidates.append(MemoryCgroups(v1, 1))
-    if v2 is not None and "memory" in _read(cgroup_root / "cgroup.controllers").split():
-        candidates.append(MemoryCgroups(v2, 2))
+    if v2 is not None and controller not in _read(cgroup_root / "cgroup.controllers").split():
+        v2 = None
+    return v1, v2
+
+
+def memory_cgroups_detect(cgroup_root: Path = _CGROUP_ROOT) -> tuple[MemoryCgroups | None, str]:
+    """Where this process may make memory cgroups for its workers, or None and why not."""
+    if not Path("/proc/self/cgroup").is_file():
+        return None, "cannot read /proc/self/cgroup"
+    v1, v2 = _own_cgroups(cgroup_root, "memory")
+    candidates = [MemoryCgroups(p, v) for p, v in ((v1, 1), (v2, 2)) if p is not None]
     reason = "no memory cgroup controller is mounted"
     for cgroups in candidates:
         try:
             probe = cgroups.create("probe", 1 << 30)
         except OSError as exc:
             reason = f"cannot make a memory cgroup under {cgroups.parent}: {exc}"
+            continue
+        cgroups.remove(probe)
+        return cgroups, ""
+    return None, reason
+
+
+def cpu_cgroups_detect(cgroup_root: Path = _CGROUP_ROOT) -> tuple[CpuCgroups | None, str]:
+    """Where this process may make CPU cgroups for its workers, or None and why not."""
+    v1, v2 = _own_cgroups(cgroup_root, "cpu")
+    candidates = [CpuCgroups(p, v) for p, v in ((v1, 1), (v2, 2)) if p is not None]
+    reason = "no cpu cgroup controller is mounted"
+    for cgroups in candidates:
+        try:
+            probe = cgroups.create("probe", DEFAULT_CPU_WEIGHT)
+        except OSError as exc:
+            reason = f"cannot make a cpu cgroup under {cgroups.parent}: {exc}"
             continue
         cgroups.remove(probe)
         return cgroups, ""
@@ -249,14 +347,19 @@ def _read(path: Path) -> str:
 
 
 def confine_before_exec(
-    *, cgroup: Path | None, memory_bytes: int, ignore_stop_signals: bool
+    *,
+    cgroup: Path | None,
+    memory_bytes: int,
+    ignore_stop_signals: bool,
+    cpu_cgroup: Path | None = None,
 ) -> Callable[[], None]:
-    """What the child runs between fork and exec: join `cgroup` (so the sandbox and all it
-    starts are inside), else cap its address space at `memory_bytes`; with
-    `ignore_stop_signals`, ignore SIGTERM and SIGINT (bwrap; the worker sets its own)."""
-    import signal
+    """What the child runs between fork and exec: join `cgroup` and `cpu_cgroup` (so the
+    sandbox and all it starts are inside), else cap its address space at `memory_bytes`;
+    with `ignore_stop_signals`, ignore SIGTERM and SIGINT (bwrap; the worker sets its own)."""
 
     def confine() -> None:
+        if cpu_cgroup is not None:
+            (cpu_cgroup / "cgroup.procs").write_text(str(os.getpid()))
         if cgroup is not None:
             (cgroup / "cgroup.procs").write_text(str(os.getpid()))
         elif memory_bytes > 0:

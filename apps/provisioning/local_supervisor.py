@@ -20,7 +20,9 @@ Each worker runs confined (apps/provisioning/local_sandbox.py): in a bubblewrap 
 an unprivileged user that sees none of MEMRUN_HOME but its own folders, and in a memory
 cgroup at its service's declared memory. A worker the kernel kills for that limit is
 restarted like any crash, with the reason in its status and its log. Signals go to the
-worker's process group, which holds the sandbox and everything in it.
+worker's process group, which holds the sandbox and everything in it. A CPU cgroup gives it
+one ordinary process's weight (MEMRUN_WORKER_CPU_WEIGHT). When a worker exits, whatever it
+left in its cgroups (children in a session of their own) is killed with them.
 
 Workers outlive a supervisor that dies without stopping them (SIGKILL, a crash): they keep
 serving, warm. A new supervisor ADOPTS each worker whose recorded pid still runs with the
@@ -58,11 +60,15 @@ from apps.provisioning.local_layout import (
     write_json_atomic,
 )
 from apps.provisioning.local_sandbox import (
+    DEFAULT_CPU_WEIGHT,
     SANDBOX_MODE_ENV,
+    CpuCgroups,
     MemoryCgroups,
     Sandbox,
     SandboxUnavailable,
+    cgroup_weight,
     confine_before_exec,
+    cpu_cgroups_detect,
     memory_cgroups_detect,
     sandbox_detect,
 )
@@ -166,6 +172,7 @@ class _Child:
         self.kill_at: float | None = None
         self.draining = False
         self.cgroup: Path | None = None
+        self.cpu_cgroup: Path | None = None
 
 
 class LocalSupervisor:
@@ -183,6 +190,8 @@ class LocalSupervisor:
         say: Callable[[str], None] = lambda message: print(message, flush=True),
         sandbox: Sandbox | None = None,
         cgroups: MemoryCgroups | None = None,
+        cpu_cgroups: CpuCgroups | None = None,
+        cpu_weight: int = DEFAULT_CPU_WEIGHT,
     ) -> None:
         self.layout = layout
         self.settings = settings
@@ -195,6 +204,8 @@ class LocalSupervisor:
         self._sandbox = sandbox
         self._cgroups = cgroups
         self._sweep_at = 0.0
+        self._cpu_cgroups = cpu_cgroups
+        self._cpu_weight = cpu_weight
 
     def tick(self) -> None:
         wanted = set(self.layout.spec_names())
@@ -271,6 +282,8 @@ class LocalSupervisor:
         child.status = previous
         if self._cgroups is not None and self._cgroups.path(child.spec.name).is_dir():
             child.cgroup = self._cgroups.path(child.spec.name)
+        if self._cpu_cgroups is not None and self._cpu_cgroups.path(child.spec.name).is_dir():
+            child.cpu_cgroup = self._cpu_cgroups.path(child.spec.name)
         child.draining = previous.state == "draining"
         self._say(f"memrun-supervisor: adopted {child.spec.name} (pid {proc.pid})")
         return True
@@ -301,6 +314,7 @@ class LocalSupervisor:
                 cgroup=child.cgroup,
                 memory_bytes=child.spec.memory_bytes,
                 ignore_stop_signals=self._sandbox is not None,
+                cpu_cgroup=child.cpu_cgroup,
             )
             child.proc = self._spawn(argv, env, child.log, folder, before_exec)
         except OSError as exc:
@@ -334,6 +348,8 @@ class LocalSupervisor:
         if readable:
             env["MEMRUN_CACHE_HANDOVER_DIR"] = str(readable[0])
             env["MEMRUN_CACHE_PEER_DIRS"] = os.pathsep.join(str(p) for p in readable[1:])
+        if self._cpu_cgroups is not None:
+            child.cpu_cgroup = self._cpu_cgroups.create(child.spec.name, self._cpu_weight)
         if self._sandbox is None:
             return child.spec.argv, env
         writable = [folder / "cache", folder / "work"]
@@ -374,7 +390,11 @@ class LocalSupervisor:
         return [handover, *(p for p in peers if (p / "index" / "data.mdb").exists())]
 
     def _exit_reason(self, child: _Child) -> str:
-        """Why the worker died, where its exit code alone does not say; the cgroup goes."""
+        """Why the worker died, where its exit code alone does not say. Its cgroups go, and
+        with them whatever it left running."""
+        if child.cpu_cgroup is not None and self._cpu_cgroups is not None:
+            self._cpu_cgroups.remove(child.cpu_cgroup)
+            child.cpu_cgroup = None
         if child.cgroup is None or self._cgroups is None:
             return ""
         killed = self._cgroups.oom_kills(child.cgroup)
@@ -506,11 +526,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"no memory cgroup for local workers ({why_not}): their memory is "
             "capped by RLIMIT_AS only"
         )
+    cpu_cgroups, why_not = cpu_cgroups_detect()
+    if cpu_cgroups is None:
+        _warn_loudly(f"no cpu cgroup for local workers ({why_not}): they get no CPU share")
+    try:
+        cpu_weight = cgroup_weight()
+    except ValueError as exc:
+        print(f"memrun-supervisor: {exc}", file=sys.stderr, flush=True)
+        return 1
     supervisor = LocalSupervisor(
         layout,
         settings=SupervisorSettings(stop_grace_s=args.stop_grace_s),
         sandbox=sandbox,
         cgroups=cgroups,
+        cpu_cgroups=cpu_cgroups,
+        cpu_weight=cpu_weight,
     )
     return supervisor.run(stopping)
 

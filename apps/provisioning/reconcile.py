@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -26,6 +27,7 @@ from apps.provisioning import plan as p
 from apps.provisioning.provisioners import LiveWorker, Provisioner, WorkerSpec, provisioner_for
 from apps.provisioning.specs import worker_spec_build
 from apps.services.models import Deployment, Service
+from apps.services.redis_users import redis_user_ensure
 from apps.services.services import (
     deployment_back_off,
     deployment_set_degraded,
@@ -124,13 +126,20 @@ def reconcile_service(
 
 
 def reconcile_all(*, now: datetime | None = None) -> dict[str, list[p.Action]]:
-    """One pass over every service; a failing service is logged and skipped."""
+    """One pass over every service; a failing service is logged and skipped. Each
+    service's Redis user is ensured first: a restarted Redis has none."""
     done: dict[str, list[p.Action]] = {}
-    for service_id, name in Service.objects.order_by("name").values_list("pk", "name"):
+    services = list(Service.objects.order_by("name"))
+    try:
+        for service in services:
+            redis_user_ensure(service=service)
+    except redis.RedisError as exc:
+        logger.warning("redis users not ensured (%s); the next pass retries", exc)
+    for service in services:
         try:
-            done[name] = reconcile_service(service_id=service_id, now=now)
+            done[service.name] = reconcile_service(service_id=service.pk, now=now)
         except Exception:
-            logger.exception("reconcile of service %s failed; the next pass retries", name)
+            logger.exception("reconcile of service %s failed; the next pass retries", service.name)
     return done
 
 

@@ -10,6 +10,7 @@ from django.views.decorators.debug import sensitive_variables
 from apps.provisioning.provisioners import WorkerSpec
 from apps.services.models import Deployment, Service
 from apps.services.principals import kafka_principal_connection, kafka_principal_ensure
+from apps.services.redis_users import redis_user_ensure, worker_redis_url
 from apps.services.selectors import secret_env
 from apps.workers.models import Worker
 
@@ -24,11 +25,13 @@ def worker_spec_build(
     name, and nothing else: never the appliance's own S3 keys (I8), so a handler reads S3
     with the AWS_* its secrets give. Kafka is reached as the service's own principal,
     never the control plane's; the principal is ensured here, so a broker that lost it
-    heals before the worker logs in. The machine is sized from the settings too (I10)."""
+    heals before the worker logs in; Redis as the service's own ACL user, ensured here too
+    (a restarted Redis has lost it). The machine is sized from the settings too (I10)."""
     config = deployment.config
     if config is None:
         raise ValueError(f"{deployment} has no valid settings in its manifest")
     kafka_principal_ensure(service=service)
+    redis_user_ensure(service=service)
     secrets = secret_env(names=config.secrets)
     env = {
         # Reserved names (apps/services/secretbox.py) cannot come from a secret, so the
@@ -43,7 +46,7 @@ def worker_spec_build(
         "MEMRUN_PACKAGE_SHA256": deployment.sha256,
         "MEMRUN_SERVICE_CONFIG": json.dumps(config.to_dict(), sort_keys=True),
         **kafka_principal_connection(service=service).env(),
-        "REDIS_URL": settings.REDIS_URL,
+        "REDIS_URL": worker_redis_url(service=service),
         # Which variables hold secret values, for the log shipper to mask (not the values).
         "MEMRUN_SECRET_KEYS": ",".join(sorted(secrets)),
         **settings.MEMRUN_WORKER_RESULTS_ENV,

@@ -5,9 +5,11 @@
 - One asyncio Redis pool per event loop (uvicorn runs one loop per process; Django's
   test client makes one per request, hence the per-loop map).
 - One Redis subscription per process (a thread) to every service's done channel
-  (`memrun:done:*`, where workers publish each first outcome): a waiting caller is a
+  (`memrun:*:done`, where workers publish each first outcome): a waiting caller is a
   future in a dict, not a blocked connection, so a thousand of them cost a thousand
   futures. The same subscription carries cache invalidations (`memrun:invalidate`).
+  A caller waits on its request's service and id together: a service's worker may
+  publish anything on its own done channel, and it wakes only that service's callers.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ class OutcomeListener:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiters: dict[str, list[Waiter]] = {}
+        self._waiters: dict[str, list[Waiter]] = {}  # by outcome key: service and id
         self._started = False
         self._subscribed = threading.Event()
         self.on_done: list[Callable[[str, str], None]] = []
@@ -217,25 +219,28 @@ class OutcomeListener:
         if wait and not self._subscribed.wait(_SUBSCRIBE_TIMEOUT_S):
             raise redis.ConnectionError(f"could not subscribe to {settings.REDIS_URL}")
 
-    def register(self, request_id: str) -> asyncio.Future[bytes]:
-        """A future that gets `request_id`'s outcome json; `unregister` it when done."""
+    def register(self, service: str, request_id: str) -> asyncio.Future[bytes]:
+        """A future that gets the outcome json of `service`'s request `request_id`;
+        `unregister` it when done."""
         self.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         with self._lock:
-            self._waiters.setdefault(request_id, []).append((loop, future))
+            key = protocol.outcome_key(service, request_id)
+            self._waiters.setdefault(key, []).append((loop, future))
         return future
 
-    def unregister(self, request_id: str, future: asyncio.Future[bytes]) -> None:
+    def unregister(self, service: str, request_id: str, future: asyncio.Future[bytes]) -> None:
+        key = protocol.outcome_key(service, request_id)
         with self._lock:
-            waiters = self._waiters.get(request_id)
+            waiters = self._waiters.get(key)
             if waiters is None:
                 return
             remaining = [w for w in waiters if w[1] is not future]
             if remaining:
-                self._waiters[request_id] = remaining
+                self._waiters[key] = remaining
             else:
-                del self._waiters[request_id]
+                del self._waiters[key]
 
     def waiting(self) -> int:
         with self._lock:
@@ -249,7 +254,7 @@ class OutcomeListener:
         while True:
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=False)
-                pubsub.psubscribe(f"{protocol.DONE_CHANNEL_PREFIX}*")
+                pubsub.psubscribe(protocol.DONE_CHANNEL_PATTERN)
                 pubsub.subscribe(INVALIDATE_CHANNEL)
                 for message in pubsub.listen():
                     delay_s = 0.05
@@ -263,11 +268,12 @@ class OutcomeListener:
     def _handle(self, client: redis.Redis, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "pmessage":
-            service = message["channel"][len(protocol.DONE_CHANNEL_PREFIX) :].decode()
-            request_id, _, outcome = message["data"].partition(b" ")
-            self._wake(request_id.decode(), outcome)
+            service = protocol.done_channel_service(message["channel"].decode())
+            raw_id, _, outcome = message["data"].partition(b" ")
+            request_id = raw_id.decode(errors="replace")
+            self._wake(protocol.outcome_key(service, request_id), outcome)
             for done in self.on_done:
-                done(service, request_id.decode())
+                done(service, request_id)
         elif kind == "message":
             for invalidate in self.on_invalidate:
                 invalidate(message["data"])
@@ -279,17 +285,18 @@ class OutcomeListener:
 
     def _recheck(self, client: redis.Redis) -> None:
         with self._lock:
-            ids = list(self._waiters)
-        if not ids:
+            keys = list(self._waiters)
+        if not keys:
             return
-        found = client.mget([protocol.outcome_key(request_id) for request_id in ids])
-        for request_id, outcome in zip(ids, found, strict=True):
+        found = client.mget(keys)
+        for key, outcome in zip(keys, found, strict=True):
             if outcome is not None:
-                self._wake(request_id, outcome)
+                self._wake(key, outcome)
 
-    def _wake(self, request_id: str, outcome: bytes) -> None:
+    def _wake(self, key: str, outcome: bytes) -> None:
+        """Settle the callers waiting on outcome key `key`."""
         with self._lock:
-            waiters = self._waiters.pop(request_id, None)
+            waiters = self._waiters.pop(key, None)
         for loop, future in waiters or ():
             with contextlib.suppress(RuntimeError):  # that caller's loop is closed
                 loop.call_soon_threadsafe(_settle, future, outcome)

@@ -29,6 +29,7 @@ from apps.services import selectors
 from apps.services.artifacts import artifact_exists, artifact_put
 from apps.services.models import Deployment, Service
 from apps.services.principals import kafka_principal_ensure
+from apps.services.redis_users import redis_user_ensure
 from apps.services.services import deployment_create, service_create, service_update
 from apps.services.uploads import Upload, package_max_bytes, uploads_dir
 from memrun.errors import ConfigError, PackageRejected
@@ -266,6 +267,8 @@ def service_kafka_credentials_rotate(
         locked.refresh_from_db()
         generation = locked.kafka_credential_generation
         kafka_principal_ensure(service=locked)
+        # The same generation is part of its Redis user's password: rotated together.
+        redis_user_ensure(service=locked)
         live = locked.live_deployment
         config = None if live is None else live.config
         if live is None or config is None:

@@ -361,7 +361,7 @@ async def _submit_and_wait(
                 target=target, items=items, request_ids=request_ids, caller=caller
             )
             return [RequestState(request_id, "queued") for request_id in request_ids]
-        waiter = _Waiters()
+        waiter = _Waiters(target.service)
         try:
             # Wake-ups are registered before the produce, so none can be missed.
             for request_id in request_ids:
@@ -375,15 +375,16 @@ async def _submit_and_wait(
 
 
 class _Waiters:
-    """Futures for some request ids, in order, unregistered on close (also when the
-    caller disconnects and its task is cancelled)."""
+    """Futures for some request ids of one service, in order, unregistered on close (also
+    when the caller disconnects and its task is cancelled)."""
 
-    def __init__(self) -> None:
+    def __init__(self, service: str) -> None:
+        self._service = service
         self._futures: list[tuple[str, asyncio.Future[bytes]]] = []
 
     def add(self, request_id: str) -> None:
         try:
-            future = broker.listener.register(request_id)
+            future = broker.listener.register(self._service, request_id)
         except redis.RedisError as exc:
             raise _redis_down(exc) from None
         self._futures.append((request_id, future))
@@ -400,7 +401,7 @@ class _Waiters:
 
     def close(self) -> None:
         for request_id, future in self._futures:
-            broker.listener.unregister(request_id, future)
+            broker.listener.unregister(self._service, request_id, future)
             future.cancel()
 
 
@@ -409,11 +410,14 @@ async def request_wait(
 ) -> RequestState:
     """The request's state, waiting up to `wait_s` seconds for its outcome; 404 for an
     id never submitted (or expired); 403 unless `caller` may see it (`request_get`)."""
-    waiter = _Waiters()
+    record = await _request_record(request_id=request_id)
+    _request_require(access, caller, request_id, record)
+    service = record["service"]
+    waiter = _Waiters(service)
     try:
         if wait_s > 0:
             waiter.add(request_id)
-        state = await request_get(request_id=request_id, access=access, caller=caller)
+        state = await _request_state(service=service, request_id=request_id)
         if state.status == "done" or wait_s <= 0:
             return state
         return (await waiter.wait(wait_s))[0]
@@ -425,32 +429,56 @@ async def request_get(*, request_id: str, access: Access, caller: str) -> Reques
     """ "done" with the outcome, "queued" while pending; 404 for an id never submitted.
     Only for a caller with the read role on the request's service, or for the caller
     that submitted it while it may still invoke that service; else 403."""
+    record = await _request_record(request_id=request_id)
+    _request_require(access, caller, request_id, record)
+    return await _request_state(service=record["service"], request_id=request_id)
+
+
+async def _request_record(*, request_id: str) -> dict[str, Any]:
+    """The request's submission record, which names its service (outcomes are kept under
+    their service's prefix); 404 for an id never submitted or expired."""
     try:
-        outcome_raw, record = await broker.redis_async().mget(
-            protocol.outcome_key(request_id), protocol.request_key(request_id)
-        )
+        raw = await broker.redis_async().get(protocol.request_key(request_id))
     except redis.RedisError as exc:
         raise _redis_down(exc) from None
-    if outcome_raw is None and record is None:
+    record = _record_of(raw)
+    if record is None:
         raise DomainError(
             f"no request {request_id!r}: it never existed or its record expired "
             f"({protocol.REPLY_TTL_S // 3600} h after submission)",
             status=404,
             details={"request_id": request_id},
         )
-    _request_require(access, caller, request_id, record)
+    return record
+
+
+def _record_of(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("service"), str):
+        return None
+    return record
+
+
+async def _request_state(*, service: str, request_id: str) -> RequestState:
+    try:
+        outcome_raw = await broker.redis_async().get(protocol.outcome_key(service, request_id))
+    except redis.RedisError as exc:
+        raise _redis_down(exc) from None
     if outcome_raw is not None:
         return RequestState(request_id, "done", protocol.Outcome.from_json(outcome_raw))
     return RequestState(request_id, "queued")
 
 
-def _request_require(access: Access, caller: str, request_id: str, record: bytes | None) -> None:
-    # An outcome outliving its record has no known service: readers of all services only.
-    fields = json.loads(record) if record is not None else {}
-    service = fields.get("service")
+def _request_require(access: Access, caller: str, request_id: str, record: dict[str, Any]) -> None:
+    service = record["service"]
     if access.allows(Role.READ, service):
         return
-    if fields.get("caller") == caller and access.allows(Role.INVOKE, service):
+    if record.get("caller") == caller and access.allows(Role.INVOKE, service):
         return
     raise DomainError(
         f"{access.who} may not see request {request_id}: it needs the read role on the "

@@ -61,7 +61,8 @@ class Service(models.Model):
     provider = models.CharField(max_length=16, choices=Provider.choices, default=Provider.LOCAL)
     server_type = models.CharField(max_length=32, blank=True, help_text="e.g. ccx63 (Hetzner)")
     location = models.CharField(max_length=32, blank=True, help_text="e.g. fsn1 (Hetzner)")
-    # Part of the service's Kafka password (apps/services/principals.py): bumped to rotate it.
+    # Part of the service's Kafka password (apps/services/principals.py) and of its Redis
+    # user's (apps/services/redis_users.py): bumped to rotate both.
     kafka_credential_generation = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

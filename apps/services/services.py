@@ -43,6 +43,7 @@ from apps.services.models import (
     UserGrant,
 )
 from apps.services.principals import kafka_principal_ensure, kafka_principal_remove
+from apps.services.redis_users import redis_user_delete_on_commit, redis_user_ensure_quietly
 from apps.services.topics import topics_ensure
 
 # A token's last use is recorded at most this often, so that authenticating stays a
@@ -63,8 +64,9 @@ def service_create(
     server_type: str = "",
     location: str = "",
 ) -> Service:
-    """Create a service, not yet deployed, its Kafka topics and its Kafka principal
-    (apps/services/principals.py). Its settings come with its first deployment;
+    """Create a service, not yet deployed, its Kafka topics, its Kafka principal
+    (apps/services/principals.py) and its workers' Redis user (apps/services/redis_users.py).
+    Its settings come with its first deployment;
     `partitions` defaults to 64.
 
     The topics and principal are made inside the transaction, before the row commits: a
@@ -87,6 +89,7 @@ def service_create(
             service.save()
             topics_ensure(service=service.name, partitions=service.partitions)
             kafka_principal_ensure(service=service)
+            redis_user_ensure_quietly(service=service)
     except IntegrityError:
         # Lost a race with a concurrent create of the same name.
         if Service.objects.filter(name=name).exists():
@@ -184,8 +187,10 @@ def service_delete(*, service: Service) -> None:
                 details={"running_workers": running},
             )
         kafka_principal_remove(service=service.name)
+        name = service.name
         service.delete()
-        _invalidate_on_commit(f"service:{service.name}")
+        _invalidate_on_commit(f"service:{name}")
+        redis_user_delete_on_commit(service_name=name)
 
 
 def deployment_create(

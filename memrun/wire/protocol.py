@@ -39,29 +39,70 @@ def consumer_group(service: str) -> str:
     return f"memrun-{service}"
 
 
-def reply_key(request_id: str) -> str:
+# Every key and channel a worker touches lies under its service's prefix,
+# `memrun:{service}:`, so one Redis ACL key pattern (`~memrun:{service}:*`) and one channel
+# pattern (`&memrun:{service}:*`) bound what a service's worker can reach. Names cannot
+# hold ':', so one service's prefix never covers another's. What only the control plane
+# touches (request records, invalidations) lies outside every service's prefix.
+
+
+def service_key_prefix(service: str) -> str:
+    """The prefix of every Redis key and channel of `service`'s workers."""
+    return f"memrun:{service}:"
+
+
+def reply_key(service: str, request_id: str) -> str:
     """Redis list pushed once when the outcome is stored: BLPOP it to wait."""
-    return f"memrun:reply:{request_id}"
+    return f"memrun:{service}:reply:{request_id}"
 
 
-def outcome_key(request_id: str) -> str:
+def outcome_key(service: str, request_id: str) -> str:
     """Redis string holding the outcome JSON; first writer wins (SET NX)."""
-    return f"memrun:outcome:{request_id}"
+    return f"memrun:{service}:outcome:{request_id}"
 
 
 def done_channel(service: str) -> str:
     """Redis pub/sub channel on which a worker publishes `{request_id} {outcome json}`
     when it stores a first outcome: the control plane waits on it with one subscription
     per process instead of one blocked connection per caller."""
-    return f"{DONE_CHANNEL_PREFIX}{service}"
+    return f"memrun:{service}:done"
 
 
-DONE_CHANNEL_PREFIX = "memrun:done:"
+# What a worker daemon sends to Redis (worker_daemon/main.py, worker_daemon/outcomes.py):
+# PING at start, EXISTS, and SCRIPT LOAD + EVALSHA of its reply script, whose SET, RPUSH,
+# EXPIRE and PUBLISH Redis checks against the same ACL user as the EVALSHA itself.
+WORKER_REDIS_COMMANDS = (
+    "ping",
+    "exists",
+    "evalsha",
+    "script|load",
+    "set",
+    "rpush",
+    "expire",
+    "publish",
+)
+
+
+def worker_redis_acl(service: str) -> list[str]:
+    """The Redis ACL rules (after `reset on >password`) of `service`'s workers' user: its
+    own keys and channels, and only the commands a worker sends."""
+    prefix = service_key_prefix(service)
+    return [f"~{prefix}*", f"&{prefix}*", "-@all", *(f"+{c}" for c in WORKER_REDIS_COMMANDS)]
+
+
+# psubscribe pattern for every service's done channel.
+DONE_CHANNEL_PATTERN = "memrun:*:done"
+
+
+def done_channel_service(channel: str) -> str:
+    """The service whose done channel `channel` is (inverse of `done_channel`)."""
+    return channel.removeprefix("memrun:").removesuffix(":done")
 
 
 def request_key(request_id: str) -> str:
-    """Redis string holding the submission record while the request is pending."""
-    return f"memrun:request:{request_id}"
+    """Redis string holding the submission record (its service) while the request is
+    pending. `_` starts no service name: no worker's key pattern reaches it."""
+    return f"memrun:_request:{request_id}"
 
 
 def new_request_id() -> str:

@@ -162,7 +162,7 @@ class Scenario:
 
     def outcomes(self, request_ids: list[str]) -> list[Any]:
         """The outcomes, read where the workers write them (the wait is the harness's)."""
-        found = wait_outcomes(self.redis, request_ids, timeout_s=BOOT_TIMEOUT_S)
+        found = wait_outcomes(self.redis, self.name, request_ids, timeout_s=BOOT_TIMEOUT_S)
         return [found[i] for i in request_ids]
 
 
@@ -466,7 +466,7 @@ def test_a_crash_looping_version_backs_off_while_the_old_one_keeps_serving(
 
     # What v2 needs goes away, and its worker is killed: it and every replacement die
     # at start from now on.
-    broken_key = f"memrun-test:broken:{scenario.name}"
+    broken_key = f"memrun:{scenario.name}:test-broken"
     redis_client.set(broken_key, "1")
     try:
         status = json.loads(

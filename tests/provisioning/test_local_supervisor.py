@@ -295,7 +295,7 @@ def group_members(admin: AdminClient, service: str) -> list[str]:
 
 def echo(producer: Producer, redis_client: redis.Redis, service: str) -> str:
     [request_id] = produce_requests(producer, request_topic(service), [("k", {"op": "echo"})])
-    outcome = wait_outcomes(redis_client, [request_id])[request_id]
+    outcome = wait_outcomes(redis_client, service, [request_id])[request_id]
     assert outcome.ok, outcome
     return str(outcome.result["worker"])
 

@@ -227,13 +227,13 @@ def produce_requests(
     return ids
 
 
-def outcome(client: redis.Redis, request_id: str) -> Outcome | None:
-    raw = client.get(outcome_key(request_id))
+def outcome(client: redis.Redis, service: str, request_id: str) -> Outcome | None:
+    raw = client.get(outcome_key(service, request_id))
     return Outcome.from_json(raw) if raw is not None else None
 
 
 def wait_outcomes(
-    client: redis.Redis, ids: list[str], *, timeout_s: float = 60.0
+    client: redis.Redis, service: str, ids: list[str], *, timeout_s: float = 60.0
 ) -> dict[str, Outcome]:
     found: dict[str, Outcome] = {}
 
@@ -242,7 +242,7 @@ def wait_outcomes(
         for start in range(0, len(missing), 500):
             chunk = missing[start : start + 500]
             for request_id, raw in zip(
-                chunk, client.mget([outcome_key(i) for i in chunk]), strict=True
+                chunk, client.mget([outcome_key(service, i) for i in chunk]), strict=True
             ):
                 if raw is not None:
                     found[request_id] = Outcome.from_json(raw)

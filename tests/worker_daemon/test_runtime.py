@@ -124,7 +124,7 @@ def test_a_worker_runs_in_process_reports_stats_and_stops_on_request(
             service.topic,
             [(f"k{i}", {"name": f"n{i}"}) for i in range(10)],
         )
-        outcomes = wait_outcomes(redis_client, ids)
+        outcomes = wait_outcomes(redis_client, service.name, ids)
         assert [outcomes[i].result["text"] for i in ids] == [f"hello n{i}" for i in range(10)]
         snapshot = wait_for(
             lambda: (s := worker.stats())["completed"] == 10 and s["lag"] == 0 and s,

@@ -35,7 +35,7 @@ def test_a_request_is_served_and_its_caller_woken(
         service.topic,
         [(f"user-{i}", {"user": f"user-{i}", "op": "echo", "n": i}) for i in range(20)],
     )
-    outcomes = wait_outcomes(redis_client, ids)
+    outcomes = wait_outcomes(redis_client, service.name, ids)
     for i, request_id in enumerate(ids):
         out = outcomes[request_id]
         assert out.ok, out.error
@@ -43,8 +43,8 @@ def test_a_request_is_served_and_its_caller_woken(
         assert out.result["key"] == f"user-{i}"
         assert out.worker == worker.worker_id
         assert out.meta == {"tiers": []}
-        assert redis_client.lpop(reply_key(request_id)) == b"1"
-        assert redis_client.ttl(outcome_key(request_id)) > 0
+        assert redis_client.lpop(reply_key(service.name, request_id)) == b"1"
+        assert redis_client.ttl(outcome_key(service.name, request_id)) > 0
     wait_for(
         lambda: sum(committed_offsets(kafka_admin, service.name, service.topic, 2).values()) == 20,
         what="offsets of all 20 committed",
@@ -69,7 +69,7 @@ def test_a_message_from_kcat_is_served_like_any_other(
     )
     # No request-id header: the id is derived from where the message sits.
     request_id = f"{service.topic}:0:0"
-    out = wait_outcomes(redis_client, [request_id])[request_id]
+    out = wait_outcomes(redis_client, service.name, [request_id])[request_id]
     assert out.ok
     assert out.result["echo"]["from"] == "kcat"
     assert out.result["key"] == "user-7"

@@ -60,7 +60,7 @@ def test_sync_handler_failures_are_answered_and_dead_lettered(
         headers=encode_headers(request_id=expired_id, deadline_ms=now_ms() - 1),
     )
     producer.flush(30)
-    outcomes = wait_outcomes(redis_client, [*ids, not_json_id, expired_id])
+    outcomes = wait_outcomes(redis_client, service.name, [*ids, not_json_id, expired_id])
 
     for name, (_, error_type, message) in cases.items():
         out = outcomes[by_case[name]]
@@ -74,7 +74,7 @@ def test_sync_handler_failures_are_answered_and_dead_lettered(
 
     # Still serving, and the timed-out handler was abandoned (its thread came back later).
     [after] = produce_requests(producer, service.topic, [("user-z", {"user": "user-z"})])
-    assert wait_outcomes(redis_client, [after])[after].ok
+    assert wait_outcomes(redis_client, service.name, [after])[after].ok
     worker.wait_event("worker.abandoned_handler")
 
     records = {r["request_id"]: r for r in read_dlq(service.bootstrap, service.name, count=7)}
@@ -124,7 +124,7 @@ def test_async_handlers_are_cancelled_at_their_deadline(
         service.topic,
         [("u2", {"user": "u2", "op": "raise"}), ("u3", {"user": "u3", "op": "echo"})],
     )
-    outcomes = wait_outcomes(redis_client, [hang, boom, echo])
+    outcomes = wait_outcomes(redis_client, service.name, [hang, boom, echo])
     assert outcomes[hang].error["type"] == "HandlerTimeout"
     assert outcomes[boom].error == {"type": "RuntimeError", "message": "async boom"}
     assert outcomes[echo].ok
@@ -156,7 +156,7 @@ def test_a_worker_with_most_threads_abandoned_exits_to_be_restarted(
         ],
     )
     assert worker.wait(timeout_s=60) == 75
-    outcomes = wait_outcomes(redis_client, ids, timeout_s=5)
+    outcomes = wait_outcomes(redis_client, service.name, ids, timeout_s=5)
     assert all(o.error["type"] == "HandlerTimeout" for o in outcomes.values())
     [summary] = worker.find("worker.stopped")
     assert summary["exit_code"] == 75 and summary["abandoned"] == 3

@@ -65,7 +65,7 @@ def test_a_full_worker_pauses_stays_in_the_group_and_reports_lag(
     assert running(redis_client, service) == 4
 
     redis_client.rpush(f"{service.ns}:gate", *range(40))
-    outcomes = wait_outcomes(redis_client, ids)
+    outcomes = wait_outcomes(redis_client, service.name, ids)
     assert all(o.ok and o.result == {"released": True} for o in outcomes.values())
     assert int(redis_client.get(f"{service.ns}:high")) == 4
     drained = worker.wait_stats(where=lambda e: e["lag"] == 0)
@@ -98,7 +98,7 @@ def test_sigterm_finishes_in_flight_work_commits_and_exits_0(
 
     started = [i.decode() for i in redis_client.lrange(f"{service.ns}:started", 0, -1)]
     assert sorted(started) == sorted(ids[:4])  # nothing new started after SIGTERM
-    outcomes = wait_outcomes(redis_client, ids[:4], timeout_s=5)
+    outcomes = wait_outcomes(redis_client, service.name, ids[:4], timeout_s=5)
     assert all(o.ok for o in outcomes.values())
     assert committed_offsets(kafka_admin, service.name, service.topic, 1) == {0: 4}
     # It left the group (though a static member): its partitions need not wait for its

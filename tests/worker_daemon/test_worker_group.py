@@ -64,7 +64,7 @@ def test_each_key_is_served_by_exactly_one_worker(
         service.topic,
         [(key, {"user": key, "op": "record", "ns": service.ns}) for key in keys * 4],
     )
-    wait_outcomes(redis_client, ids)
+    wait_outcomes(redis_client, service.name, ids)
 
     served_by: dict[str, set[str]] = defaultdict(set)
     for run in runs(redis_client, service):
@@ -108,7 +108,7 @@ def test_a_killed_worker_loses_no_request(
     import time
 
     print("T kill", time.time())
-    outcomes = wait_outcomes(redis_client, ids, timeout_s=120)
+    outcomes = wait_outcomes(redis_client, service.name, ids, timeout_s=120)
     print("T outcomes", time.time())
     assert all(o.ok for o in outcomes.values())
 

@@ -9,7 +9,8 @@ import redis
 from memrun import MemoryService
 
 svc = MemoryService(os.environ["MEMRUN_SERVICE"], max_workers=3, concurrency=4, timeout_seconds=30)
-BROKEN_KEY = f"memrun-test:broken:{os.environ['MEMRUN_SERVICE']}"
+# Under the service's own prefix: its worker's Redis user may read nothing else.
+BROKEN_KEY = f"memrun:{os.environ['MEMRUN_SERVICE']}:test-broken"
 
 
 @svc.init_handler()
