@@ -77,6 +77,13 @@ def test_worker_rows_for_the_cli() -> None:
                 "in_flight": 3,
                 "partitions": [5, 0, 1, 2],
                 "lag": 0,
+                "machine": {
+                    "server_type": "cpx41",
+                    "location": "fsn1",
+                    "server_id": 42,
+                    "ipv4": "198.51.100.7",
+                    "price_monthly_eur": "25.2000",
+                },
             },
             {
                 "name": "w-2",
@@ -90,8 +97,19 @@ def test_worker_rows_for_the_cli() -> None:
             },
         ]
     )
-    assert rows[1] == ("w-1", "ready (suspect)", "v2", "41s ago", "3", "0-2,5", "0")
-    assert rows[2] == ("w-2", "provisioning", "-", "never", "-", "-", "-")
+    assert rows[0][-1] == "MACHINE"
+    assert rows[1] == (
+        "w-1",
+        "ready (suspect)",
+        "v2",
+        "41s ago",
+        "3",
+        "0-2,5",
+        "0",
+        "cpx41@fsn1 #42 198.51.100.7 25.20 EUR/mo",
+    )
+    # A local process has no machine of its own.
+    assert rows[2] == ("w-2", "provisioning", "-", "never", "-", "-", "-", "-")
 
 
 @pytest.mark.django_db(transaction=True)
