@@ -57,7 +57,7 @@ def test_a_handler_reads_writes_lists_and_deletes_through_ctx_storage(
         prefix = f"s3://{s3_settings.bucket}/tests/storage/{unique_name}/"
         request = ("u", {"user": "u", "prefix": prefix})
         [request_id] = produce_requests(make_producer(service.bootstrap), service.topic, [request])
-        outcome = wait_outcomes(redis_client, [request_id])[request_id]
+        outcome = wait_outcomes(redis_client, service.name, [request_id])[request_id]
         assert outcome.ok, outcome.error
         result = outcome.result
         assert result["text"] == "alpha" and result["size"] == 5

@@ -91,10 +91,10 @@ def test_request_lines_past_the_rate_are_counted_not_logged_and_failures_always_
     ids = produce_requests(
         producer, service.topic, [(f"u{i}", {"user": f"u{i}", "op": "echo"}) for i in range(60)]
     )
-    wait_outcomes(redis_client, ids)
+    wait_outcomes(redis_client, service.name, ids)
     # Answered after all of those, so its line says how many went unlogged before it.
     [failed] = produce_requests(producer, service.topic, [("u", {"user": "u", "op": "raise"})])
-    wait_outcomes(redis_client, [failed])
+    wait_outcomes(redis_client, service.name, [failed])
     last = worker.wait_event("request", where=lambda e: e["request_id"] == failed)
     assert last["status"] != "ok"
     lines = [e for e in worker.find("request") if e["request_id"] in set(ids)]
