@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import urllib.parse
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from memrun.errors import HandlerError, RequestTimeout
+from memrun.errors import ApiError, HandlerError, RequestTimeout
 from memrun.home import default_token, default_url
 from memrun.httpclient import HttpClient
 
@@ -174,6 +175,20 @@ class Client:
         """The request's current state; with `wait`, block up to that long for the outcome."""
         path = f"/api/v1/requests/{urllib.parse.quote(request_id)}?wait={wait:g}"
         return RequestResult.from_api(self._call("GET", path, timeout_s=wait + self.timeout_s))
+
+    def follow(self, request_id: str, *, wait: float = 300.0) -> RequestResult:
+        """Follow the request as server-sent events on one connection (no polling) until
+        its outcome, or for up to `wait` seconds (then its state, still "queued")."""
+        path = f"/api/v1/requests/{urllib.parse.quote(request_id)}/events?wait={wait:g}"
+        last: dict[str, Any] | None = None
+        with self._http.stream("GET", path, timeout_s=wait + self.timeout_s) as response:
+            for name, data in _server_sent_events(response.iter_lines()):
+                last = data
+                if name in ("done", "timeout"):
+                    break
+        if last is None:
+            raise ApiError(f"the events of request {request_id} ended before any event", status=0)
+        return RequestResult.from_api(last)
 
     def deploy(
         self,
@@ -388,6 +403,20 @@ class Client:
 
 
 _CHUNK = 64 * 1024
+
+
+def _server_sent_events(lines: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event name, JSON data) for each event of a text/event-stream; comments skipped."""
+    name, data = "message", ""
+    for line in lines:
+        if not line:
+            if data:
+                yield name, json.loads(data)
+            name, data = "message", ""
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
 
 
 def _chunks(stream: BinaryIO, total: int, progress: ProgressCallback | None) -> Iterator[bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from ninja import Query, Router, Status
 
 from apps.common.permissions import Grant, Role, role_parse
@@ -221,6 +221,46 @@ async def requests_get(request: HttpRequest, request_id: str, wait: float = 0.0)
         caller=caller_of(request),
     )
     return _invoke_response(200, state.to_api())
+
+
+_EVENTS_RESPONSE = {
+    "responses": {
+        "200": {
+            "description": (
+                "text/event-stream: `event: queued` or `event: done` first (data: the "
+                "request's state, as GET /requests/{id} answers it), a `: waiting` comment "
+                "every 15 s, then `event: done` with the outcome, or `event: timeout` once "
+                "`wait` seconds have passed (reconnect to go on following)"
+            ),
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    }
+}
+
+
+@router.get(
+    "/requests/{request_id}/events",
+    auth=needs_async(Role.READ, OBJECT),
+    response={403: ErrorOut, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut},
+    openapi_extra=_EVENTS_RESPONSE,
+    tags=["invoke"],
+    summary="Follow a request as server-sent events until its outcome",
+)
+async def requests_events(
+    request: HttpRequest, request_id: str, wait: float = 300.0
+) -> StreamingHttpResponse:
+    """Instead of polling: one connection that ends with the outcome. For the callers that
+    may poll the request (GET /requests/{id})."""
+    events = await invoke.request_events(
+        request_id=request_id,
+        follow_s=invoke.follow_seconds(wait),
+        access=access_of(request),
+        caller=caller_of(request),
+    )
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # a proxy in front must not hold the events back
+    return response
 
 
 @router.get(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -472,6 +473,64 @@ async def _request_state(*, service: str, request_id: str) -> RequestState:
     if outcome_raw is not None:
         return RequestState(request_id, "done", protocol.Outcome.from_json(outcome_raw))
     return RequestState(request_id, "queued")
+
+
+# A stream that follows a request: its first event is the request's state, its last the
+# outcome ("done") or, past the follow time, "timeout" (reconnect to go on following).
+# Between them a comment line every EVENTS_KEEPALIVE_S keeps proxies and clients from
+# dropping an idle connection.
+EVENTS_KEEPALIVE_S = 15.0
+EVENTS_MAX_S = 3600.0
+
+
+def follow_seconds(follow: float) -> float:
+    """`follow` when the events stream allows it; else 422."""
+    if not 0 < follow <= EVENTS_MAX_S:
+        raise DomainError(
+            f"wait must be more than 0 and at most {EVENTS_MAX_S:g} seconds, got {follow:g}",
+            status=422,
+            details={"fields": {"wait": [f"more than 0, at most {EVENTS_MAX_S:g}"]}},
+        )
+    return follow
+
+
+async def request_events(
+    *, request_id: str, follow_s: float, access: Access, caller: str
+) -> AsyncIterator[bytes]:
+    """The request's server-sent events (see EVENTS_KEEPALIVE_S). The same 403/404 as
+    `request_get` come before the stream starts; the wake-up is registered first, so an
+    outcome that lands in between is not missed. A caller that hangs up ends the stream."""
+    record = await _request_record(request_id=request_id)
+    _request_require(access, caller, request_id, record)
+    service = record["service"]
+    waiter = _Waiters(service)
+    try:
+        waiter.add(request_id)
+        state = await _request_state(service=service, request_id=request_id)
+    except BaseException:
+        waiter.close()
+        raise
+    return _events(waiter, state, follow_s)
+
+
+async def _events(waiter: _Waiters, state: RequestState, follow_s: float) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + follow_s
+    try:
+        yield _event(state.status, state.to_api())
+        while state.status != "done":
+            left = deadline - loop.time()
+            if left <= 0:
+                yield _event("timeout", state.to_api())
+                return
+            [state] = await waiter.wait(min(EVENTS_KEEPALIVE_S, left))
+            yield _event("done", state.to_api()) if state.status == "done" else b": waiting\n\n"
+    finally:
+        waiter.close()
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 def _request_require(access: Access, caller: str, request_id: str, record: dict[str, Any]) -> None:

@@ -134,6 +134,9 @@ def _key_file(home: Path) -> bytes:
     into place, so that two processes starting at once agree on one key)."""
     path = home / KEY_FILE_NAME
     if not path.exists():
+        # The appliance makes its home at start; a process given a home not made yet
+        # (a fresh MEMRUN_HOME) makes it here, private like everything in it.
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
         temporary = home / f".{KEY_FILE_NAME}.{os.getpid()}.{stdlib_secrets.token_hex(4)}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:

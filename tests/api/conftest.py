@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from tests.worker_daemon.harness import WorkerProcess, make_package, worker_env
+from tests.worker_daemon.harness import WorkerProcess, make_package, wait_for, worker_env
 
 
 @pytest.fixture
@@ -45,3 +45,37 @@ def served(
         yield name
     finally:
         worker.stop()
+
+
+@pytest.fixture
+def asgi_url(transactional_db: None) -> Iterator[str]:
+    """The appliance's ASGI application (memrun_site/asgi.py, as `memrun up` serves it)
+    under uvicorn in a thread of this process, on the test database; its base URL.
+    Django's live_server is WSGI, which cannot serve a stream of events."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from memrun_site.asgi import application
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(application, lifespan="off", log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, what="uvicorn started")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+        # The views' database work ran on asgiref's one thread for sync code: close its
+        # connection there, or the test database cannot be dropped.
+        from asgiref.sync import SyncToAsync
+        from django.db import connections
+
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(10)

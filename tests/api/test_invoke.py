@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.test import Client
+from asgiref.sync import async_to_sync
+from django.test import AsyncClient, Client
 
 from apps.services.models import Service
+from memrun import ApiError, HandlerError, RequestTimeout
 from memrun import Client as MemrunClient
-from memrun import HandlerError, RequestTimeout
 from memrun.wire.protocol import MAX_PAYLOAD_BYTES
 from tests.worker_daemon.harness import WorkerProcess, make_package, wait_for, worker_env
 
@@ -129,3 +130,81 @@ def test_a_wait_longer_than_the_redis_client_timeout_still_gets_the_answer(
     )
     assert status == 200, body
     assert body["result"] == {"released": False}
+
+
+def _follow(secret: str, path: str) -> tuple[int, list[tuple[str, dict]], bytes]:
+    """GET `path` through the ASGI handler (as uvicorn serves it): (status, the events as
+    (name, data), the raw body)."""
+
+    async def read() -> tuple[int, bytes]:
+        # Per request: AsyncClient(headers=...) does not reach the ASGI scope's headers.
+        response = await AsyncClient().get(path, headers={"Authorization": f"Bearer {secret}"})
+        if not response.streaming:
+            return response.status_code, response.content
+        return response.status_code, b"".join([chunk async for chunk in response])
+
+    status, body = async_to_sync(read)()
+    events = []
+    for block in body.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if line[:1] != ":")
+        if "event" in fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    return status, events, body
+
+
+def test_a_request_followed_as_server_sent_events_ends_with_its_outcome(
+    api_client: Client, api_token: tuple, served: str
+) -> None:
+    # Held by the handler until its gate opens, so the stream starts with the request queued.
+    status, body = invoke(
+        api_client, served, {"user": "sse", "op": "block", "ns": served, "block_s": 3}, wait=0
+    )
+    assert status == 202
+    request_id = body["request_id"]
+    status, events, raw = _follow(api_token[1], f"/api/v1/requests/{request_id}/events?wait=60")
+    assert status == 200
+    assert [name for name, _ in events] == ["queued", "done"], raw
+    assert events[0][1] == {"request_id": request_id, "status": "queued"}
+    done = events[1][1]
+    assert done["status"] == "done" and done["result"] == {"released": False}
+    # Once done, the stream is the outcome alone, the same as a poll answers.
+    status, events, _ = _follow(api_token[1], f"/api/v1/requests/{request_id}/events")
+    assert events == [("done", api_client.get(f"/api/v1/requests/{request_id}").json())]
+
+
+def test_a_followed_request_past_wait_ends_with_a_timeout_event(
+    api_client: Client, api_token: tuple, served: str
+) -> None:
+    status, body = invoke(
+        api_client, served, {"user": "sse2", "op": "block", "ns": served, "block_s": 20}, wait=0
+    )
+    request_id = body["request_id"]
+    status, events, raw = _follow(api_token[1], f"/api/v1/requests/{request_id}/events?wait=0.5")
+    assert status == 200
+    assert [name for name, _ in events] == ["queued", "timeout"], raw
+    assert events[1][1]["status"] == "queued"
+
+
+def test_following_an_unknown_request_or_with_a_bad_wait_is_refused_before_streaming(
+    api_token: tuple,
+) -> None:
+    status, events, raw = _follow(api_token[1], "/api/v1/requests/nope/events")
+    assert status == 404 and not events and b"no request 'nope'" in raw
+    status, events, raw = _follow(api_token[1], "/api/v1/requests/nope/events?wait=0")
+    assert status == 422 and b"wait must be" in raw
+
+
+def test_the_sdk_client_follows_a_request_to_its_outcome_over_one_connection(
+    asgi_url: str, api_client: Client, api_token: tuple, served: str
+) -> None:
+    client = MemrunClient(asgi_url, api_token[1])
+    status, body = invoke(
+        api_client, served, {"user": "sdk", "op": "block", "ns": served, "block_s": 2}, wait=0
+    )
+    assert status == 202
+    followed = client.follow(body["request_id"], wait=60)
+    assert followed.done and followed.result == {"released": False}
+    assert followed == client.result(body["request_id"])
+    with pytest.raises(ApiError) as unknown:
+        client.follow("nope")
+    assert unknown.value.status == 404
