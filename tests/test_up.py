@@ -43,26 +43,35 @@ def test_up_serves_the_api_and_the_admin_and_stops_on_sigterm(appliance: Applian
     status, script, _ = get(f"{appliance.url}/static/vendor/htmx/htmx.min.js")
     assert status == 200 and b"htmx" in script
 
-    created = memrun(appliance.home, "token", "create", "--name", "ci")
+    created = memrun(appliance.home, "token", "create", "--name", "ci", MEMRUN_URL=appliance.url)
     assert created.returncode == 0, created.stderr
     secret = created.stdout.split()[-1]
     assert secret.startswith("mr_")
     assert get(f"{appliance.url}/api/v1/services", secret)[0] == 200
-    again = memrun(appliance.home, "token", "create", "--name", "ci")
+    again = memrun(appliance.home, "token", "create", "--name", "ci", MEMRUN_URL=appliance.url)
     assert again.returncode == 1 and "already have an active token" in again.stderr
     # A scoped token: it reads, and may do nothing else; listed with its role; revoked.
-    scoped = memrun(appliance.home, "token", "create", "--name", "dash", "--role", "read")
+    scoped = memrun(
+        appliance.home,
+        "token",
+        "create",
+        "--name",
+        "dash",
+        "--role",
+        "read",
+        MEMRUN_URL=appliance.url,
+    )
     assert scoped.returncode == 0, scoped.stderr
     assert "read on all services" in scoped.stdout
     reader = scoped.stdout.split()[-1]
     assert get(f"{appliance.url}/api/v1/services", reader)[0] == 200
     assert get(f"{appliance.url}/api/v1/tokens", reader)[0] == 403
-    listed = memrun(appliance.home, "token", "list")
+    listed = memrun(appliance.home, "token", "list", MEMRUN_URL=appliance.url)
     assert listed.returncode == 0, listed.stderr
     assert any(
         "dash" in line and "read on all services" in line for line in listed.stdout.splitlines()
     )
-    revoked = memrun(appliance.home, "token", "revoke", "dash")
+    revoked = memrun(appliance.home, "token", "revoke", "dash", MEMRUN_URL=appliance.url)
     assert revoked.returncode == 0, revoked.stderr
     assert get(f"{appliance.url}/api/v1/services", reader)[0] == 401
 
