@@ -331,6 +331,25 @@ CELERY_BEAT_SCHEDULE["gc"] = {
 # from --bind). A new worker must report ready within the boot timeout (fetch, venv,
 # init handlers); a draining one gets the service's request timeout plus the grace.
 MEMRUN_CONTROL_PLANE_URL = env_str("MEMRUN_CONTROL_PLANE_URL", "http://127.0.0.1:8000")
+# Workers on other machines (provider hetzner) reach the appliance at these addresses
+# instead, typically its private-network ones: the appliance's own may be loopback. Kafka
+# should be SASL_SSL for them (`MEMRUN_KAFKA_TLS=1 scripts/services up` adds the listener);
+# the CA certificate at MEMRUN_REMOTE_KAFKA_SSL_CA_LOCATION is read here and travels in
+# the worker's join answer, since the worker has none of the appliance's files. Redis is
+# reached at MEMRUN_REMOTE_REDIS_ADDRESS (host:port) as the service's own ACL user.
+MEMRUN_REMOTE_CONTROL_PLANE_URL = env_str(
+    "MEMRUN_REMOTE_CONTROL_PLANE_URL", MEMRUN_CONTROL_PLANE_URL
+)
+MEMRUN_REMOTE_KAFKA_BOOTSTRAP_SERVERS = env_str(
+    "MEMRUN_REMOTE_KAFKA_BOOTSTRAP_SERVERS", KAFKA_BOOTSTRAP_SERVERS
+)
+MEMRUN_REMOTE_KAFKA_SECURITY_PROTOCOL = env_str(
+    "MEMRUN_REMOTE_KAFKA_SECURITY_PROTOCOL", KAFKA_SECURITY_PROTOCOL
+).upper()
+MEMRUN_REMOTE_KAFKA_SSL_CA_LOCATION = env_str(
+    "MEMRUN_REMOTE_KAFKA_SSL_CA_LOCATION", KAFKA_SSL_CA_LOCATION
+)
+MEMRUN_REMOTE_REDIS_ADDRESS = env_str("MEMRUN_REMOTE_REDIS_ADDRESS", "")
 MEMRUN_WORKER_BOOT_TIMEOUT_S = float(env_int("MEMRUN_WORKER_BOOT_TIMEOUT_S", 600))
 MEMRUN_WORKER_DRAIN_GRACE_S = float(env_int("MEMRUN_WORKER_DRAIN_GRACE_S", 60))
 # A stopped worker's credential still delivers log lines this long after it stopped: its

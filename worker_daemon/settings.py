@@ -49,6 +49,7 @@ class WorkerSettings:
     kafka_sasl_username: str = ""
     kafka_sasl_password: str = field(default="", repr=False)
     kafka_ssl_ca_location: str = ""
+    kafka_ssl_ca_pem_base64: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     worker_id: str = ""
     group_instance_id: str | None = None
@@ -117,6 +118,7 @@ class WorkerSettings:
             sasl_username=self.kafka_sasl_username,
             sasl_password=self.kafka_sasl_password,
             ssl_ca_location=self.kafka_ssl_ca_location,
+            ssl_ca_pem_base64=self.kafka_ssl_ca_pem_base64,
         )
 
     @classmethod

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from apps.provisioning.provisioners import WorkerSpec
-from apps.services.models import Deployment, Service
+from apps.services.models import Deployment, Provider, Service
 from apps.services.principals import kafka_principal_connection, kafka_principal_ensure
 from apps.services.redis_users import redis_user_ensure, worker_redis_url
 from apps.services.selectors import secret_env
@@ -33,20 +33,28 @@ def worker_spec_build(
     kafka_principal_ensure(service=service)
     redis_user_ensure(service=service)
     secrets = secret_env(names=config.secrets)
+    # A worker on another machine reaches the appliance at its remote addresses.
+    remote = worker.provider != Provider.LOCAL
     env = {
         # Reserved names (apps/services/secretbox.py) cannot come from a secret, so the
         # platform's own settings below are never replaced by one.
         **secrets,
         **settings.MEMRUN_WORKER_INSTALL_ENV,
-        "MEMRUN_URL": settings.MEMRUN_CONTROL_PLANE_URL,
+        "MEMRUN_URL": (
+            settings.MEMRUN_REMOTE_CONTROL_PLANE_URL
+            if remote
+            else settings.MEMRUN_CONTROL_PLANE_URL
+        ),
         "MEMRUN_WORKER_ID": worker.name,
         "MEMRUN_WORKER_TOKEN": credential,
         "MEMRUN_SERVICE": service.name,
         "MEMRUN_DEPLOYMENT_ID": str(deployment.pk),
         "MEMRUN_PACKAGE_SHA256": deployment.sha256,
         "MEMRUN_SERVICE_CONFIG": json.dumps(config.to_dict(), sort_keys=True),
-        **kafka_principal_connection(service=service).env(),
-        "REDIS_URL": worker_redis_url(service=service),
+        **kafka_principal_connection(service=service, remote=remote).env(),
+        "REDIS_URL": worker_redis_url(
+            service=service, address=settings.MEMRUN_REMOTE_REDIS_ADDRESS if remote else ""
+        ),
         # Which variables hold secret values, for the log shipper to mask (not the values).
         "MEMRUN_SECRET_KEYS": ",".join(sorted(secrets)),
         **settings.MEMRUN_WORKER_RESULTS_ENV,

@@ -19,10 +19,13 @@ function here does nothing: there are no principals to make.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 import hmac
 import logging
 import time
+from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
@@ -45,7 +48,7 @@ from apps.common.kafka import control_plane_kafka
 from apps.services.models import Service
 from apps.services.topics import kafka_admin
 from memrun.wire import protocol
-from memrun.wire.kafka import KafkaConnection
+from memrun.wire.kafka import SASL_SSL, KafkaConnection
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +67,37 @@ def kafka_principal_password(*, service: Service) -> str:
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-def kafka_principal_connection(*, service: Service) -> KafkaConnection:
+def kafka_principal_connection(*, service: Service, remote: bool = False) -> KafkaConnection:
     """How the service's workers connect: the control plane's broker and transport, as the
-    service's principal (or, on a broker without authentication, as nobody)."""
+    service's principal (or, on a broker without authentication, as nobody). A `remote`
+    worker (another machine) uses the MEMRUN_REMOTE_KAFKA_* address and transport, and gets
+    the CA certificate itself rather than a path on this machine."""
     connection = control_plane_kafka()
     if not connection.authenticated:
+        if remote:
+            return dataclasses.replace(
+                connection, bootstrap_servers=settings.MEMRUN_REMOTE_KAFKA_BOOTSTRAP_SERVERS
+            )
         return connection
-    return connection.as_principal(
+    principal = connection.as_principal(
         username=kafka_principal_name(service.name),
         password=kafka_principal_password(service=service),
+    )
+    return _remote(principal) if remote else principal
+
+
+def _remote(connection: KafkaConnection) -> KafkaConnection:
+    ca_pem_base64 = ""
+    protocol = settings.MEMRUN_REMOTE_KAFKA_SECURITY_PROTOCOL
+    if protocol == SASL_SSL and settings.MEMRUN_REMOTE_KAFKA_SSL_CA_LOCATION:
+        pem = Path(settings.MEMRUN_REMOTE_KAFKA_SSL_CA_LOCATION).read_bytes()
+        ca_pem_base64 = base64.b64encode(pem).decode()
+    return dataclasses.replace(
+        connection,
+        bootstrap_servers=settings.MEMRUN_REMOTE_KAFKA_BOOTSTRAP_SERVERS,
+        security_protocol=protocol,
+        ssl_ca_location="",
+        ssl_ca_pem_base64=ca_pem_base64,
     )
 
 

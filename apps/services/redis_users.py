@@ -103,15 +103,20 @@ def redis_user_delete_on_commit(*, service_name: str) -> None:
     transaction.on_commit(delete)
 
 
-def worker_redis_url(*, service: Service) -> str:
-    """REDIS_URL for `service`'s workers: the appliance's Redis, as the service's user."""
+def worker_redis_url(*, service: Service, address: str = "") -> str:
+    """REDIS_URL for `service`'s workers: the appliance's Redis, as the service's user; at
+    `address` (host:port, for workers on other machines) when given."""
     parts = urlsplit(settings.REDIS_URL)
-    host = parts.hostname or "127.0.0.1"
-    if ":" in host:  # an IPv6 literal
-        host = f"[{host}]"
+    if address:
+        where = address
+    else:
+        host = parts.hostname or "127.0.0.1"
+        if ":" in host:  # an IPv6 literal
+            host = f"[{host}]"
+        where = host + (f":{parts.port}" if parts.port else "")
     user = quote(redis_username(service.name), safe="")
     password = quote(redis_password(service=service), safe="")
-    netloc = f"{user}:{password}@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = f"{user}:{password}@{where}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 

@@ -1,6 +1,7 @@
 """How every memrun Kafka client connects: one place that turns the connection settings
 (`KAFKA_BOOTSTRAP_SERVERS`, `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SASL_*`,
-`KAFKA_SSL_CA_LOCATION`, what `scripts/services env` prints) into a librdkafka config.
+`KAFKA_SSL_CA_LOCATION` or `KAFKA_SSL_CA_PEM_BASE64`, what `scripts/services env` prints)
+into a librdkafka config.
 
 The control plane, the worker daemon, the benchmarks and the tests all build their
 producers, consumers and admin clients from `kafka_client_config`, so a broker that turns on
@@ -9,6 +10,8 @@ SASL or TLS needs no change anywhere else.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ ENV_NAMES = {
     "sasl_username": "KAFKA_SASL_USERNAME",
     "sasl_password": "KAFKA_SASL_PASSWORD",
     "ssl_ca_location": "KAFKA_SSL_CA_LOCATION",
+    "ssl_ca_pem_base64": "KAFKA_SSL_CA_PEM_BASE64",
 }
 
 
@@ -35,7 +39,9 @@ ENV_NAMES = {
 class KafkaConnection:
     """Where a Kafka broker is and who connects to it. `security_protocol` PLAINTEXT means
     no authentication (the credentials are then ignored); SASL_SSL verifies the broker's
-    certificate against `ssl_ca_location` (a PEM file) when given, else the system's CAs."""
+    certificate against `ssl_ca_location` (a PEM file) or `ssl_ca_pem_base64` (the PEM
+    itself, base64: how a remote worker, which has none of the appliance's files, gets the
+    appliance's CA in one line of its environment) when given, else the system's CAs."""
 
     bootstrap_servers: str
     security_protocol: str = PLAINTEXT
@@ -43,6 +49,7 @@ class KafkaConnection:
     sasl_username: str = ""
     sasl_password: str = ""
     ssl_ca_location: str = ""
+    ssl_ca_pem_base64: str = ""
 
     def __post_init__(self) -> None:
         if self.security_protocol not in SECURITY_PROTOCOLS:
@@ -55,6 +62,11 @@ class KafkaConnection:
                 f"KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs KAFKA_SASL_USERNAME "
                 "and KAFKA_SASL_PASSWORD"
             )
+        if self.ssl_ca_pem_base64:
+            try:
+                base64.b64decode(self.ssl_ca_pem_base64, validate=True)
+            except binascii.Error:
+                raise ValueError("KAFKA_SSL_CA_PEM_BASE64 is not base64") from None
 
     @property
     def authenticated(self) -> bool:
@@ -69,6 +81,7 @@ class KafkaConnection:
             sasl_username=username,
             sasl_password=password,
             ssl_ca_location=self.ssl_ca_location,
+            ssl_ca_pem_base64=self.ssl_ca_pem_base64,
         )
 
     def env(self) -> dict[str, str]:
@@ -85,6 +98,8 @@ class KafkaConnection:
             }
         if self.security_protocol == SASL_SSL and self.ssl_ca_location:
             values["ssl_ca_location"] = self.ssl_ca_location
+        if self.security_protocol == SASL_SSL and self.ssl_ca_pem_base64:
+            values["ssl_ca_pem_base64"] = self.ssl_ca_pem_base64
         return {ENV_NAMES[name]: value for name, value in values.items()}
 
 
@@ -102,6 +117,7 @@ def kafka_connection_from_env(
         sasl_username=values["sasl_username"],
         sasl_password=values["sasl_password"],
         ssl_ca_location=values["ssl_ca_location"],
+        ssl_ca_pem_base64=values["ssl_ca_pem_base64"],
     )
 
 
@@ -123,4 +139,6 @@ def kafka_client_config(
         }
     if connection.security_protocol == SASL_SSL and connection.ssl_ca_location:
         config["ssl.ca.location"] = connection.ssl_ca_location
+    if connection.security_protocol == SASL_SSL and connection.ssl_ca_pem_base64:
+        config["ssl.ca.pem"] = base64.b64decode(connection.ssl_ca_pem_base64).decode()
     return config | dict(extra or {})
