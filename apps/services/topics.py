@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from confluent_kafka import KafkaError, KafkaException
@@ -16,17 +17,30 @@ from memrun.wire import protocol
 logger = logging.getLogger(__name__)
 
 
+# One admin client per configuration, for the life of the process. A client dropped with a
+# request still in flight (a result that timed out) can be freed by the garbage collector
+# on librdkafka's own thread, which crashes the process (confluent-kafka-python #2129);
+# kept, it is never freed, and each call also saves a connection to the broker.
+_admins: dict[tuple[tuple[str, object], ...], AdminClient] = {}
+_admins_lock = threading.Lock()
+
+
 def kafka_admin(*, timeout_s: float) -> AdminClient:
+    """The control plane's admin client with `timeout_s` socket timeouts (shared)."""
     timeout_ms = int(timeout_s * 1000)
-    return AdminClient(
-        control_plane_kafka_config(
-            {
-                "socket.connection.setup.timeout.ms": timeout_ms,
-                "socket.timeout.ms": timeout_ms,
-                "logger": logger,
-            }
-        )
+    config = control_plane_kafka_config(
+        {
+            "socket.connection.setup.timeout.ms": timeout_ms,
+            "socket.timeout.ms": timeout_ms,
+            "logger": logger,
+        }
     )
+    key = tuple(sorted(config.items(), key=lambda item: item[0]))
+    with _admins_lock:
+        admin = _admins.get(key)
+        if admin is None:
+            admin = _admins[key] = AdminClient(config)
+        return admin
 
 
 def topics_ensure(*, service: str, partitions: int) -> None:
