@@ -4,6 +4,7 @@ handshake. Skipped when the broker runs without that listener."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import stat
@@ -63,3 +64,13 @@ def test_the_ca_key_and_the_admin_password_stay_private() -> None:
     for secret in (tls / "ca.key", tls.parent / "admin-password"):
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
     assert stat.S_IMODE((tls / "ca.pem").stat().st_mode) == 0o644
+
+
+def test_a_remote_worker_given_the_ca_itself_connects_over_sasl_ssl() -> None:
+    # What a Hetzner worker gets in its join answer: the CA's PEM, not a path.
+    pem = Path(os.environ["KAFKA_SSL_CA_LOCATION"]).read_bytes()
+    connection = dataclasses.replace(
+        over_tls(ca=""), ssl_ca_pem_base64=base64.b64encode(pem).decode()
+    )
+    codes, brokers = errors_of(connection)
+    assert brokers == [f"{TLS_BOOTSTRAP}/1"], codes
