@@ -41,7 +41,7 @@ def worker_spec_build(
         **secrets,
         **settings.MEMRUN_WORKER_INSTALL_ENV,
         "MEMRUN_URL": (
-            settings.MEMRUN_REMOTE_CONTROL_PLANE_URL
+            settings.MEMRUN_REMOTE_CONTROL_PLANE_URL or settings.MEMRUN_CONTROL_PLANE_URL
             if remote
             else settings.MEMRUN_CONTROL_PLANE_URL
         ),

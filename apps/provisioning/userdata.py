@@ -35,7 +35,9 @@ def worker_user_data(*, spec: WorkerSpec, server_name: str) -> str:
     new join token for that worker. Raises ValueError if it would exceed Hetzner's
     32 KiB limit; DomainError 503 when the appliance cannot build its wheel."""
     wheel = appliance_wheel()
-    control_plane = settings.MEMRUN_REMOTE_CONTROL_PLANE_URL.rstrip("/")
+    control_plane = (
+        settings.MEMRUN_REMOTE_CONTROL_PLANE_URL or settings.MEMRUN_CONTROL_PLANE_URL
+    ).rstrip("/")
     rendered = render_to_string(
         TEMPLATE,
         {

@@ -76,7 +76,9 @@ def kafka_principal_connection(*, service: Service, remote: bool = False) -> Kaf
     if not connection.authenticated:
         if remote:
             return dataclasses.replace(
-                connection, bootstrap_servers=settings.MEMRUN_REMOTE_KAFKA_BOOTSTRAP_SERVERS
+                connection,
+                bootstrap_servers=settings.MEMRUN_REMOTE_KAFKA_BOOTSTRAP_SERVERS
+                or connection.bootstrap_servers,
             )
         return connection
     principal = connection.as_principal(
@@ -87,14 +89,15 @@ def kafka_principal_connection(*, service: Service, remote: bool = False) -> Kaf
 
 
 def _remote(connection: KafkaConnection) -> KafkaConnection:
+    protocol = settings.MEMRUN_REMOTE_KAFKA_SECURITY_PROTOCOL or connection.security_protocol
+    ca_location = settings.MEMRUN_REMOTE_KAFKA_SSL_CA_LOCATION or connection.ssl_ca_location
     ca_pem_base64 = ""
-    protocol = settings.MEMRUN_REMOTE_KAFKA_SECURITY_PROTOCOL
-    if protocol == SASL_SSL and settings.MEMRUN_REMOTE_KAFKA_SSL_CA_LOCATION:
-        pem = Path(settings.MEMRUN_REMOTE_KAFKA_SSL_CA_LOCATION).read_bytes()
-        ca_pem_base64 = base64.b64encode(pem).decode()
+    if protocol == SASL_SSL and ca_location:
+        ca_pem_base64 = base64.b64encode(Path(ca_location).read_bytes()).decode()
     return dataclasses.replace(
         connection,
-        bootstrap_servers=settings.MEMRUN_REMOTE_KAFKA_BOOTSTRAP_SERVERS,
+        bootstrap_servers=settings.MEMRUN_REMOTE_KAFKA_BOOTSTRAP_SERVERS
+        or connection.bootstrap_servers,
         security_protocol=protocol,
         ssl_ca_location="",
         ssl_ca_pem_base64=ca_pem_base64,
