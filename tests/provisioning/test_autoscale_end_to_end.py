@@ -17,6 +17,7 @@ from apps.provisioning.autoscaling import autoscale_service
 from apps.provisioning.lag import service_lag
 from apps.provisioning.models import ScaleDecision
 from apps.provisioning.services import autoscale_policy_set
+from apps.workers.stats import service_stats_get
 from tests.provisioning.test_end_to_end import (  # fixtures, used by name
     Scenario,
     eager_celery,
@@ -97,6 +98,12 @@ def test_a_backlog_grows_the_service_and_idleness_shrinks_it_without_loss(
 
     # Idle: nothing waits, nothing runs. The lag is back to 0 once the commits land.
     wait_for(lambda: lag_of(scenario) == 0, timeout_s=60, what="the backlog committed")
+    # Idleness also counts what the workers last reported in flight (their heartbeats).
+    wait_for(
+        lambda: service_stats_get(service=scenario.service).in_flight == 0,
+        timeout_s=60,
+        what="the workers to report nothing in flight",
+    )
     t1 = t0 + timedelta(seconds=UP_WINDOW_S + COOLDOWN_S)
     assert tick(scenario, t1) == ("hold", "idle_window", 2)
     assert tick(scenario, t1 + timedelta(seconds=DOWN_WINDOW_S)) == ("down", "idle", 1)
@@ -111,7 +118,13 @@ def test_a_backlog_grows_the_service_and_idleness_shrinks_it_without_loss(
     at = t1 + timedelta(seconds=DOWN_WINDOW_S + COOLDOWN_S)
     steady: list[tuple[str, str, int]] = []
     for round_ in range(8):
-        steady_ids += submit(scenario, range(1000 + 3 * round_, 1003 + 3 * round_), sleep_s=0.05)
+        # The test's clock moves 15 s a round, the real one far less: each round's requests
+        # are answered and committed before its tick, as they would be in 15 real seconds.
+        users_now = range(1000 + 3 * round_, 1003 + 3 * round_)
+        ids_now = submit(scenario, users_now, sleep_s=0.05)
+        check_answers(scenario, ids_now, list(users_now))
+        wait_for(lambda: lag_of(scenario) == 0, timeout_s=60, what="this round committed")
+        steady_ids += ids_now
         at += timedelta(seconds=15)
         steady.append(tick(scenario, at))
     assert {action for action, _, _ in steady} == {"hold"}
