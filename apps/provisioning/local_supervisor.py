@@ -29,13 +29,13 @@ serving, warm. A new supervisor ADOPTS each worker whose recorded pid still runs
 recorded start time (a pid alone may have been reused), rather than starting a duplicate
 that would join the same consumer group; an adopted worker whose spec went is stopped.
 An adopted process is not this supervisor's child, so its exit code is unknown: its death
-counts as a crash (restarted), except while it drains or after its spec went.
+counts as a crash (restarted), except while it drains or after its spec went. Started and
+adopted processes alike are in apps/provisioning/local_process.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import signal
@@ -58,6 +58,14 @@ from apps.provisioning.local_layout import (
     read_json,
     read_log_tail,
     write_json_atomic,
+)
+from apps.provisioning.local_process import (
+    AdoptedProcess,
+    Process,
+    Spawn,
+    process_exit,
+    process_signal_group,
+    spawn_process,
 )
 from apps.provisioning.local_sandbox import (
     DEFAULT_CPU_WEIGHT,
@@ -89,75 +97,6 @@ class SupervisorSettings:
     # How long a stopped worker's handed-over cache waits for the service's next workers.
     handover_keep_s: float = HANDOVER_KEEP_S
     handover_sweep_interval_s: float = 30.0
-
-
-Spawn = Callable[
-    [Sequence[str], Mapping[str, str], IO[bytes], Path, Callable[[], None]],
-    "subprocess.Popen[bytes]",
-]
-
-
-def spawn_process(
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    log: IO[bytes],
-    cwd: Path,
-    before_exec: Callable[[], None],
-) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        list(argv),
-        env=dict(env),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=before_exec,  # the supervisor runs no threads: fork is safe
-    )
-
-
-def _signal_group(proc: subprocess.Popen[bytes] | _Adopted, signum: int) -> None:
-    """`signum` to the worker's process group (it leads its own session): a sandboxed
-    worker is a child of bwrap, which forwards nothing."""
-    exited = not proc.alive() if isinstance(proc, _Adopted) else proc.poll() is not None
-    if not exited:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            # A process that does not lead its own group (not started by a supervisor)
-            # gets the signal alone.
-            if os.getpgid(proc.pid) == proc.pid:
-                os.killpg(proc.pid, signum)
-            else:
-                os.kill(proc.pid, signum)
-
-
-class _Adopted:
-    """A worker process started by an earlier supervisor, named by pid and start time.
-    Not our child: it can be signalled and watched through /proc, not waited for."""
-
-    def __init__(self, pid: int, start_ticks: int) -> None:
-        self.pid = pid
-        self.start_ticks = start_ticks
-
-    def alive(self) -> bool:
-        return process_start_ticks(self.pid) == self.start_ticks
-
-    def wait(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.alive():
-            if time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
-            time.sleep(0.05)
-
-
-Process = subprocess.Popen[bytes] | _Adopted
-
-
-def _exit_of(proc: Process) -> tuple[bool, int | None]:
-    """(exited, exit code); an adopted process's exit code is not known to us."""
-    if isinstance(proc, _Adopted):
-        return not proc.alive(), None
-    code = proc.poll()
-    return code is not None, code
 
 
 class _Child:
@@ -256,7 +195,7 @@ class LocalSupervisor:
             try:
                 child.proc.wait(timeout=max(deadline - self._clock(), 0.1))
             except subprocess.TimeoutExpired:
-                _signal_group(child.proc, signal.SIGKILL)
+                process_signal_group(child.proc, signal.SIGKILL)
                 child.proc.wait()
             self._reap(child, wanted=False)
         for name in self._children:
@@ -275,7 +214,7 @@ class LocalSupervisor:
             return True
         if previous.pid is None or previous.pid_start_ticks is None:
             return False
-        proc = _Adopted(previous.pid, previous.pid_start_ticks)
+        proc = AdoptedProcess(previous.pid, previous.pid_start_ticks)
         if not proc.alive():
             return False
         child.proc = proc
@@ -411,7 +350,7 @@ class LocalSupervisor:
         """Record an exit; schedule a restart when `wanted` and the exit was not final."""
         if child.proc is None or child.status.state in ("exited", "backoff"):
             return
-        exited, code = _exit_of(child.proc)
+        exited, code = process_exit(child.proc)
         if not exited:
             return
         reason = self._exit_reason(child)
@@ -446,14 +385,14 @@ class LocalSupervisor:
     def _stop(self, child: _Child) -> bool:
         """Move an unwanted worker towards stopped; True once its process is gone."""
         child.restart_at = None
-        if child.proc is None or _exit_of(child.proc)[0]:
+        if child.proc is None or process_exit(child.proc)[0]:
             self._reap(child, wanted=False)
             return True
         if child.kill_at is None:
             self._terminate(child)
         elif self._clock() >= child.kill_at:
             self._say(f"memrun-supervisor: {child.spec.name} ignored SIGTERM; killing it")
-            _signal_group(child.proc, signal.SIGKILL)
+            process_signal_group(child.proc, signal.SIGKILL)
         return False
 
     def _drain(self, child: _Child) -> None:
@@ -461,8 +400,8 @@ class LocalSupervisor:
         its own grace period, commits and exits; whatever its exit, it is not restarted."""
         child.draining = True
         child.restart_at = None
-        if child.proc is not None and not _exit_of(child.proc)[0]:
-            _signal_group(child.proc, signal.SIGTERM)
+        if child.proc is not None and not process_exit(child.proc)[0]:
+            process_signal_group(child.proc, signal.SIGTERM)
             self._say(f"memrun-supervisor: draining {child.spec.name}")
             self._write(child, replace(child.status, state="draining"))
 
@@ -481,9 +420,9 @@ class LocalSupervisor:
             shutil.rmtree(self.layout.worker_dir(name) / folder, ignore_errors=True)
 
     def _terminate(self, child: _Child) -> None:
-        if child.proc is None or _exit_of(child.proc)[0] or child.kill_at is not None:
+        if child.proc is None or process_exit(child.proc)[0] or child.kill_at is not None:
             return
-        _signal_group(child.proc, signal.SIGTERM)
+        process_signal_group(child.proc, signal.SIGTERM)
         child.kill_at = self._clock() + self.settings.stop_grace_s
         self._write(child, replace(child.status, state="stopping"))
 
