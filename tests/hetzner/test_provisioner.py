@@ -18,11 +18,10 @@ from apps.provisioning.provisioners.hetzner import (
     BudgetExhausted,
     HetznerError,
     HetznerProvisioner,
-    MachineType,
     RateLimited,
-    machine_type_choose,
     server_name,
 )
+from apps.provisioning.provisioners.hetzner_machines import MachineType, machine_type_choose
 from apps.provisioning.provisioners.local import LocalProvisioner
 from tests.hetzner.standin import StandIn
 

@@ -20,9 +20,7 @@ import builtins
 import re
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import requests
@@ -40,6 +38,13 @@ from hcloud.ssh_keys import SSHKey
 from apps.common.errors import DomainError
 from apps.common.fleet import FleetChoice
 from apps.provisioning.provisioners.base import LiveWorker, WorkerSpec
+from apps.provisioning.provisioners.hetzner_machines import (
+    GIB,
+    MachineType,
+    machine_of,
+    machine_type_choose,
+    machine_type_offered,
+)
 from apps.provisioning.userdata import worker_user_data
 
 LABEL_PREFIX = "memrun-"
@@ -47,7 +52,6 @@ LABEL_PREFIX = "memrun-"
 _STOPPED_STATUSES = frozenset({"off", "stopping", "deleting"})
 # Hetzner refuses more than this many servers in one spread placement group.
 SPREAD_GROUP_MAX_SERVERS = 10
-_GIB = 1024**3
 
 
 class HetznerError(Exception):
@@ -75,48 +79,6 @@ def server_name(worker_name: str) -> str:
     every time for the same worker."""
     name = re.sub(r"[^a-z0-9-]+", "-", worker_name.lower()).strip("-")
     return name[:63].rstrip("-") or "memrun-worker"
-
-
-@dataclass(frozen=True)
-class MachineType:
-    """A server type as offered in one location."""
-
-    name: str
-    cores: int
-    memory_bytes: int
-    disk_bytes: int
-    price_hourly_eur: Decimal
-    price_monthly_eur: Decimal
-
-
-def machine_type_choose(
-    *, types: list[MachineType], memory_bytes: int, disk_bytes: int, location: str
-) -> MachineType:
-    """The cheapest type with at least `memory_bytes` of RAM and `disk_bytes` of disk
-    (ties: fewer cores, then name); DomainError 422 naming the largest when none fits."""
-    fitting = [t for t in types if t.memory_bytes >= memory_bytes and t.disk_bytes >= disk_bytes]
-    if fitting:
-        return min(fitting, key=lambda t: (t.price_monthly_eur, t.cores, t.name))
-    if not types:
-        raise DomainError(
-            f"no server type is offered in location {location!r}",
-            status=422,
-            details={"location": location},
-        )
-    largest = max(types, key=lambda t: (t.memory_bytes, t.disk_bytes))
-    raise DomainError(
-        f"no server type in {location} has {memory_bytes / _GIB:g} GiB of RAM and "
-        f"{disk_bytes / _GIB:g} GiB of disk; the largest is {largest.name} "
-        f"({largest.memory_bytes / _GIB:g} GiB RAM, {largest.disk_bytes / _GIB:g} GiB disk): "
-        "lower the service's memory or disk",
-        status=422,
-        details={
-            "memory_bytes": memory_bytes,
-            "disk_bytes": disk_bytes,
-            "largest": largest.name,
-            "location": location,
-        },
-    )
 
 
 class HetznerProvisioner:
@@ -258,7 +220,7 @@ class HetznerProvisioner:
             self._types[location] = [
                 t
                 for raw in self.client.server_types.get_all()
-                if (t := _machine_type(raw.data_model, location)) is not None
+                if (t := machine_type_offered(raw.data_model, location)) is not None
             ]
         return self._types[location]
 
@@ -427,51 +389,6 @@ class HetznerProvisioner:
         )
 
 
-def machine_of(server: BoundServer) -> dict[str, Any]:
-    """What the worker list shows of a server: id, type, location, addresses, status,
-    creation time, and the type's prices in its location (EUR, net)."""
-    location = (server.location.name if server.location is not None else None) or ""
-    machine: dict[str, Any] = {
-        "server_id": server.id,
-        "server_type": "",
-        "location": location,
-        "status": server.status,
-        "created": server.created.isoformat() if server.created else None,
-        "ipv4": None,
-        "ipv6": None,
-        "private_ips": [net.ip for net in server.private_net or []],
-        "price_hourly_eur": None,
-        "price_monthly_eur": None,
-    }
-    if server.public_net is not None:
-        if server.public_net.ipv4 is not None:
-            machine["ipv4"] = server.public_net.ipv4.ip
-        if server.public_net.ipv6 is not None:
-            machine["ipv6"] = server.public_net.ipv6.ip
-    if server.server_type is not None:
-        machine["server_type"] = server.server_type.data_model.name
-        priced = _machine_type(server.server_type.data_model, location)
-        if priced is not None:
-            machine["price_hourly_eur"] = str(priced.price_hourly_eur)
-            machine["price_monthly_eur"] = str(priced.price_monthly_eur)
-    return machine
-
-
-def _machine_type(raw: ServerType, location: str) -> MachineType | None:
-    """`raw` as offered in `location` (net prices), None when it is not offered there."""
-    for price in raw.prices or []:
-        if price.get("location") == location:
-            return MachineType(
-                name=raw.name or "",
-                cores=int(raw.cores or 0),
-                memory_bytes=int(float(raw.memory or 0) * _GIB),
-                disk_bytes=int(raw.disk or 0) * _GIB,
-                price_hourly_eur=Decimal(price["price_hourly"]["net"]),
-                price_monthly_eur=Decimal(price["price_monthly"]["net"]),
-            )
-    return None
-
-
 def _label_value(value: str) -> str:
     """A Hetzner label value: at most 63 of [a-zA-Z0-9._-], alphanumeric at both ends."""
     cleaned = re.sub(r"[^a-zA-Z0-9._-]+", "-", value)[:63]
@@ -493,9 +410,9 @@ def hetzner_fleet_check(choice: FleetChoice) -> None:
     )
     if machine.memory_bytes < choice.memory_bytes or machine.disk_bytes < choice.disk_bytes:
         raise DomainError(
-            f"server type {machine.name} has {machine.memory_bytes / _GIB:g} GiB of RAM and "
-            f"{machine.disk_bytes / _GIB:g} GiB of disk; the service asks for "
-            f"{choice.memory_bytes / _GIB:g} GiB and {choice.disk_bytes / _GIB:g} GiB: pick a "
+            f"server type {machine.name} has {machine.memory_bytes / GIB:g} GiB of RAM and "
+            f"{machine.disk_bytes / GIB:g} GiB of disk; the service asks for "
+            f"{choice.memory_bytes / GIB:g} GiB and {choice.disk_bytes / GIB:g} GiB: pick a "
             "larger type, or none to have the cheapest that fits chosen",
             status=422,
             details={"fields": {"server_type": ["too small for the service"]}},
