@@ -29,7 +29,7 @@ from apps.common.errors import DomainError
 from apps.common.permissions import Access, Role
 from apps.services import invoke
 from apps.services.auth import token_caller
-from apps.services.services import apitoken_cached_holder
+from apps.services.tokens import apitoken_cached_holder
 
 logger = logging.getLogger(__name__)
 

@@ -29,13 +29,11 @@ from apps.services.models import (
 from apps.services.selectors import secret_usage, service_list
 from apps.services.services import (
     SERVICE_UPDATABLE,
-    apitoken_revoke,
     desired_workers_check,
     service_create,
     service_update,
-    usergrant_add,
-    usergrant_delete,
 )
+from apps.services.tokens import apitoken_revoke, usergrant_add, usergrant_delete
 from memrun.wire.config import SETTINGS, Setting
 from memrun.wire.sizes import format_size
 

@@ -8,7 +8,7 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from ninja import Query, Router, Status
 
 from apps.common.permissions import Grant, Role, role_parse
-from apps.services import deadletters, deployments, invoke, selectors, services, uploads
+from apps.services import deadletters, deployments, invoke, selectors, services, tokens, uploads
 from apps.services.auth import (
     ALL,
     ANY,
@@ -344,7 +344,7 @@ def tokens_create(request: HttpRequest, payload: TokenIn) -> Status[dict[str, An
         if payload.grants is None
         else [Grant(g.service, role_parse(g.role)) for g in payload.grants]
     )
-    token, secret = services.apitoken_create(
+    token, secret = tokens.apitoken_create(
         user=owner,  # type: ignore[arg-type]
         name=payload.name,
         grants=grants,
@@ -365,7 +365,7 @@ def tokens_revoke(request: HttpRequest, token_id: int, all: bool = False) -> Sta
     if all:
         access_of(request).require(Role.ADMIN, what="revoke other users' tokens")
     user = None if all else request.user
-    services.apitoken_revoke(token=selectors.apitoken_get(user=user, token_id=token_id))  # type: ignore[arg-type]
+    tokens.apitoken_revoke(token=selectors.apitoken_get(user=user, token_id=token_id))  # type: ignore[arg-type]
     return Status(204, None)
 
 

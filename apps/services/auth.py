@@ -26,7 +26,7 @@ from ninja.utils import check_csrf
 from apps.common.credentials import secret_hash
 from apps.common.permissions import Access, Role
 from apps.services.selectors import user_access
-from apps.services.services import TokenHolder, apitoken_cached_holder, apitoken_holder
+from apps.services.tokens import TokenHolder, apitoken_cached_holder, apitoken_holder
 
 # What a Need checks the role on, besides the name of a path parameter.
 ALL = "<all>"  # every service: the role held on all of them

@@ -20,8 +20,9 @@ from apps.common.permissions import Grant, Role
 from apps.provisioning.selectors import autoscale_status_get
 from apps.provisioning.services import autoscale_policy_set
 from apps.provisioning.services import service_scale as scale_service
-from apps.services import deployments, invoke, selectors, services, sources, uploads
+from apps.services import deployments, invoke, selectors, sources, uploads
 from apps.services.auth import OBJECT, SELF, access_of, caller_of, csrf_header_ok, requires
+from apps.services.tokens import apitoken_create, apitoken_revoke
 from apps.web import selectors as page_selectors
 from apps.web.forms import (
     AutoscaleForm,
@@ -302,7 +303,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
                 raise _form_error(form)
             role, service = form.cleaned_data["role"], form.cleaned_data["service"] or None
             grants = [Grant(service, Role(role))] if role else None
-            token, secret = services.apitoken_create(
+            token, secret = apitoken_create(
                 user=request.user, name=form.cleaned_data["name"], grants=grants, by=access
             )
         except DomainError as exc:
@@ -327,6 +328,6 @@ def tokens(request: HttpRequest) -> HttpResponse:
 @requires(Role.ADMIN, SELF)
 def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     token = selectors.apitoken_get(user=request.user, token_id=token_id)
-    services.apitoken_revoke(token=token)
+    apitoken_revoke(token=token)
     messages.success(request, f"token {token.name} revoked")
     return redirect(reverse("web:tokens"))

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from apps.common.permissions import Role, permission_denied
 from apps.services.auth import access_of
-from apps.services.services import apitoken_holder
+from apps.services.tokens import apitoken_holder
 from apps.workers.prometheus import registry
 
 

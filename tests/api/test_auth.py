@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from apps.services.models import ApiToken
-from apps.services.services import apitoken_create, apitoken_revoke, usergrant_add
+from apps.services.tokens import apitoken_create, apitoken_revoke, usergrant_add
 from memrun_site.api import api
 
 pytestmark = pytest.mark.django_db

@@ -182,7 +182,7 @@ def test_revoking_through_the_api_takes_effect_at_once(
     service_name: Callable[[], str],
     user,
 ) -> None:
-    from apps.services.services import apitoken_create
+    from apps.services.tokens import apitoken_create
 
     other, secret = apitoken_create(user=user, name="second")
     second = Client(headers={"Authorization": f"Bearer {secret}"})

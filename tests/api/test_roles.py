@@ -19,7 +19,7 @@ from django.test import Client
 from apps.common.errors import DomainError
 from apps.common.permissions import Grant, Role
 from apps.services.models import ApiToken, ApiTokenGrant, Deployment, Service, UserGrant
-from apps.services.services import apitoken_create, usergrant_add, usergrant_delete
+from apps.services.tokens import apitoken_create, usergrant_add, usergrant_delete
 from apps.web import urls as web_urls
 from memrun_site.api import api
 from tests.api.test_fastlane import call as fast

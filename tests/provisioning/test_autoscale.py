@@ -19,7 +19,7 @@ from apps.provisioning.lag import service_lag
 from apps.provisioning.models import ScaleDecision
 from apps.provisioning.services import autoscale_policy_set, service_scale
 from apps.services.models import Service
-from apps.services.services import apitoken_create
+from apps.services.tokens import apitoken_create
 from apps.services.topics import topics_ensure
 from memrun.wire import protocol
 from tests.fixtures.services import kafka_test_config

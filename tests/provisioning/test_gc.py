@@ -196,7 +196,7 @@ def test_nothing_younger_than_the_minimum_age_is_touched(
 def test_gc_is_for_staff_only(viewer: Any, settings: Any) -> None:
     """The plan names stored packages and folders, and a run deletes them: a token of a
     user without staff rights gets a 403 for both, and nothing is freed."""
-    from apps.services.services import apitoken_create
+    from apps.services.tokens import apitoken_create
 
     home = Path(settings.MEMRUN_HOME)
     stopped = LocalLayout(home).worker_dir("gc-viewer-stopped")

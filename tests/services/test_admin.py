@@ -12,7 +12,7 @@ from django.test import Client
 from django.utils import timezone
 
 from apps.services.models import DeadLetterReplay, Deployment, Service
-from apps.services.services import apitoken_create
+from apps.services.tokens import apitoken_create
 from apps.workers.services import worker_create
 from tests.fixtures.services import wait_for_topic_leaders
 

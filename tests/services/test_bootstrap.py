@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 
 from apps.services.models import ApiToken
-from apps.services.services import apitoken_authenticate, apitoken_revoke
+from apps.services.tokens import apitoken_authenticate, apitoken_revoke
 
 pytestmark = pytest.mark.django_db
 

@@ -27,7 +27,8 @@ from apps.services.principals import (
     kafka_principal_name,
     kafka_principal_remove,
 )
-from apps.services.services import apitoken_create, service_delete
+from apps.services.services import service_delete
+from apps.services.tokens import apitoken_create
 from memrun.wire import protocol
 from memrun.wire.kafka import KafkaConnection, kafka_client_config, kafka_connection_from_env
 from tests.worker_daemon.harness import wait_for

@@ -284,7 +284,7 @@ def test_the_api_lists_keys_and_fingerprints_never_values(
 
 
 def test_the_api_is_for_staff_only(client: Client, django_user_model: Any) -> None:
-    from apps.services.services import apitoken_create, usergrant_add
+    from apps.services.tokens import apitoken_create, usergrant_add
 
     someone = django_user_model.objects.create_user(username="bob")
     usergrant_add(user=someone, role="deploy", service=None)

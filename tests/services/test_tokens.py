@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 
 from apps.common.errors import DomainError
 from apps.services.models import ApiToken
-from apps.services.services import (
+from apps.services.tokens import (
     LAST_USED_RESOLUTION,
     apitoken_authenticate,
     apitoken_create,

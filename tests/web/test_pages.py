@@ -148,7 +148,7 @@ def test_a_user_without_staff_rights_cannot_deploy(
 def test_the_api_refuses_a_deploy_by_a_user_without_staff_rights(
     viewer: User, home: Path, service_name: Callable[[], str]
 ) -> None:
-    from apps.services.services import apitoken_create
+    from apps.services.tokens import apitoken_create
 
     _, secret = apitoken_create(user=viewer, name="ci")
     name = service_name()

@@ -10,7 +10,8 @@ from django.test import Client
 
 from apps.common.errors import DomainError
 from apps.services.models import Service
-from apps.services.services import apitoken_authenticate, deployment_create
+from apps.services.services import deployment_create
+from apps.services.tokens import apitoken_authenticate
 from apps.workers.models import Worker
 from apps.workers.services import worker_create
 

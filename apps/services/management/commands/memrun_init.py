@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from apps.services.services import admin_user_ensure, cli_token_ensure
+from apps.services.tokens import admin_user_ensure, cli_token_ensure
 from memrun.home import CLI_TOKEN_FILE
 
 
