@@ -169,13 +169,10 @@ def deployment_restart(
     config = None if live is None else live.config
     if live is None or config is None:
         return None
-    return _deployment_record(
+    return _deployment_again(
         service=service,
+        source=live,
         config=config,
-        sha256=live.sha256,
-        size_bytes=live.size_bytes,
-        artifact_url=live.artifact_url,
-        manifest=live.manifest,
         message=_message(message),
         created_by=created_by,
     )
@@ -239,13 +236,10 @@ def deployment_rollback(
         ) from None
     _config_check(service, config)
     _secrets_check(config)
-    return _deployment_record(
+    return _deployment_again(
         service=service,
+        source=target,
         config=config,
-        sha256=target.sha256,
-        size_bytes=target.size_bytes,
-        artifact_url=target.artifact_url,
-        manifest=target.manifest,
         message=_message(message) or f"rollback to v{target.version}",
         created_by=created_by,
     )
@@ -273,13 +267,10 @@ def service_kafka_credentials_rotate(
         config = None if live is None else live.config
         if live is None or config is None:
             return generation, None
-        deployment = _deployment_record(
+        deployment = _deployment_again(
             service=locked,
+            source=live,
             config=config,
-            sha256=live.sha256,
-            size_bytes=live.size_bytes,
-            artifact_url=live.artifact_url,
-            manifest=live.manifest,
             message=f"Kafka credentials rotated (generation {generation}): v{live.version} "
             "again, so every worker logs in with the new password",
             created_by=created_by,
@@ -458,6 +449,29 @@ def _deployment_record(*, service: Service, config: ServiceConfig, **fields: Any
         # deployment pending for beat's periodic reconcile; never an upload error.
         event_emit_on_commit(event=ServiceFleetChanged(service_id=locked.pk))
     return deployment
+
+
+def _deployment_again(
+    *,
+    service: Service,
+    source: Deployment,
+    config: ServiceConfig,
+    message: str,
+    created_by: AbstractBaseUser | None,
+) -> Deployment:
+    """A new deployment of `source`'s package and manifest as they are (the artifact is
+    reused, not copied), with `config`: a restart or a credential rotation (`source` is
+    the live deployment) or a rollback (an earlier one)."""
+    return _deployment_record(
+        service=service,
+        config=config,
+        sha256=source.sha256,
+        size_bytes=source.size_bytes,
+        artifact_url=source.artifact_url,
+        manifest=source.manifest,
+        message=message,
+        created_by=created_by,
+    )
 
 
 def _message(message: str) -> str:
