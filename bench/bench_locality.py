@@ -49,22 +49,30 @@ sys.path.insert(0, str(REPO))
 from memrun import Client  # noqa: E402
 
 MiB = 2**20
+# Workers get S3 credentials only from their service's secrets (never the appliance's).
+S3_SECRET = "bench-locality-s3"
 HANDLER = '''\
 """memrun locality bench: read one object through the warm cache. {marker}"""
+import time
 from pathlib import Path
 
 from memrun import MemoryService
 
 svc = MemoryService(
     name="{name}", memory="512Mi", disk="{disk}", min_workers={min_workers}, max_workers=5,
-    concurrency=4, timeout_seconds=120,
+    concurrency=4, timeout_seconds=120, secrets=["{secret}"],
 )
 
 
 @svc.handler({sticky})
 def handle(ctx, req):
-    path = Path(ctx.get_or_fetch_sync(req["url"]).value)
-    return {{"size": path.stat().st_size, "worker": ctx.worker_id, "tier": ctx.tiers[-1]}}
+    started = time.time()
+    path = Path(ctx.get_or_fetch_sync(req["url"]))
+    return {{
+        "size": path.stat().st_size, "worker": ctx.worker_id, "tier": ctx.tiers[-1],
+        "partition": ctx.partition, "started": started,
+        "fetch_ms": (time.time() - started) * 1000,
+    }}
 '''
 
 
@@ -105,6 +113,8 @@ class Answer:
     seconds: float
     started: float
     handler_ms: float
+    sent_wall: float = 0.0  # epoch seconds, comparable with the workers' log times
+    result: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -137,6 +147,7 @@ class Traffic:
                 if key is None:
                     return
                 payload = {"obj": key, "url": self.urls[key]}
+                sent_wall = time.time()
                 started = time.monotonic()
                 try:
                     result = self.client.invoke_request(self.service, payload, wait=120)
@@ -144,12 +155,18 @@ class Traffic:
                     with self._lock:
                         self.errors.append(repr(exc))
                     continue
+                if not result.ok:
+                    with self._lock:
+                        self.errors.append(repr(result.error))
+                    continue
                 answer = Answer(
                     key,
                     str(result.worker),
                     time.monotonic() - started,
                     started,
                     float(result.duration_ms or 0.0),
+                    sent_wall,
+                    result.result if isinstance(result.result, dict) else {},
                 )
                 with self._lock:
                     self.answers.append(answer)
@@ -227,8 +244,15 @@ class Appliance:
 
     def s3_counters(self, service: str, *, after: float) -> tuple[int, int, int]:
         """(fetches, fetched bytes, bytes copied from other workers' caches) summed over
-        every worker that ever
-        ran, once each live worker has sent a heartbeat newer than `after` (wall clock)."""
+        every worker that ever ran, once each live worker has sent a heartbeat newer than
+        `after` (wall clock)."""
+        counters = self.cache_counters(service, after=after)
+        return counters["fetches"], counters["fetched_bytes"], counters["adopted_bytes"]
+
+    def cache_counters(self, service: str, *, after: float) -> collections.Counter[str]:
+        """The workers' cache counters (S3 fetches and bytes, bytes copied from other
+        caches, prefetched objects and bytes) summed over every worker that ever ran,
+        once each live worker has sent a heartbeat newer than `after` (wall clock)."""
 
         def fresh() -> list[dict[str, Any]] | None:
             workers = self.workers(service, all=True)
@@ -241,14 +265,31 @@ class Appliance:
             return workers
 
         workers = wait_for("fresh heartbeats", fresh, 60)
-        fetches = fetched = prefetched = 0
+        counters: collections.Counter[str] = collections.Counter()
         for worker in workers:
             cache = worker["stats"].get("cache") or {}
             remote = cache.get("remote") or {}
-            fetches += int(remote.get("fetches", remote.get("hits", 0)))
-            fetched += int(remote.get("fetched_bytes", remote.get("bytes", 0)))
-            prefetched += int((cache.get("handover") or {}).get("adopted_bytes", 0))
-        return fetches, fetched, prefetched
+            handover = cache.get("handover") or {}
+            counters["fetches"] += int(remote.get("fetches", remote.get("hits", 0)))
+            counters["fetched_bytes"] += int(remote.get("fetched_bytes", remote.get("bytes", 0)))
+            for name in ("adopted_bytes", "prefetched", "prefetched_bytes"):
+                counters[name] += int(handover.get(name, 0))
+            counters["prefetched_from_peers"] += int(handover.get("prefetched_from_peers", 0))
+        return counters
+
+    def log_events(self, service: str, names: set[str], *, since: float) -> list[dict[str, Any]]:
+        """The service's log lines named `names` since `since` (epoch seconds), oldest
+        first, each with `ts` as epoch seconds."""
+        found, cursor = [], str(since)
+        while True:
+            page = self.client.logs(service, since=cursor, limit=1000)
+            for line in page["lines"]:
+                if line["event"] in names:
+                    line["ts"] = datetime.fromisoformat(line["ts"]).timestamp()
+                    found.append(line)
+            if not page["more"] or not page["lines"]:
+                return found
+            cursor = page["next_since"]
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -267,6 +308,7 @@ def write_handler(folder: Path, name: str, *, sticky: bool, marker: str, disk: s
             disk=disk,
             sticky='sticky_key="obj"' if sticky else "",
             min_workers=4 if sticky else 0,
+            secret=S3_SECRET,
         )
     )
     return path
@@ -278,6 +320,67 @@ def owners(appliance: Appliance, service: str) -> dict[int, str]:
 
 def line(label: str, value: str, ideal: str) -> None:
     print(f"  {label:<44} {value:<22} ideal {ideal}")
+
+
+def rebalance_breakdown(
+    appliance: Appliance, service: str, firsts: dict[int, Answer], *, since: float
+) -> None:
+    """Where the first request to each moved key spent its time, from the workers' own
+    log events (assigned, revoked: epoch seconds on this host) and what the handler
+    reports (its start, the cache read): waiting for its partition to move (sent before
+    the new owner was assigned it), in the new owner's queue after that, the cache read,
+    the rest of the handler, and the way back (outcome stored, read by the API)."""
+    names = {"worker.assigned", "worker.revoked", "worker.consuming", "handoff.prefetched"}
+    events = appliance.log_events(service, names, since=since - 1)
+    assigned: dict[tuple[str, int], float] = {}
+    revoked: dict[int, float] = {}
+    for event in events:
+        for partition in event["fields"].get("partitions") or []:
+            if event["event"] == "worker.assigned":
+                assigned.setdefault((event["worker"], partition), event["ts"])
+            elif event["event"] == "worker.revoked":
+                revoked.setdefault(partition, event["ts"])
+    subscribed = [e["ts"] for e in events if e["event"] == "worker.consuming"]
+    gaps = [assigned[(w, p)] - revoked[p] for (w, p) in assigned if p in revoked]
+    if subscribed and revoked:
+        print(
+            f"  rebalance: new worker subscribed -> first revoke "
+            f"{min(revoked.values()) - subscribed[0]:.2f} s, "
+            f"revoke -> assign on the new owner p50 {percentile(gaps, 0.5):.2f} s max "
+            f"{max(gaps, default=float('nan')):.2f} s"
+        )
+    for event in events:
+        if event["event"] == "handoff.prefetched":
+            fields = event["fields"]
+            print(
+                f"  handoff on {event['worker']}: {fields.get('objects')} objects, "
+                f"{fields.get('bytes', 0) / MiB:.0f} MiB in {fields.get('seconds')} s "
+                f"(partitions {fields.get('partitions')})"
+            )
+    parts: dict[str, list[float]] = collections.defaultdict(list)
+    for answer in firsts.values():
+        result = answer.result
+        partition, started = result.get("partition"), result.get("started")
+        if partition is None or started is None:
+            continue
+        t_assign = assigned.get((answer.worker, int(partition)), answer.sent_wall)
+        handler_s = answer.handler_ms / 1000
+        fetch_s = float(result.get("fetch_ms", 0.0)) / 1000
+        parts["end to end"].append(answer.seconds)
+        parts["waiting for the partition to move"].append(max(0.0, t_assign - answer.sent_wall))
+        parts["queued at the new owner"].append(started - max(answer.sent_wall, t_assign))
+        parts["cache read (HEAD + copy/fetch)"].append(fetch_s)
+        parts["rest of the handler"].append(max(0.0, handler_s - fetch_s))
+        parts["outcome back to the caller"].append(
+            answer.sent_wall + answer.seconds - (started + handler_s)
+        )
+        parts[f"tier {result.get('tier')}"].append(fetch_s)
+    print(f"  first requests to moved keys, where the time went ({len(firsts)} keys; ms):")
+    for label, values in parts.items():
+        print(
+            f"    {label:<40} p50 {percentile(values, 0.5) * 1e3:8.1f}  max "
+            f"{max(values) * 1e3:8.1f}  (n={len(values)})"
+        )
 
 
 def main() -> None:
@@ -326,6 +429,15 @@ def main() -> None:
     )
     appliance = Appliance(work)
     try:
+        appliance.client.secret_set(
+            S3_SECRET,
+            {
+                name: os.environ[name]
+                for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+                if os.environ.get(name)
+            }
+            | {"AWS_ENDPOINT_URL_S3": os.environ.get("MEMRUN_S3_ENDPOINT_URL", "")},
+        )
         sticky, keyless = f"loc-{uuid.uuid4().hex[:5]}", f"any-{uuid.uuid4().hex[:5]}"
         results: dict[str, tuple[int, int, list[float], int]] = {}
         warm_p99 = warm_handler_p99 = float("nan")
@@ -383,11 +495,10 @@ def main() -> None:
 
         print("P7 scale 4 -> 5 under load (sticky)")
         before_owners = owners(appliance, sticky)
-        before_fetches, before_bytes, before_prefetched = appliance.s3_counters(
-            sticky, after=time.time()
-        )
+        before = appliance.cache_counters(sticky, after=time.time())
         traffic = Traffic(appliance.client, sticky, urls, args.clients, rng)
         traffic.run()
+        t_scale = time.time()
         appliance.cli("scale", sticky, "5")
         wait_for("5 ready workers", lambda: appliance.ready(sticky, 5), 300)
         wait_for(
@@ -419,14 +530,15 @@ def main() -> None:
                 and answer.worker == final_worker[key]
             ):
                 moved_keys.setdefault(key, answer)
-        fetches, fetched, prefetched = appliance.s3_counters(sticky, after=time.time())
+        after = appliance.cache_counters(sticky, after=time.time())
+        delta = after - before
         first_p99 = percentile((a.seconds for a in moved_keys.values()), 0.99)
         moved_bytes = len(moved_keys) * size
         line("partitions moved", f"{len(moved)} of {len(after_owners)}", "~1/5")
         line("keys that changed worker", f"{len(moved_keys)}", "-")
         line(
             "S3 fetches / MiB during the scale-up",
-            f"{fetches - before_fetches} / {(fetched - before_bytes) / MiB:.0f}",
+            f"{delta['fetches']} / {delta['fetched_bytes'] / MiB:.0f}",
             f"{len(cold)} / {len(cold) * size / MiB:.0f} (keys asked for the first time)",
         )
         line(
@@ -443,10 +555,18 @@ def main() -> None:
             "<= 2x warm handler p99",
         )
         line(
-            "copied from the old owner MiB / moved keys' MiB",
-            f"{(prefetched - before_prefetched) / MiB:.0f} / {moved_bytes / MiB:.0f}",
+            "prefetched MiB / moved keys' MiB",
+            f"{delta['prefetched_bytes'] / MiB:.0f} / {moved_bytes / MiB:.0f} "
+            f"({delta['prefetched_bytes'] / max(moved_bytes, 1):.2f}x; "
+            f"{delta['prefetched']} objects, {delta['prefetched_from_peers']} from peers)",
             "<= 1.2x",
         )
+        line(
+            "copied from other caches on this host MiB",
+            f"{delta['adopted_bytes'] / MiB:.0f}",
+            "(prefetches from peers and copies on a miss)",
+        )
+        rebalance_breakdown(appliance, sticky, moved_keys, since=t_scale)
 
         print("P9 rolling deploy v1 -> v2 under load (sticky, 5 workers)")
         before_fetches, before_bytes, before_copied = appliance.s3_counters(
