@@ -67,6 +67,7 @@ class ConsumeLoop:
         give_up: threading.Event,
         lag_probe: LagProbe,
         on_stats_tick: Callable[[], None],
+        on_gained: Callable[[list[int]], None] = lambda partitions: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._consumer = consumer
@@ -86,6 +87,7 @@ class ConsumeLoop:
         self._give_up = give_up
         self._lag_probe = lag_probe
         self._on_stats_tick = on_stats_tick
+        self._on_gained = on_gained
         self._clock = clock
 
         self.state = "starting"
@@ -401,6 +403,8 @@ class ConsumeLoop:
         if self._paused:
             consumer.pause(partitions)
         self._log_assignment("worker.assigned", partitions)
+        # Only queues: the warm handoff prefetches on its own thread (worker_daemon/handoff.py).
+        self._on_gained([tp.partition for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [o for tp in partitions if (o := self._owned.get((tp.topic, tp.partition)))]

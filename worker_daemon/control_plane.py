@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ import httpx
 
 from memrun.errors import ApiError, ConfigError
 from memrun.httpclient import HttpClient
+from memrun.wire.hotsets import HotEntry, hot_entries_from_wire
 
 # The control plane no longer accepts this worker's credential (it was stopped, declared
 # dead, or never existed): the worker exits with this code and is not restarted.
@@ -115,6 +116,16 @@ class ControlPlane:
             answer = self._http.call("POST", path, content=body, headers=headers)
         action = answer.get("action") if isinstance(answer, dict) else None
         return action if action in (ACTION_RUN, ACTION_DRAIN) else ACTION_RUN
+
+    def hot_sets(self, worker_id: str, partitions: Sequence[int]) -> list[HotEntry]:
+        """What the service's other workers last reported reading on `partitions` (the
+        warm handoff's hint). Raises ControlPlaneError."""
+        query = urllib.parse.urlencode({"partitions": ",".join(str(p) for p in partitions)})
+        path = f"/api/v1/workers/{urllib.parse.quote(worker_id)}/handoff?{query}"
+        with _refusals("GET", path):
+            answer = self._http.call("GET", path)
+        hot_sets = answer.get("hot_sets") if isinstance(answer, dict) else None
+        return hot_entries_from_wire(hot_sets) if isinstance(hot_sets, dict) else []
 
     def fetch_package(self, deployment_id: int, dest: Path, *, expected_sha256: str | None) -> str:
         """Stream the deployment's package to `dest` (via a temporary file in its folder);

@@ -23,6 +23,7 @@ from memrun.service import MemoryService
 from memrun.wire.kafka import KafkaConnection, kafka_client_config
 from memrun.wire.protocol import dlq_topic
 from worker_daemon.cache import CacheSettings, WarmCache
+from worker_daemon.handoff import Handoff, HotSetSource
 from worker_daemon.logs import EventLog, configure_stdlib_logging
 from worker_daemon.package import ServiceLoadError, load_service, prepare
 from worker_daemon.runtime import Worker
@@ -38,9 +39,12 @@ def run_worker(
     *,
     log: EventLog | None = None,
     on_worker: Callable[[Worker], None] | None = None,
+    hot_sets: HotSetSource | None = None,
 ) -> int:
     """`log` defaults to JSON lines on stdout; `on_worker` receives the Worker before it
-    runs (a provisioned worker's heartbeat reads its stats and may ask it to stop)."""
+    runs (a provisioned worker's heartbeat reads its stats and may ask it to stop);
+    `hot_sets` answers what other workers read on the partitions this one gains, which
+    it then prefetches (the warm handoff, worker_daemon/handoff.py; none without it)."""
     log = log or EventLog(worker=settings.worker_id, service=settings.service)
     configure_stdlib_logging(worker=settings.worker_id, service=settings.service)
     service = load_package(settings, log=log)
@@ -81,6 +85,15 @@ def run_worker(
         producer=producer,
         log=log,
         storage=storage,
+        handoff=None
+        if hot_sets is None
+        else Handoff(
+            cache=cache,
+            source=hot_sets,
+            log=log,
+            max_bytes=cache_settings.prefetch_budget_bytes,
+            max_s=cache_settings.prefetch_max_s,
+        ),
     )
     if on_worker is not None:
         on_worker(worker)

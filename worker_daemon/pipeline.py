@@ -16,6 +16,7 @@ from typing import Any
 from memrun.context import RequestContext, WorkerContext
 from memrun.service import HandlerSpec
 from memrun.wire.protocol import Outcome, now_ms
+from worker_daemon.cache.hotset import partition_scope
 from worker_daemon.decode import Request, decode_request
 from worker_daemon.executor import Deadlines, HandlerTimeout, Lane, run_handler
 from worker_daemon.jobs import Completion, Job, Status
@@ -106,7 +107,7 @@ class RequestPipeline:
         else:
             self._deadlines.start(job.seq, job, started + timeout_s + self._watch_margin_s)
             try:
-                with request_scope(request.request_id):
+                with request_scope(request.request_id), partition_scope(request.partition):
                     result = run_handler(
                         self._handler, ctx, request.payload, timeout_s=timeout_s, lane=lane
                     )

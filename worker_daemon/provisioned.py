@@ -114,7 +114,10 @@ def run_provisioned_worker(
 
     try:
         code = run_worker(
-            dataclasses.replace(base, package_path=package), log=log, on_worker=attach
+            dataclasses.replace(base, package_path=package),
+            log=log,
+            on_worker=attach,
+            hot_sets=lambda partitions: plane.hot_sets(settings.worker_id, partitions),
         )
     except MemrunError as exc:  # the package, its dependencies, Kafka or Redis
         return _failed(heartbeat, log, f"{type(exc).__name__}: {exc.message}", on_stopped)

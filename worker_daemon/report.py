@@ -10,15 +10,19 @@ heartbeat keeps what the control plane shows and serves at /metrics:
     config                                      the settings it runs (ServiceConfig)
     cache                                       per tier (memory, disk, remote): hits,
                                                 used and capacity bytes; largest and
-                                                hottest entries
+                                                hottest entries; handover and prefetch
+    hot_sets                                    per partition, the objects its requests
+                                                read, newest first: what the partition's
+                                                next owner prefetches (cache/hotset.py)
     stats                                       the other scalar counters (completed, ...)
 
 Its size is bounded by the partitions owned (a few bytes each), the fixed latency
-buckets and `LARGEST_COUNT` cache entries per list.
+buckets, `LARGEST_COUNT` cache entries per list and `HOT_SETS_MAX_BYTES` of hot sets.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +38,9 @@ REPORTED_STATE = {
 _TOP_LEVEL = ("in_flight", "concurrency", "lag", "requests", "config")
 _NOT_COUNTERS = ("worker", "service", "state", "partitions", "cache")
 NAME_MAX_CHARS = 300
+# Of the control plane's 64 KiB per heartbeat: the newest entries that fit (about 150 of
+# a typical URL's length), which covers the hot part of a worker's partitions.
+HOT_SETS_MAX_BYTES = 24 * 1024
 
 
 def heartbeat_report(stats: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
@@ -52,6 +59,9 @@ def heartbeat_report(stats: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     cache = stats.get("cache")
     if isinstance(cache, Mapping):
         report["cache"] = cache_report(cache)
+        hot_sets = hot_sets_report(cache.get("hot_sets"))
+        if hot_sets:
+            report["hot_sets"] = hot_sets
     report["stats"] = {
         k: v
         for k, v in stats.items()
@@ -101,10 +111,35 @@ def cache_report(cache: Mapping[str, Any]) -> dict[str, Any]:
         "handover": {
             "adopted": cache.get("adopted", 0),
             "adopted_bytes": cache.get("adopted_bytes", 0),
+            # Brought ahead of requests on a partition move (from peers or S3).
+            "prefetched": cache.get("prefetched", 0),
+            "prefetched_bytes": cache.get("prefetched_bytes", 0),
+            "prefetched_from_peers": cache.get("prefetched_from_peers", 0),
         },
         "largest": _entries(cache.get("largest")),
         "hottest": _entries(cache.get("hottest")),
     }
+
+
+def hot_sets_report(entries: Any) -> dict[str, list[list[Any]]]:
+    """`WarmCache.stats()["hot_sets"]` ([partition, url, size, version, last_access_s],
+    newest first) as {"partition": [[url, size, version, last_access_s], ...]}, the
+    newest entries that fit in HOT_SETS_MAX_BYTES of JSON."""
+    out: dict[str, list[list[Any]]] = {}
+    if not isinstance(entries, list):
+        return out
+    used = 2
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) != 5:
+            continue
+        key, item = str(entry[0]), entry[1:]
+        # What it adds to json.dumps(out): the item and ", ", and a new key's `"k": [], `.
+        cost = len(json.dumps(item)) + 2 + (0 if key in out else len(key) + 8)
+        if used + cost > HOT_SETS_MAX_BYTES:
+            break
+        used += cost
+        out.setdefault(key, []).append(item)
+    return out
 
 
 def _entries(value: Any) -> list[dict[str, Any]]:

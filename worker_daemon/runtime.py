@@ -32,6 +32,7 @@ from memrun.wire.kafka import kafka_client_config
 from memrun.wire.protocol import consumer_group, request_topic
 from worker_daemon.consumer import EXIT_FAILED, EXIT_OK, EXIT_RESTART, ConsumeLoop
 from worker_daemon.executor import Deadlines, HandlerPool
+from worker_daemon.handoff import Handoff
 from worker_daemon.jobs import Completion, Job
 from worker_daemon.lag import LagProbe
 from worker_daemon.logs import EventLog
@@ -68,6 +69,7 @@ class Worker:
         log: EventLog | None = None,
         on_stats: Callable[[dict[str, Any]], None] | None = None,
         storage: ObjectStorage | None = None,
+        handoff: Handoff | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         handler = service.request_handler
@@ -80,6 +82,7 @@ class Worker:
         self.timeout_s = settings.timeout_s or float(deployed.timeout_seconds)
         self.prefetch = self.concurrency if settings.prefetch is None else settings.prefetch
         self._cache = cache
+        self._handoff = handoff
         self._producer = producer
         self._consumer_factory = consumer_factory
         self._admin_factory = admin_factory
@@ -161,13 +164,20 @@ class Worker:
                 consumer_group(self.service.name),
             ),
             on_stats_tick=self._emit_stats,
+            on_gained=self._handoff.partitions_gained if self._handoff else lambda parts: None,
             clock=self._clock,
         )
         if self._stop_requested:
             self._loop.request_stop()
         self._pool.start()
         self._replies.start()
-        return self._loop.run()
+        if self._handoff is not None:
+            self._handoff.start()
+        try:
+            return self._loop.run()
+        finally:
+            if self._handoff is not None:
+                self._handoff.stop()
 
     def request_stop(self) -> None:
         """Stop fetching, finish in-flight work, commit, leave. Only sets flags, so it is
@@ -224,6 +234,7 @@ class Worker:
                 "auto.offset.reset": "earliest",
                 "partition.assignment.strategy": "cooperative-sticky",
                 "session.timeout.ms": settings.session_timeout_ms,
+                "heartbeat.interval.ms": settings.group_heartbeat_interval_ms,
                 "max.poll.interval.ms": settings.max_poll_interval_ms,
                 # An idle fetch holds the connection this long; a sync commit (revoke,
                 # shutdown) on a single broker queues behind it.

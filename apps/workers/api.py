@@ -22,8 +22,10 @@ from apps.workers.auth import (
     worker_log_auth,
     worker_require_self,
 )
+from apps.workers.handoff import handoff_hot_sets, handoff_partitions_parse
 from apps.workers.models import Worker
 from apps.workers.schemas import (
+    HandoffOut,
     HeartbeatIn,
     HeartbeatOut,
     LogBatchIn,
@@ -118,6 +120,20 @@ def workers_heartbeat(request: HttpRequest, name: str, payload: HeartbeatIn) -> 
     stats = {**report.pop("stats"), **report}
     action = services.worker_heartbeat(worker=worker, state=stats.pop("state"), stats=stats)
     return HeartbeatOut(action=action)
+
+
+@router.get(
+    "/workers/{name}/handoff",
+    auth=worker_auth,
+    response={200: HandoffOut, 403: ErrorOut, 422: ErrorOut},
+)
+def workers_handoff(request: HttpRequest, name: str, partitions: str) -> HandoffOut:
+    """The warm handoff: what the service's other workers last reported reading on
+    `partitions` (comma-separated), which the calling worker has just gained and
+    prefetches (its own credential, for itself only)."""
+    worker = worker_require_self(request=request, name=name)
+    parsed = handoff_partitions_parse(value=partitions)
+    return HandoffOut(hot_sets=handoff_hot_sets(worker=worker, partitions=parsed))
 
 
 @router.post(

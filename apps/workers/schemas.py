@@ -114,7 +114,19 @@ class HeartbeatIn(Schema):
     )
     exit_code: int | None = Field(None, description="with state stopped: the exit code")
     error: str = Field("", description="with state stopped: why it could not run")
+    hot_sets: dict[str, list[list[Any]]] = Field(
+        {},
+        description="per partition, what its requests read, newest first: [[url, size_bytes, "
+        "version, last_access_s], ...]; handed to the partition's next owner",
+    )
     stats: dict[str, Any] = {}
+
+
+class HandoffOut(Schema):
+    hot_sets: dict[str, list[list[Any]]] = Field(
+        description="per asked partition, what the service's other workers last reported "
+        "reading on it, newest first: [[url, size_bytes, version, last_access_s], ...]"
+    )
 
 
 class HeartbeatOut(Schema):

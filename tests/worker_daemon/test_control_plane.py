@@ -359,7 +359,7 @@ def run(tmp_path: Path, plane: StubPlane, run_worker: Callable[..., int]) -> int
 def test_a_failed_init_is_reported_in_the_final_heartbeat(tmp_path: Path) -> None:
     from worker_daemon.provisioned import _FailureTap
 
-    def init_fails(settings: Any, *, log: Any, on_worker: Any) -> int:
+    def init_fails(settings: Any, *, log: Any, on_worker: Any, hot_sets: Any) -> int:
         assert isinstance(log, _FailureTap)
         assert settings.package_path == tmp_path / "work" / "downloads" / "deployment-4.tar.gz"
         assert settings.worker_id == settings.group_instance_id == "svc-v1-abc"
@@ -380,7 +380,7 @@ def test_a_failed_init_is_reported_in_the_final_heartbeat(tmp_path: Path) -> Non
 def test_a_package_that_cannot_load_is_reported(tmp_path: Path) -> None:
     from worker_daemon.package import ServiceLoadError
 
-    def import_fails(settings: Any, *, log: Any, on_worker: Any) -> int:
+    def import_fails(settings: Any, *, log: Any, on_worker: Any, hot_sets: Any) -> int:
         raise ServiceLoadError("importing handler.py failed: ImportError: no numpy")
 
     plane = StubPlane()
@@ -391,7 +391,7 @@ def test_a_package_that_cannot_load_is_reported(tmp_path: Path) -> None:
 
 
 def test_drain_stops_the_worker_and_it_reports_stopped(tmp_path: Path) -> None:
-    def serve(settings: Any, *, log: Any, on_worker: Any) -> int:
+    def serve(settings: Any, *, log: Any, on_worker: Any, hot_sets: Any) -> int:
         worker = StubWorker()
         on_worker(worker)
         assert worker.stopped.wait(30), "the drain answer never reached the worker"
@@ -403,7 +403,7 @@ def test_drain_stops_the_worker_and_it_reports_stopped(tmp_path: Path) -> None:
 
 
 def test_a_refused_credential_exits_77_without_a_final_heartbeat(tmp_path: Path) -> None:
-    def serve(settings: Any, *, log: Any, on_worker: Any) -> int:
+    def serve(settings: Any, *, log: Any, on_worker: Any, hot_sets: Any) -> int:
         raise AssertionError("must not start after a refusal")
 
     plane = StubPlane(answer=CredentialRefused("401", status=401))
@@ -412,7 +412,7 @@ def test_a_refused_credential_exits_77_without_a_final_heartbeat(tmp_path: Path)
 
 
 def test_restart_me_leaves_the_worker_registered(tmp_path: Path) -> None:
-    def give_up(settings: Any, *, log: Any, on_worker: Any) -> int:
+    def give_up(settings: Any, *, log: Any, on_worker: Any, hot_sets: Any) -> int:
         on_worker(StubWorker())
         return 75
 

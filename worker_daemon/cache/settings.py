@@ -42,6 +42,10 @@ class CacheSettings:
     # workers that ran when this one started (warm moves): read-only, cache/handover.py.
     handover_dir: Path | None = None
     peer_dirs: tuple[Path, ...] = ()
+    # The warm handoff (worker_daemon/handoff.py): what one assignment may prefetch of
+    # its partitions' hot sets, in bytes (None: a quarter of capacity_bytes) and time.
+    prefetch_max_bytes: int | None = None
+    prefetch_max_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.service or "/" in self.service or self.service in {".", ".."}:
@@ -62,6 +66,12 @@ class CacheSettings:
     def service_dir(self) -> Path:
         return self.root / self.service
 
+    @property
+    def prefetch_budget_bytes(self) -> int:
+        if self.prefetch_max_bytes is not None:
+            return self.prefetch_max_bytes
+        return self.capacity_bytes // 4
+
     @classmethod
     def from_env(
         cls,
@@ -79,6 +89,8 @@ class CacheSettings:
         bucket is configured, else under MEMRUN_HOME. MEMRUN_CACHE_HANDOVER_DIR holds the
         caches earlier workers of the service handed over, MEMRUN_CACHE_PEER_DIRS (joined
         by os.pathsep) those of its workers running beside this one (cache/handover.py).
+        MEMRUN_CACHE_PREFETCH_MAX_BYTES and MEMRUN_CACHE_PREFETCH_MAX_S bound the warm
+        handoff's prefetch of one assignment.
         """
         if environ.get("MEMRUN_CACHE_ROOT"):
             root = Path(environ["MEMRUN_CACHE_ROOT"])
@@ -97,6 +109,8 @@ class CacheSettings:
         max_age = environ.get("MEMRUN_CACHE_MAX_AGE_S")
         handover = environ.get("MEMRUN_CACHE_HANDOVER_DIR")
         peers = environ.get("MEMRUN_CACHE_PEER_DIRS", "")
+        prefetch_bytes = environ.get("MEMRUN_CACHE_PREFETCH_MAX_BYTES")
+        prefetch_s = environ.get("MEMRUN_CACHE_PREFETCH_MAX_S")
         return cls(
             root=root,
             service=service,
@@ -111,4 +125,6 @@ class CacheSettings:
             results_url=results_url,
             handover_dir=Path(handover) if handover else None,
             peer_dirs=tuple(Path(p) for p in peers.split(os.pathsep) if p),
+            prefetch_max_bytes=int(prefetch_bytes) if prefetch_bytes else None,
+            prefetch_max_s=float(prefetch_s) if prefetch_s else cls.prefetch_max_s,
         )

@@ -33,6 +33,9 @@ class CacheStats:
         self._revalidations = 0
         self._adopted = 0
         self._adopted_bytes = 0
+        self._prefetched = 0
+        self._prefetched_bytes = 0
+        self._prefetched_from_peers = 0
         self._errors = 0
 
     def served(self, tier: Tier, size_bytes: int) -> None:
@@ -61,6 +64,15 @@ class CacheStats:
         with self._lock:
             self._adopted += 1
             self._adopted_bytes += size_bytes
+
+    def prefetched(self, size_bytes: int, *, from_peer: bool) -> None:
+        """One object brought ahead of its requests (a handoff): copied from another
+        cache on this host (`from_peer`, also counted as adopted) or downloaded (also
+        counted as a fetch)."""
+        with self._lock:
+            self._prefetched += 1
+            self._prefetched_bytes += size_bytes
+            self._prefetched_from_peers += from_peer
 
     def revalidated(self) -> None:
         with self._lock:
@@ -91,5 +103,8 @@ class CacheStats:
                 "revalidations": self._revalidations,
                 "adopted": self._adopted,
                 "adopted_bytes": self._adopted_bytes,
+                "prefetched": self._prefetched,
+                "prefetched_bytes": self._prefetched_bytes,
+                "prefetched_from_peers": self._prefetched_from_peers,
                 "errors": self._errors,
             }

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from memrun.wire.hotsets import HotEntry
 from worker_daemon import storage
 from worker_daemon.cache.disk import DiskTier
 from worker_daemon.cache.errors import (
@@ -30,6 +31,7 @@ from worker_daemon.cache.errors import (
 )
 from worker_daemon.cache.fetchers import FileSource, RemoteObject, S3Source, Source
 from worker_daemon.cache.handover import HandoverPool, adopt
+from worker_daemon.cache.hotset import HotSets, serving_partition
 from worker_daemon.cache.index import IndexRecord
 from worker_daemon.cache.objects import Decoded, MemoryTier, decoded_key, decoder_identity
 from worker_daemon.cache.settings import CacheSettings
@@ -71,6 +73,7 @@ class WarmCache:
         self._s3_lock = threading.Lock()
         self._file_source = FileSource()
         self._handover = handover
+        self._hot = HotSets()
         self._ranked: tuple[float | None, dict[str, list[dict[str, Any]]]] = (None, {})
 
     @classmethod
@@ -130,12 +133,18 @@ class WarmCache:
                     limit = self.settings.max_age_s if max_age_s is None else max_age_s
                     if limit is None or self._clock() - entry.validated_at_s <= limit:
                         self._stats.served(MEMORY, entry.size_bytes)
+                        partition = serving_partition.get()
+                        if partition is not None:
+                            self._hot.touched_again(partition, url, self._clock())
                         return entry.fetched
         try:
             record, tier = self._file(url, revalidate=revalidate, max_age_s=max_age_s)
         except CacheError:
             self._stats.failed()
             raise
+        partition = serving_partition.get()
+        if partition is not None:
+            self._hot.touched(partition, url, record.size_bytes, record.version, self._clock())
         if decode is None or key is None:
             self._stats.served(tier, record.size_bytes)
             if tier is DISK:
@@ -158,6 +167,39 @@ class WarmCache:
         """The object mapped read-only (empty objects cannot be mapped: use read_bytes)."""
         with self.open_file(url, **options) as handle:
             return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def prefetch(self, url: str) -> int:
+        """Bring `url` to local disk ahead of any request for it, exactly as a miss would
+        (revalidated against the source, copied from another cache on this host that
+        holds the same version, else downloaded), single-flighted with requests for it:
+        a request that needs it meanwhile waits for this copy, and neither fetches
+        twice. Returns the bytes brought; 0 when it was here and current, or when a
+        request brought it first. Raises CacheError subclasses as `get_or_fetch` does."""
+        before = self._disk.peek(url)
+        if before is not None and self._is_fresh(before.validated_at_s, None):
+            return 0
+        brought = 0
+
+        def refresh() -> tuple[IndexRecord, Tier]:
+            nonlocal brought
+            start = self._disk.peek(url)
+            record, tier = self._refresh(url, False, None)
+            if start is None or start.file_name != record.file_name:
+                brought = record.size_bytes
+                self._stats.prefetched(brought, from_peer=tier is DISK)
+            return record, tier
+
+        self._files.run(url, refresh)
+        return brought
+
+    def connect_s3(self) -> None:
+        """Build the S3 client now rather than on the first miss: it costs about a second
+        of CPU, which a request for a moved key would otherwise wait for."""
+        self._s3()
+
+    def hot_sets(self) -> list[HotEntry]:
+        """What each partition's requests read, most recent first (cache/hotset.py)."""
+        return self._hot.snapshot()
 
     def _is_fresh(self, validated_at_s: float, max_age_s: float | None) -> bool:
         limit = self.settings.max_age_s if max_age_s is None else max_age_s
@@ -352,6 +394,8 @@ class WarmCache:
         }
         out["downloads_in_flight"] = self._files.in_flight()
         out["waiting_on_downloads"] = self._files.waiting()
+        # Newest first, so that a heartbeat bounded in bytes keeps the hottest.
+        out["hot_sets"] = [[e.partition, *e.to_wire()] for e in self._hot.snapshot()]
         out.update(self._ranked_entries())
         return out
 
