@@ -18,52 +18,12 @@ from django.db import connection
 
 from apps.services.models import Deployment, Service
 from memrun import Client
-from memrun.cli import main
 from memrun.cli.deploy import POLL_INTERVAL_S
 from memrun.errors import ApiError
-from tests.api.test_deployments_api import handler_source
+from tests.memrun.cli import control_plane, memrun, write_handler
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def control_plane(
-    live_server: Any,
-    api_token: tuple[Any, str],
-    settings: Any,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> list[int]:
-    """The CLI pointed at a live server with its own MEMRUN_HOME and artifact folder.
-    Returns the service ids whose rollout was started (provisioning's task, recorded
-    here instead of queued on the shared broker)."""
-    settings.MEMRUN_HOME = tmp_path / "home"
-    settings.MEMRUN_ARTIFACTS_URL = (tmp_path / "artifacts").as_uri()
-    monkeypatch.setenv("MEMRUN_URL", live_server.url)
-    monkeypatch.setenv("MEMRUN_TOKEN", api_token[1])
-    started: list[int] = []
-
-    class ReconcileService:
-        @staticmethod
-        def delay(service_id: int) -> None:
-            started.append(service_id)
-
-    import apps.provisioning.tasks
-
-    monkeypatch.setattr(apps.provisioning.tasks, "reconcile_service", ReconcileService)
-    return started
-
-
-def write_handler(tmp_path: Path, name: str, **source: str) -> Path:
-    handler = tmp_path / "handler.py"
-    handler.write_text(handler_source(name, **source))
-    return handler
-
-
-def memrun(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+__all__ = ["control_plane"]
 
 
 def test_deploy_no_wait_uploads_and_prints_the_version(

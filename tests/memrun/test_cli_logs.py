@@ -13,8 +13,9 @@ from django.utils import timezone
 from apps.services.models import Service
 from apps.workers.models import Worker
 from apps.workers.services import LogLineData, worker_create, worker_log_ingest
-from memrun.cli import build_parser, main
+from memrun.cli import build_parser
 from memrun.cli.logs import format_line, parse_since, run
+from tests.memrun.cli import cli_point_at, memrun_lines
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,8 +29,7 @@ def service(
 ) -> Service:
     from apps.services.services import service_create
 
-    monkeypatch.setenv("MEMRUN_URL", live_server.url)
-    monkeypatch.setenv("MEMRUN_TOKEN", api_token[1])
+    cli_point_at(live_server, api_token, monkeypatch)
     return service_create(name=service_name(), partitions=1)
 
 
@@ -52,12 +52,6 @@ def ingest(worker: Worker, at: datetime, message: str, **fields: Any) -> None:
     worker_log_ingest(worker=worker, lines=[line])
 
 
-def memrun(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str], str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out.splitlines(), captured.err
-
-
 def test_logs_prints_the_merged_lines_and_filters(
     service: Service, workers: tuple[Worker, Worker], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -68,7 +62,7 @@ def test_logs_prints_the_merged_lines_and_filters(
     ingest(b, now - timedelta(seconds=2), "", event="request", request_id="r2", status="ok")
     ingest(a, now - timedelta(seconds=1), "third", level="error")
 
-    code, out, err = memrun(capsys, "logs", service.name)
+    code, out, err = memrun_lines(capsys, "logs", service.name)
     assert (code, err) == (0, "")
     assert [line.split()[1:4] for line in out] == [
         [a.name, "info", "log"],
@@ -79,12 +73,12 @@ def test_logs_prints_the_merged_lines_and_filters(
     assert out[1].endswith("log first request_id=r1")
     assert out[2].endswith("request request_id=r2 status=ok")
 
-    recent = memrun(capsys, "logs", service.name, "--since", "10m")[1]
+    recent = memrun_lines(capsys, "logs", service.name, "--since", "10m")[1]
     assert len(recent) == 3 and "long ago" not in "\n".join(recent)
-    assert len(memrun(capsys, "logs", service.name, "--worker", b.name)[1]) == 1
-    assert "third" in memrun(capsys, "logs", service.name, "--level", "warning")[1][0]
-    assert len(memrun(capsys, "logs", service.name, "--request-id", "r1")[1]) == 1
-    assert memrun(capsys, "logs", service.name, "-n", "1")[1][0].endswith("third")
+    assert len(memrun_lines(capsys, "logs", service.name, "--worker", b.name)[1]) == 1
+    assert "third" in memrun_lines(capsys, "logs", service.name, "--level", "warning")[1][0]
+    assert len(memrun_lines(capsys, "logs", service.name, "--request-id", "r1")[1]) == 1
+    assert memrun_lines(capsys, "logs", service.name, "-n", "1")[1][0].endswith("third")
 
 
 def test_follow_prints_new_lines_until_ctrl_c(
@@ -112,13 +106,13 @@ def test_follow_prints_new_lines_until_ctrl_c(
 
 
 def test_errors_are_one_line(service: Service, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = memrun(capsys, "logs", "no-such-service")
+    code, out, err = memrun_lines(capsys, "logs", "no-such-service")
     assert (code, out) == (1, [])
     assert err.startswith("memrun: error: no service named 'no-such-service'")
     assert len(err.splitlines()) == 1
-    code, _, err = memrun(capsys, "logs", service.name, "--worker", "nobody")
+    code, _, err = memrun_lines(capsys, "logs", service.name, "--worker", "nobody")
     assert code == 1 and "no worker named 'nobody'" in err
-    code, _, err = memrun(capsys, "logs", service.name, "--since", "last tuesday")
+    code, _, err = memrun_lines(capsys, "logs", service.name, "--since", "last tuesday")
     assert code == 1 and "since" in err
 
 

@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 from apps.services.models import Deployment
 from apps.services.selectors import secret_env
 from memrun.cli.secret import read_env_file
-from tests.memrun.test_cli_deploy import control_plane, memrun, write_handler
+from tests.memrun.cli import control_plane, memrun, write_handler
 
 pytestmark = pytest.mark.django_db(transaction=True)
 __all__ = ["control_plane"]
