@@ -3,17 +3,18 @@ request, show it, replay it after a fix and see it succeed; an unknown id is one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from memrun import Client
-from memrun.cli import main
-from tests.worker_daemon.harness import WorkerProcess, make_package, wait_for, worker_env
+from tests.api.test_dead_letters_api import start
+from tests.memrun.cli import cli_point_at, memrun_lines
+from tests.worker_daemon.harness import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
+__all__ = ["start"]
 
 
 @pytest.fixture
@@ -26,43 +27,10 @@ def service(
 ) -> str:
     from apps.services.services import service_create
 
-    monkeypatch.setenv("MEMRUN_URL", live_server.url)
-    monkeypatch.setenv("MEMRUN_TOKEN", api_token[1])
+    cli_point_at(live_server, api_token, monkeypatch)
     service = service_create(name=service_name(), partitions=1)
     deploy_settings(service, status="active", sticky_key="user")
     return service.name
-
-
-@pytest.fixture
-def start(
-    kafka_bootstrap: str, redis_url: str, tmp_path: Path
-) -> Iterator[Callable[[str, str], WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def run(service: str, handler: str) -> WorkerProcess:
-        env = worker_env(
-            service=service, bootstrap=kafka_bootstrap, redis_url=redis_url, cache_root=tmp_path
-        )
-        worker = WorkerProcess(
-            service=service,
-            package=make_package(tmp_path / handler, service=service, handler=handler),
-            worker_id=f"{service}-{handler}",
-            env=env,
-            log_path=tmp_path / f"{handler}.log",
-        )
-        started.append(worker)
-        worker.wait_event("worker.assigned")
-        return worker
-
-    yield run
-    for worker in started:
-        worker.stop()
-
-
-def memrun(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str], str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out.splitlines(), captured.err
 
 
 def test_list_show_and_replay_after_a_fix(
@@ -73,21 +41,21 @@ def test_list_show_and_replay_after_a_fix(
     assert failed.ok is False
 
     def listed() -> list[str]:
-        return memrun(capsys, "dlq", service)[1]
+        return memrun_lines(capsys, "dlq", service)[1]
 
     lines = wait_for(lambda: len(listed_lines := listed()) == 2 and listed_lines, what="a row")
     assert lines[0].split()[:2] == ["ID", "FAILED"]
     letter_id = lines[1].split()[0]
     assert "bad" in lines[1] and "ValueError: cannot serve bad" in lines[1]
 
-    code, shown, _ = memrun(capsys, "dlq", service, "--show", letter_id)
+    code, shown, _ = memrun_lines(capsys, "dlq", service, "--show", letter_id)
     assert code == 0 and f"request_id: {failed.request_id}" in shown
     assert any(line.startswith("Traceback") for line in shown)
 
     v1.terminate()
     assert v1.wait() == 0
     start(service, "picky_v2.py")
-    code, out, _ = memrun(capsys, "dlq", service, "--replay", letter_id, "--wait", "30")
+    code, out, _ = memrun_lines(capsys, "dlq", service, "--replay", letter_id, "--wait", "30")
     assert code == 0, out
     [line] = out
     assert line.startswith(f"replayed {letter_id} as request ") and "(attempt 2): ok" in line
@@ -95,8 +63,8 @@ def test_list_show_and_replay_after_a_fix(
 
 
 def test_an_unknown_id_is_one_clear_line(service: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert memrun(capsys, "dlq", service)[1] == [f"{service} has no dead letters"]
-    code, out, err = memrun(capsys, "dlq", service, "--replay", "0-77")
+    assert memrun_lines(capsys, "dlq", service)[1] == [f"{service} has no dead letters"]
+    code, out, err = memrun_lines(capsys, "dlq", service, "--replay", "0-77")
     assert code == 1 and out == []
     assert err.startswith("memrun: error: ") and "no dead letter '0-77'" in err
     assert len(err.splitlines()) == 1
