@@ -15,25 +15,16 @@ from django.views.debug import ExceptionReporter
 
 from apps.services.models import Deployment, Secret
 from apps.services.selectors import secret_env
-from tests.web.test_pages import deploy_form, handler_source
+from tests.web.test_pages import deploy_form, handler_source, home, staff
 
 pytestmark = pytest.mark.django_db
+__all__ = ["home", "staff"]
 VALUE = "page-value-never-shown"
 
 
 @pytest.fixture(autouse=True)
-def home(settings: Any, tmp_path: Path) -> Path:
-    settings.MEMRUN_HOME = tmp_path / "home"
-    settings.MEMRUN_ARTIFACTS_URL = (tmp_path / "artifacts").as_uri()
+def _keys(home: Path, settings: Any) -> None:
     settings.MEMRUN_SECRETS_KEYS = [Fernet.generate_key().decode()]
-    return tmp_path
-
-
-@pytest.fixture
-def staff(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def set_form(client: Client, name: str, **pairs: str) -> Any:
