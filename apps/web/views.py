@@ -237,32 +237,23 @@ def _received(request: HttpRequest, form: DeployForm) -> Iterator[uploads.Upload
 @page
 @requires(Role.READ, OBJECT)
 def rollout(request: HttpRequest, deployment_id: int) -> HttpResponse:
-    deployment = selectors.deployment_get_by_id(deployment_id=deployment_id)
-    access_of(request).require(Role.READ, deployment.service.name)
-    return render(
-        request,
-        "web/rollout.html",
-        {
-            "deployment": deployment,
-            "rollout": page_selectors.deployment_rollout(deployment=deployment),
-        },
-    )
+    return render(request, "web/rollout.html", _rollout_context(request, deployment_id))
 
 
 @require_GET
 @page
 @requires(Role.READ, OBJECT)
 def rollout_live(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    return render(request, "web/_rollout_lines.html", _rollout_context(request, deployment_id))
+
+
+def _rollout_context(request: HttpRequest, deployment_id: int) -> dict[str, object]:
     deployment = selectors.deployment_get_by_id(deployment_id=deployment_id)
     access_of(request).require(Role.READ, deployment.service.name)
-    return render(
-        request,
-        "web/_rollout_lines.html",
-        {
-            "deployment": deployment,
-            "rollout": page_selectors.deployment_rollout(deployment=deployment),
-        },
-    )
+    return {
+        "deployment": deployment,
+        "rollout": page_selectors.deployment_rollout(deployment=deployment),
+    }
 
 
 @require_GET
