@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -34,3 +36,21 @@ def default_token() -> str | None:
         return path.read_text().strip() or None
     except OSError:
         return None
+
+
+def secret_file_ensure(path: Path, *, make: Callable[[], bytes]) -> bytes:
+    """What `path` holds (stripped), written from `make()` on first use. The value goes
+    to a private (0600) temporary file that is hard-linked into place, so two processes
+    starting at once agree on one value and nobody reads a half-written file."""
+    if not path.exists():
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(make())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    return path.read_bytes().strip()

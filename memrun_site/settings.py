@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from memrun.home import memrun_home
+from memrun.home import memrun_home, secret_file_ensure
 from memrun.wire.install_env import install_env_pick
 from memrun.wire.kafka import KafkaConnection
 
@@ -58,27 +58,12 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 def _secret_key(home: Path) -> str:
-    """SECRET_KEY, else one generated on first use and kept in MEMRUN_HOME (mode 0600).
-
-    The key is written to a private temporary file and hard-linked into place, so two
-    processes starting at once agree on one key and nobody reads a half-written file.
-    """
+    """SECRET_KEY, else one generated on first use and kept in MEMRUN_HOME (mode 0600)."""
     given = os.environ.get("SECRET_KEY", "").strip()
     if given:
         return given
-    path = home / "secret-key"
-    if not path.exists():
-        temporary = home / f".secret-key.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(50))
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink()
-    return path.read_text().strip()
+    made = secret_file_ensure(home / "secret-key", make=lambda: secrets.token_urlsafe(50).encode())
+    return made.decode()
 
 
 def _artifacts_url(raw: str) -> str:

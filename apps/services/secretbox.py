@@ -14,9 +14,7 @@ environment variables of a worker, beside the ones the platform sets.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets as stdlib_secrets
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -25,6 +23,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.crypto import salted_hmac
 from django.views.decorators.debug import sensitive_variables
 
+from memrun.home import secret_file_ensure
 from memrun.wire import INSTALL_ENV_NAMES
 
 KEY_FILE_NAME = "secrets-key"
@@ -130,21 +129,9 @@ def secret_fingerprint(values: dict[str, str]) -> str:
 
 
 def _key_file(home: Path) -> bytes:
-    """The key in `home/secrets-key`, made on first use (private temp file, hard-linked
-    into place, so that two processes starting at once agree on one key)."""
-    path = home / KEY_FILE_NAME
-    if not path.exists():
-        # The appliance makes its home at start; a process given a home not made yet
-        # (a fresh MEMRUN_HOME) makes it here, private like everything in it.
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = home / f".{KEY_FILE_NAME}.{os.getpid()}.{stdlib_secrets.token_hex(4)}"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(Fernet.generate_key())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink()
-    return path.read_bytes().strip()
+    """The key in `home/secrets-key`, made on first use (memrun.home.secret_file_ensure:
+    two processes starting at once agree on one key)."""
+    # The appliance makes its home at start; a process given a home not made yet (a
+    # fresh MEMRUN_HOME) makes it here, private like everything in it.
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return secret_file_ensure(home / KEY_FILE_NAME, make=Fernet.generate_key)
