@@ -53,7 +53,8 @@ class Worker:
 
     `on_stats` receives `stats()` every `settings.stats_interval_s` on the poll thread
     (default: written to `settings.stats_path` when set, else nothing); it must return
-    quickly.
+    quickly. `handoff`, when given, is told the partitions each assignment gains and
+    prefetches what their previous owners read (worker_daemon/handoff.py).
     """
 
     def __init__(
