@@ -3,14 +3,13 @@ deployment and start its rollout; rollbacks; and settings changes, which are dep
 too (a service's settings are its live deployment's, I10).
 
 Nothing reaches the artifact store or the database until the package has passed every
-check (`package_check`); user code is compiled here, never imported. Receiving the
-upload itself is apps/services/uploads.py.
+check (apps/services/packages.py); user code is compiled there, never imported.
+Receiving the upload itself is apps/services/uploads.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,26 +27,19 @@ from apps.common.permissions import Access, Role
 from apps.services import selectors
 from apps.services.artifacts import artifact_exists, artifact_put
 from apps.services.models import Deployment, Service
+from apps.services.packages import package_check, package_from_upload, package_limits
 from apps.services.principals import kafka_principal_ensure
 from apps.services.redis_users import redis_user_ensure
 from apps.services.services import deployment_create, service_create, service_update
-from apps.services.uploads import Upload, package_max_bytes, uploads_dir
+from apps.services.uploads import Upload, uploads_dir
 from memrun.errors import ConfigError, PackageRejected
-from memrun.packaging import build_package
 from memrun.wire import ServiceConfig, validate_service_name
-from memrun.wire.archive import Manifest, PackageLimits, inspect_package, open_tar
+from memrun.wire.archive import Manifest
 from memrun.wire.config import SETTING_ARGS, service_config_changes
 
 MESSAGE_MAX_CHARS = 2000
 # What a deploy may set of the service's machines besides its settings.
 FLEET_FIELDS = frozenset({"provider", "server_type", "location"})
-# The entry module is compiled in the web process: bound what that may cost.
-ENTRY_MAX_BYTES = 4 * 2**20
-_SOURCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}\.py$")
-
-
-def package_limits() -> PackageLimits:
-    return PackageLimits(max_archive_bytes=package_max_bytes())
 
 
 def deployment_upload(
@@ -83,7 +75,7 @@ def deployment_upload(
     message = _message(upload.message)
     limits = package_limits()
     with tempfile.TemporaryDirectory(prefix="build-", dir=uploads_dir()) as work:
-        package = _package_of(upload, Path(work), limits, overrides or {})
+        package = package_from_upload(upload, Path(work), limits, overrides or {})
         manifest = package_check(path=package, service_name=service_name, limits=limits)
         given = {
             key: value
@@ -278,88 +270,6 @@ def service_kafka_credentials_rotate(
     return generation, deployment
 
 
-def package_check(*, path: Path, service_name: str, limits: PackageLimits) -> Manifest:
-    """The manifest of the package at `path` once it is safe (`inspect_package`), for
-    `service_name`, and its entry module compiles; else a DomainError naming the problem."""
-    try:
-        manifest = inspect_package(path, limits=limits)
-        source = _entry_source(path, manifest.entry, limits)
-    except PackageRejected as exc:
-        raise _rejected(exc) from None
-    if manifest.service != service_name:
-        raise _refused(
-            "service_mismatch",
-            f"the package is for service {manifest.service!r}, but it was sent to "
-            f"{service_name!r}; deploy it to /api/v1/services/{manifest.service}/deployments",
-            package_service=manifest.service,
-        )
-    try:
-        compile(source, manifest.entry, "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        raise _refused(
-            "entry_invalid",
-            f"the entry module {manifest.entry} does not compile: line {exc.lineno}: {exc.msg}",
-            member=manifest.entry,
-        ) from None
-    except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
-        raise _refused(
-            "entry_invalid",
-            f"the entry module {manifest.entry} does not compile: {exc}",
-            member=manifest.entry,
-        ) from None
-    return manifest
-
-
-def _package_of(
-    upload: Upload, work: Path, limits: PackageLimits, overrides: Mapping[str, Any]
-) -> Path:
-    """The package to check: the upload itself, or one built from an uploaded handler
-    (with `overrides`; a package's settings take them in `deployment_upload`)."""
-    with upload.path.open("rb") as stream:
-        head = stream.read(2)
-    # The bytes decide: gzip is a package whatever it was called; anything else is
-    # checked as a package (and refused by name) unless it was sent as a handler.
-    if head == b"\x1f\x8b" or not upload.is_source:
-        return upload.path
-    name = upload.filename if _SOURCE_NAME.match(upload.filename) else "handler.py"
-    if upload.size_bytes > ENTRY_MAX_BYTES:
-        raise _refused(
-            "entry_too_large",
-            f"{name} is {upload.size_bytes} bytes; a handler module may be up to "
-            f"{ENTRY_MAX_BYTES}: put data in included files (memrun deploy --include)",
-            limit_bytes=ENTRY_MAX_BYTES,
-        )
-    source = upload.path.read_bytes()
-    try:
-        source.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _refused("entry_invalid", f"{name} is not UTF-8 text") from None
-    handler = work / name
-    handler.write_bytes(source)
-    package = work / "package.tar.gz"
-    try:
-        build_package(handler, overrides=overrides, out=package, limits=limits)
-    except ConfigError as exc:
-        raise _refused("handler_invalid", exc.message, **exc.details) from None
-    return package
-
-
-def _entry_source(path: Path, entry: str, limits: PackageLimits) -> bytes:
-    with open_tar(path, limits) as reader:
-        for member in reader.members():
-            if member.name != entry:
-                continue
-            if member.size > ENTRY_MAX_BYTES:
-                raise PackageRejected(
-                    "entry_too_large",
-                    f"the entry module {entry} is {member.size} bytes; the limit is "
-                    f"{ENTRY_MAX_BYTES}: put data in included files",
-                    details={"member": entry, "limit_bytes": ENTRY_MAX_BYTES},
-                )
-            return b"".join(reader.data(member))
-    raise PackageRejected("missing_file", f"the package does not hold its entry {entry}")
-
-
 def service_name_check(name: str) -> None:
     """DomainError 422 unless `name` can be a service's name."""
     try:
@@ -482,14 +392,3 @@ def _message(message: str) -> str:
             details={"fields": {"message": [f"at most {MESSAGE_MAX_CHARS} characters"]}},
         )
     return message.strip()
-
-
-def _refused(reason: str, message: str, **details: Any) -> DomainError:
-    return DomainError(
-        f"package refused: {message}", status=422, details={"reason": reason, **details}
-    )
-
-
-def _rejected(exc: PackageRejected) -> DomainError:
-    status = 413 if exc.reason == "archive_too_large" else 422
-    return DomainError(f"package refused: {exc.message}", status=status, details=exc.details)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from apps.common.errors import DomainError
 from apps.services.artifacts import artifact_open
-from apps.services.deployments import ENTRY_MAX_BYTES, package_limits
 from apps.services.models import Deployment
+from apps.services.packages import ENTRY_MAX_BYTES, package_limits
 from memrun.errors import PackageRejected
 from memrun.wire.archive import open_tar
 
