@@ -234,7 +234,8 @@ class _Reader:
                     "enable.partition.eof": True,
                     "socket.connection.setup.timeout.ms": timeout_ms,
                     "socket.timeout.ms": timeout_ms,
-                    "logger": logger,
+                    # No `logger`: see apps/services/topics.kafka_admin.
+                    "log_level": 2,
                 }
             )
         )

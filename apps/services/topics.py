@@ -26,13 +26,23 @@ _admins_lock = threading.Lock()
 
 
 def kafka_admin(*, timeout_s: float) -> AdminClient:
-    """The control plane's admin client with `timeout_s` socket timeouts (shared)."""
+    """The control plane's admin client with `timeout_s` socket timeouts (shared).
+
+    No `logger` in any Kafka client's config: confluent-kafka routes librdkafka's log lines
+    to the poll queue only after the client is made, and a line logged by one of
+    librdkafka's threads before that (a refused connection is logged within microseconds)
+    or while the client is being destroyed calls into Python on that thread without the
+    client's call state, which dereferences NULL and kills the process (no Python
+    traceback: it happens on a C thread). An admin client is never polled either, so the
+    lines only piled up. librdkafka's own printing to stderr is held to critical lines
+    (a cached client of an unreachable broker would print a refusal a second forever):
+    failures reach us, and are logged, as errors of the calls."""
     timeout_ms = int(timeout_s * 1000)
     config = control_plane_kafka_config(
         {
             "socket.connection.setup.timeout.ms": timeout_ms,
             "socket.timeout.ms": timeout_ms,
-            "logger": logger,
+            "log_level": 2,
         }
     )
     key = tuple(sorted(config.items(), key=lambda item: item[0]))
