@@ -71,25 +71,14 @@ class Datacenter:
 @pytest.fixture
 def datacenter(
     hetzner_standin: StandIn,
+    live_home: Path,
     live_server: Any,
-    settings: Any,
     tmp_path: Path,
     api_token: tuple[Any, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Datacenter]:
     from memrun_site.celery import app
 
-    home = tmp_path / "home"
-    home.mkdir()
-    settings.MEMRUN_HOME = home
-    settings.MEMRUN_ARTIFACTS_URL = (home / "artifacts").as_uri()
-    settings.MEMRUN_CONTROL_PLANE_URL = live_server.url
-    settings.MEMRUN_RECONCILE_ON_EVENTS = True
-    settings.MEMRUN_WORKER_EXTRA_ENV = {
-        "MEMRUN_HEARTBEAT_INTERVAL_S": "1",
-        "MEMRUN_SESSION_TIMEOUT_MS": "6000",
-        "MEMRUN_GRACE_PERIOD_S": "5",
-    }
     monkeypatch.setenv("MEMRUN_URL", live_server.url)
     monkeypatch.setenv("MEMRUN_TOKEN", api_token[1])
     datacenter = Datacenter(tmp_path / "servers")

@@ -34,19 +34,9 @@ BOOT_TIMEOUT_S = 120.0
 
 
 @pytest.fixture
-def home(tmp_path: Path, settings: Any, live_server: Any) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    settings.MEMRUN_HOME = home
-    settings.MEMRUN_ARTIFACTS_URL = (home / "artifacts").as_uri()
-    settings.MEMRUN_CONTROL_PLANE_URL = live_server.url
-    settings.MEMRUN_RECONCILE_ON_EVENTS = True
-    settings.MEMRUN_WORKER_EXTRA_ENV = {
-        "MEMRUN_HEARTBEAT_INTERVAL_S": "1",
-        "MEMRUN_SESSION_TIMEOUT_MS": "6000",
-        "MEMRUN_GRACE_PERIOD_S": "20",
-    }
-    return home
+def worker_grace_period_s() -> int:
+    """Long enough for a stopped worker to finish the requests of a rollout's overlap."""
+    return 20
 
 
 @pytest.fixture
@@ -62,10 +52,10 @@ def eager_celery() -> Iterator[None]:
 
 
 @pytest.fixture
-def supervisor(home: Path) -> Iterator[subprocess.Popen[bytes]]:
+def supervisor(live_home: Path) -> Iterator[subprocess.Popen[bytes]]:
     """The local supervisor, run the way `memrun up` runs it."""
-    log = (home / "supervisor.log").open("wb")
-    argv = [sys.executable, "-m", "apps.provisioning.local_supervisor", "--home", str(home)]
+    log = (live_home / "supervisor.log").open("wb")
+    argv = [sys.executable, "-m", "apps.provisioning.local_supervisor", "--home", str(live_home)]
     process = subprocess.Popen(
         [*argv, "--stop-grace-s", "5"],
         cwd=REPO,
@@ -168,7 +158,7 @@ class Scenario:
 
 @pytest.fixture
 def scenario(
-    home: Path,
+    live_home: Path,
     supervisor: subprocess.Popen[bytes],
     eager_celery: None,
     service_name: Callable[[], str],
@@ -178,7 +168,7 @@ def scenario(
     api_token: tuple[Any, str],
 ) -> Scenario:
     client = Client(live_server.url, api_token[1])
-    return Scenario(service_name(), home, tmp_path, redis_client, client)
+    return Scenario(service_name(), live_home, tmp_path, redis_client, client)
 
 
 def test_deploy_invoke_scale_and_replace_dead_workers(scenario: Scenario) -> None:

@@ -34,23 +34,7 @@ playwright_sync = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture
-def home(tmp_path: Path, settings: Any, live_server: Any) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    settings.MEMRUN_HOME = home
-    settings.MEMRUN_ARTIFACTS_URL = (home / "artifacts").as_uri()
-    settings.MEMRUN_CONTROL_PLANE_URL = live_server.url
-    settings.MEMRUN_RECONCILE_ON_EVENTS = True
-    settings.MEMRUN_WORKER_EXTRA_ENV = {
-        "MEMRUN_HEARTBEAT_INTERVAL_S": "1",
-        "MEMRUN_SESSION_TIMEOUT_MS": "6000",
-        "MEMRUN_GRACE_PERIOD_S": "5",
-    }
-    return home
-
-
-@pytest.fixture
-def appliance(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def appliance(live_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The local supervisor as `memrun up` runs it, Celery tasks run where they are
     queued, and a thread that reconciles every service each second (beat's job)."""
     from django.db import connection
@@ -64,9 +48,16 @@ def appliance(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     eager_before = app.conf.task_always_eager
     app.conf.task_always_eager = True
-    log = (home / "supervisor.log").open("wb")
+    log = (live_home / "supervisor.log").open("wb")
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "apps.provisioning.local_supervisor", "--home", str(home), *GRACE],
+        [
+            sys.executable,
+            "-m",
+            "apps.provisioning.local_supervisor",
+            "--home",
+            str(live_home),
+            *GRACE,
+        ],
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -83,7 +74,7 @@ def appliance(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
     beater = threading.Thread(target=beat, name="beat", daemon=True)
     beater.start()
-    yield home
+    yield live_home
     stop.set()
     beater.join(30)
     supervisor.send_signal(signal.SIGTERM)
