@@ -68,6 +68,7 @@ class ConsumeLoop:
         lag_probe: LagProbe,
         on_stats_tick: Callable[[], None],
         on_gained: Callable[[list[int]], None] = lambda partitions: None,
+        on_revoked: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._consumer = consumer
@@ -88,6 +89,7 @@ class ConsumeLoop:
         self._lag_probe = lag_probe
         self._on_stats_tick = on_stats_tick
         self._on_gained = on_gained
+        self._on_revoked = on_revoked
         self._clock = clock
 
         self.state = "starting"
@@ -419,6 +421,8 @@ class ConsumeLoop:
         consumer.incremental_unassign(partitions)
         self._forget(partitions)
         self._log_assignment("worker.revoked", partitions)
+        # The next owner asks for these partitions' hot sets: report ours now, not in 10 s.
+        self._on_revoked()
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost partitions may already belong to another member: never commit them.

@@ -85,6 +85,12 @@ class Heartbeat:
         if self._drain.is_set():
             on_drain()
 
+    def soon(self) -> None:
+        """Send the next heartbeat at the next check (within `check_interval_s`), not at
+        its due time: partitions moved, and their next owner asks the control plane for
+        the hot sets this one reports. Safe from any thread (one float assignment)."""
+        self._next_due = 0.0
+
     def beat(self) -> None:
         """Send one heartbeat now, if the credential is still accepted."""
         if self._refused.is_set():

@@ -109,6 +109,7 @@ def run_provisioned_worker(
     def attach(worker: Worker) -> None:
         current["worker"] = worker
         heartbeat.attach(stats=worker.stats, on_drain=worker.request_stop)
+        worker.on_revoked = heartbeat.soon  # hot sets reach the next owner at once
         if heartbeat.refused:
             worker.request_stop()
 

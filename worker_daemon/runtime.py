@@ -123,6 +123,8 @@ class Worker:
         )
         self._pool = HandlerPool(self.concurrency, self._pipeline, name=f"memrun-{service.name}")
         self._loop: ConsumeLoop | None = None
+        # Called (on the poll thread, so it must only flag) when partitions are revoked.
+        self.on_revoked: Callable[[], None] = lambda: None
         self._state = "starting"
         self._stop_requested = False
 
@@ -166,6 +168,7 @@ class Worker:
             ),
             on_stats_tick=self._emit_stats,
             on_gained=self._handoff.partitions_gained if self._handoff else lambda parts: None,
+            on_revoked=lambda: self.on_revoked(),
             clock=self._clock,
         )
         if self._stop_requested:

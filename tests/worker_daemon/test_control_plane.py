@@ -15,6 +15,7 @@ import pytest
 
 from memrun.errors import ConfigError
 from memrun.packaging import build_package
+from memrun.wire.hotsets import HotEntry
 from tests.worker_daemon.harness import HANDLERS, wait_for
 from worker_daemon.control_plane import (
     ControlPlane,
@@ -181,6 +182,40 @@ def test_beats_at_once_on_every_state_change_and_then_every_interval() -> None:
         heartbeat.stop(final={"state": "stopped", "exit_code": 0})
     assert send.reports[-1] == {"state": "stopped", "exit_code": 0, "deployment_id": 3}
     assert all(r["deployment_id"] == 3 for r in send.reports)
+
+
+def test_soon_sends_the_next_beat_before_it_is_due() -> None:
+    send, clock, stats = Recorder(), FakeClock(), {"state": "running"}
+    heartbeat = make_heartbeat(send, stats, clock)
+    heartbeat.start()
+    try:
+        wait_for(lambda: send.states() == ["ready"], what="the first beat")
+        heartbeat.soon()  # partitions were revoked: the clock has not moved
+        wait_for(lambda: send.states() == ["ready", "ready"], what="the early beat")
+    finally:
+        heartbeat.stop()
+
+
+def test_a_worker_gets_the_hot_sets_other_workers_reported_through_the_control_plane(
+    live_server: Any, registered: Any
+) -> None:
+    from apps.workers.services import worker_create
+
+    old, old_credential, deployment = registered
+    new, new_credential = worker_create(
+        service=old.service, deployment=deployment, name=f"{old.service.name}-new"
+    )
+    entry = ["s3://bucket/k.bin", 4096, '"etag"', 1700000000.5]
+    report = heartbeat_report(
+        {"state": "running", "cache": {"hot_sets": [[3, *entry], [4, *entry[:1], 1, "v", 1.0]]}}
+    )
+    ControlPlane(url=live_server.url, token=old_credential).heartbeat(old.name, report)
+    plane = ControlPlane(url=live_server.url, token=new_credential)
+    assert plane.hot_sets(new.name, [3]) == [HotEntry(3, *entry)]
+    assert plane.hot_sets(new.name, [5]) == []
+    with pytest.raises(ControlPlaneError) as other:
+        plane.hot_sets(old.name, [3])
+    assert other.value.status == 403
 
 
 def test_drain_is_passed_on_once_even_before_the_worker_exists() -> None:

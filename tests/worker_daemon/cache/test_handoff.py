@@ -181,6 +181,8 @@ def test_the_new_owner_prefetches_the_old_owners_hot_set_and_never_serves_a_chan
                 e for e in hot_entries_from_wire(report["hot_sets"]) if e.partition in partitions
             ]
 
+        revoked = threading.Event()
+        old.worker.on_revoked = revoked.set  # a provisioned worker beats at once then
         new = Running(
             service,
             svc,
@@ -198,7 +200,7 @@ def test_the_new_owner_prefetches_the_old_owners_hot_set_and_never_serves_a_chan
             what="partitions moved to the new worker",
         )
         moved_keys = [k for k, p in partition_of.items() if p in moved]
-        assert moved_keys
+        assert moved_keys and revoked.is_set()
         wait_for(
             lambda: new.cache.stats()["prefetched"] == len(moved_keys),
             what=f"{len(moved_keys)} objects prefetched",
