@@ -32,7 +32,12 @@ pytestmark = [
         reason="the broker has no authentication (KAFKA_SECURITY_PROTOCOL unset)",
     ),
 ]
-home, eager_celery, supervisor, scenario = e2e.home, e2e.eager_celery, e2e.supervisor, e2e.scenario
+worker_grace_period_s, eager_celery, supervisor, scenario = (
+    e2e.worker_grace_period_s,
+    e2e.eager_celery,
+    e2e.supervisor,
+    e2e.scenario,
+)
 
 # What each attempt must get from the broker.
 REFUSED = {

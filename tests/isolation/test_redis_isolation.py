@@ -25,7 +25,12 @@ from tests.worker_daemon.harness import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 # The end-to-end tests' fixtures: a live appliance, and the supervisor as `memrun up` runs it.
-home, eager_celery, supervisor, scenario = e2e.home, e2e.eager_celery, e2e.supervisor, e2e.scenario
+worker_grace_period_s, eager_celery, supervisor, scenario = (
+    e2e.worker_grace_period_s,
+    e2e.eager_celery,
+    e2e.supervisor,
+    e2e.scenario,
+)
 
 HANDLERS = Path(__file__).parent / "handlers"
 AGAINST_B = [

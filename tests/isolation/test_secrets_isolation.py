@@ -35,7 +35,12 @@ from tests.provisioning import test_end_to_end as e2e
 from tests.provisioning.test_end_to_end import Scenario
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-home, eager_celery, supervisor, scenario = e2e.home, e2e.eager_celery, e2e.supervisor, e2e.scenario
+worker_grace_period_s, eager_celery, supervisor, scenario = (
+    e2e.worker_grace_period_s,
+    e2e.eager_celery,
+    e2e.supervisor,
+    e2e.scenario,
+)
 HANDLERS = Path(__file__).parent / "handlers"
 HOSTILE = HANDLERS / "hostile_secrets.py"
 

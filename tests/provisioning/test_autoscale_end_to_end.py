@@ -21,14 +21,14 @@ from apps.workers.stats import service_stats_get
 from tests.provisioning.test_end_to_end import (  # fixtures, used by name
     Scenario,
     eager_celery,
-    home,
     scenario,
     supervisor,
+    worker_grace_period_s,
 )
 from tests.worker_daemon.harness import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-__all__ = ["eager_celery", "home", "scenario", "supervisor"]
+__all__ = ["eager_celery", "scenario", "supervisor", "worker_grace_period_s"]
 
 UP_WINDOW_S = 20
 DOWN_WINDOW_S = 60
