@@ -329,8 +329,9 @@ class Client:
 
     def autoscale(self, service: str, **changes: Any) -> dict[str, Any]:
         """The autoscaling policy of `service` and its recent decisions; with `changes`
-        (enabled, min_workers, max_workers, lag_per_worker, scale_up_window_s,
-        scale_down_window_s, scale_up_cooldown_s, scale_down_cooldown_s) set those first."""
+        (enabled, min_workers, max_workers, lag_per_worker, max_queue_seconds (None:
+        off), scale_up_window_s, scale_down_window_s, scale_up_cooldown_s,
+        scale_down_cooldown_s) set those first."""
         path = f"{_service_path(service)}/autoscale"
         if changes:
             return self._call("PUT", path, changes, timeout_s=self.timeout_s)

@@ -62,10 +62,11 @@ def services_autoscale_get(request: HttpRequest, name: str) -> dict[str, Any]:
     response={200: AutoscaleOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut},
 )
 def services_autoscale_set(request: HttpRequest, name: str, payload: AutoscaleIn) -> dict[str, Any]:
-    """Turn autoscaling on or off, or change its range, threshold, windows and cooldowns
-    (only the fields sent change)."""
+    """Turn autoscaling on or off, or change its range, thresholds (lag per worker, and
+    max_queue_seconds: null turns it off), windows and cooldowns (only the fields sent
+    change)."""
     service = service_get(name=name)
-    autoscale_policy_set(service=service, by=request.auth, **payload.dict(exclude_none=True))
+    autoscale_policy_set(service=service, by=request.auth, **payload.changes())
     return _autoscale_out(autoscale_status_get(service=service_get(name=name)))
 
 

@@ -1,6 +1,7 @@
-"""The autoscaler's pass: measure a service's lag, decide (apps/provisioning/autoscale.py),
-set its desired worker count and record the decision. Run by beat every
-MEMRUN_AUTOSCALE_INTERVAL_S (apps/provisioning/tasks.py); tests call it directly.
+"""The autoscaler's pass: measure a service's lag (and, when its policy sets a maximum, its
+time in queue), decide (apps/provisioning/autoscale.py), set its desired worker count and
+record the decision. Run by beat every MEMRUN_AUTOSCALE_INTERVAL_S
+(apps/provisioning/tasks.py); tests call it directly.
 
 A changed count is announced as ServiceFleetChanged after the commit, so reconcile
 starts or drains workers (a removed worker drains: it finishes what it holds).
@@ -19,6 +20,7 @@ from apps.common.events import ServiceFleetChanged, event_emit_on_commit
 from apps.provisioning import autoscale
 from apps.provisioning.lag import service_lag
 from apps.provisioning.models import POLICY_FIELDS, AutoscalePolicy, ScaleDecision
+from apps.provisioning.queuetime import queue_heads, queue_seconds
 from apps.services.models import Service
 from apps.workers.stats import service_stats_get
 
@@ -27,15 +29,25 @@ logger = logging.getLogger(__name__)
 
 def autoscale_service(*, service_id: int, now: datetime | None = None) -> autoscale.Decision | None:
     """One autoscaling pass over a service: measure its lag (Kafka; the workers'
-    heartbeats when Kafka does not answer), decide (apps/provisioning/autoscale.py), set
-    the desired worker count (reconcile then starts or drains workers) and record the
-    decision. None when the service has no policy on, or no live deployment."""
+    heartbeats when Kafka does not answer) and, when its policy sets max_queue_seconds,
+    how long the oldest request not yet committed has waited (Kafka only), decide
+    (apps/provisioning/autoscale.py), set the desired worker count (reconcile then starts
+    or drains workers) and record the decision. None when the service has no policy on,
+    or no live deployment."""
     now = now or timezone.now()
-    service = Service.objects.filter(pk=service_id, autoscale__enabled=True).first()
+    service = (
+        Service.objects.filter(pk=service_id, autoscale__enabled=True)
+        .select_related("autoscale")
+        .first()
+    )
     if service is None or service.config is None:
         return None
     # Measured before the row locks: a slow broker must not hold them.
     lag = service_lag(service=service.name, partitions=service.partitions)
+    waited = None
+    if lag is not None and service.autoscale.max_queue_seconds is not None:
+        heads = queue_heads(service=service.name, starts=lag.backlog_starts)
+        waited = queue_seconds(heads=heads, now=now)
     stats = service_stats_get(service=service)
     lag_value, source = (lag.total, "kafka") if lag is not None else (stats.lag, "heartbeats")
     with transaction.atomic():
@@ -52,6 +64,7 @@ def autoscale_service(*, service_id: int, now: datetime | None = None) -> autosc
             concurrency=config.concurrency,
             partitions=locked.partitions,
             bounds=(config.min_workers, config.max_workers),
+            queue_seconds=waited,
         )
         decision = autoscale.decide(
             policy=autoscale.Policy(
@@ -91,12 +104,14 @@ def autoscale_service(*, service_id: int, now: datetime | None = None) -> autosc
                 workers_after=decision.workers,
                 lag=lag_value,
                 lag_source=source if lag_value is not None else "",
+                queue_seconds=waited,
                 inputs={
                     "in_flight": stats.in_flight,
                     "workers_ready": stats.workers_ready,
                     "concurrency": config.concurrency,
                     "partitions_with_lag": None if lag is None else lag.partitions_with_lag,
                     "lag_per_worker": policy.lag_per_worker,
+                    "max_queue_seconds": policy.max_queue_seconds,
                     "min_workers": policy.min_workers,
                     "max_workers": policy.max_workers,
                 },

@@ -42,11 +42,14 @@ SETTLING = {
 
 @dataclass(frozen=True)
 class Lag:
-    """`total` over all partitions; `partitions_with_lag` how many have any."""
+    """`total` over all partitions; `partitions_with_lag` how many have any;
+    `backlog_starts` the first offset not yet committed of each partition with lag (where
+    apps/provisioning/queuetime.py reads the oldest waiting message)."""
 
     total: int
     partitions_with_lag: int
     per_partition: dict[int, int]
+    backlog_starts: dict[int, int]
 
 
 def service_lag(*, service: str, partitions: int) -> Lag | None:
@@ -94,13 +97,17 @@ def _measure(service: str, partitions: int, timeout_s: float) -> Lag:
     }
     high, low = ends
     per_partition = {}
+    starts = {}
     for partition in range(partitions):
         start = committed.get(partition, -1)
         if start < 0:
             start = low.get(partition, 0)
         per_partition[partition] = max(high.get(partition, 0) - start, 0)
+        if per_partition[partition]:
+            starts[partition] = start
     return Lag(
         total=sum(per_partition.values()),
-        partitions_with_lag=sum(1 for lag in per_partition.values() if lag),
+        partitions_with_lag=len(starts),
         per_partition=per_partition,
+        backlog_starts=starts,
     )

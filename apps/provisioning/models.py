@@ -23,6 +23,7 @@ POLICY_FIELDS = (
     "min_workers",
     "max_workers",
     "lag_per_worker",
+    "max_queue_seconds",
     "scale_up_window_s",
     "scale_down_window_s",
     "scale_up_cooldown_s",
@@ -34,7 +35,9 @@ class AutoscalePolicy(models.Model):
     """When to add and remove workers of one service, and the state of its windows.
 
     A worker is added when the request topic's lag per worker stays above
-    `lag_per_worker` for `scale_up_window_s`, one is removed (drained) when the workers
+    `lag_per_worker`, or the oldest request not yet committed has waited more than
+    `max_queue_seconds` (when set), for `scale_up_window_s`; one is removed (drained) when
+    the workers
     stay idle for `scale_down_window_s`; no change follows another within its cooldown.
     Off (`enabled` false) by default: a service without a row is not autoscaled."""
 
@@ -43,6 +46,9 @@ class AutoscalePolicy(models.Model):
     min_workers = models.PositiveIntegerField(default=1)
     max_workers = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
     lag_per_worker = models.PositiveIntegerField(default=100, validators=[MinValueValidator(1)])
+    max_queue_seconds = models.FloatField(
+        null=True, blank=True, help_text="add a worker when a request waits longer (null: off)"
+    )
     scale_up_window_s = models.FloatField(default=30.0, validators=[MinValueValidator(0.0)])
     scale_down_window_s = models.FloatField(default=300.0, validators=[MinValueValidator(0.0)])
     scale_up_cooldown_s = models.FloatField(default=60.0, validators=[MinValueValidator(0.0)])
@@ -59,16 +65,25 @@ class AutoscalePolicy(models.Model):
                 condition=Q(min_workers__lte=models.F("max_workers")),
                 name="autoscale_min_le_max",
             ),
+            models.CheckConstraint(
+                condition=Q(max_queue_seconds__isnull=True) | Q(max_queue_seconds__gt=0),
+                name="autoscale_max_queue_seconds_positive",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"autoscale of {self.service.name}"
 
     def clean(self) -> None:
+        errors = {}
         if self.min_workers > self.max_workers:
-            raise ValidationError(
-                {"min_workers": [f"must not exceed max_workers ({self.max_workers})"]}
-            )
+            errors["min_workers"] = [f"must not exceed max_workers ({self.max_workers})"]
+        if self.max_queue_seconds is not None and not self.max_queue_seconds > 0:
+            errors["max_queue_seconds"] = [
+                "must be above 0 seconds; leave it unset (null) to scale on lag alone"
+            ]
+        if errors:
+            raise ValidationError(errors)
 
 
 class ScaleAction(models.TextChoices):
@@ -93,6 +108,9 @@ class ScaleDecision(models.Model):
     workers_after = models.PositiveIntegerField()
     lag = models.BigIntegerField(null=True, blank=True, help_text="messages not yet committed")
     lag_source = models.CharField(max_length=16, blank=True, help_text="kafka or heartbeats")
+    queue_seconds = models.FloatField(
+        null=True, blank=True, help_text="how long the oldest request not yet committed waited"
+    )
     inputs = models.JSONField(default=dict, blank=True)
 
     class Meta:

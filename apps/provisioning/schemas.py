@@ -43,7 +43,8 @@ class GcOut(Schema):
 
 class AutoscaleIn(Schema):
     """Only the fields sent change. `enabled` false turns autoscaling off (the policy is
-    kept); the range lies within the live deployment's min_workers..max_workers."""
+    kept); the range lies within the live deployment's min_workers..max_workers.
+    `max_queue_seconds` null turns that trigger off (a null elsewhere changes nothing)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -52,6 +53,12 @@ class AutoscaleIn(Schema):
     max_workers: int | None = Field(None, ge=1, le=DB_INT_MAX)
     lag_per_worker: int | None = Field(
         None, ge=1, le=DB_INT_MAX, description="add a worker above this lag per worker"
+    )
+    max_queue_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=WINDOW_MAX_S,
+        description="add a worker when the oldest request waits longer (null: off)",
     )
     scale_up_window_s: float | None = Field(
         None, ge=0, le=WINDOW_MAX_S, description="how long the lag must stay above it"
@@ -66,11 +73,19 @@ class AutoscaleIn(Schema):
         None, ge=0, le=WINDOW_MAX_S, description="no scale-down sooner after a change"
     )
 
+    def changes(self) -> dict[str, object]:
+        """The fields sent, but a null only where it means off."""
+        return {
+            field: value
+            for field, value in self.dict(exclude_unset=True).items()
+            if value is not None or field == "max_queue_seconds"
+        }
+
 
 class ScaleDecisionOut(Schema):
-    """One decision: `action` up, down or hold; `reason` a code (lag_above, idle,
-    pressure_window, idle_window, cooldown, at_max, at_min, steady, lag_unknown,
-    below_min, above_max) and `message` the same with its numbers."""
+    """One decision: `action` up, down or hold; `reason` a code (lag_above,
+    queue_time_above, idle, pressure_window, idle_window, cooldown, at_max, at_min,
+    steady, lag_unknown, below_min, above_max) and `message` the same with its numbers."""
 
     decided_at: datetime
     action: str
@@ -80,6 +95,9 @@ class ScaleDecisionOut(Schema):
     workers_after: int
     lag: int | None
     lag_source: str
+    queue_seconds: float | None = Field(
+        description="how long the oldest request not yet committed had waited (null: not measured)"
+    )
     inputs: dict[str, object]
 
 
@@ -92,6 +110,7 @@ class AutoscaleOut(Schema):
     min_workers: int
     max_workers: int
     lag_per_worker: int
+    max_queue_seconds: float | None
     scale_up_window_s: float
     scale_down_window_s: float
     scale_up_cooldown_s: float

@@ -116,7 +116,10 @@ def autoscale_policy_set(*, service: Service, by: Any = None, **changes: Any) ->
 def _describe_policy(policy: AutoscalePolicy) -> str:
     if not policy.enabled:
         return "off"
-    return (
+    described = (
         f"on: {policy.min_workers}..{policy.max_workers} worker(s), "
         f"{policy.lag_per_worker} lag per worker"
     )
+    if policy.max_queue_seconds is not None:
+        described += f" or {policy.max_queue_seconds:g}s in queue"
+    return described

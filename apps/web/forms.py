@@ -93,6 +93,8 @@ class AutoscaleForm(forms.Form):
     min_workers = forms.IntegerField(min_value=0, max_value=10_000)
     max_workers = forms.IntegerField(min_value=1, max_value=10_000)
     lag_per_worker = forms.IntegerField(min_value=1, max_value=2**31 - 1)
+    # Blank: time in queue is not a trigger (the service says what range it takes).
+    max_queue_seconds = forms.FloatField(required=False, max_value=7 * 24 * 3600)
     scale_up_window_s = forms.FloatField(min_value=0, max_value=7 * 24 * 3600)
     scale_down_window_s = forms.FloatField(min_value=0, max_value=7 * 24 * 3600)
     scale_up_cooldown_s = forms.FloatField(min_value=0, max_value=7 * 24 * 3600)

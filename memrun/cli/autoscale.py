@@ -1,5 +1,6 @@
-"""`memrun autoscale NAME [--min N --max N --lag-per-worker L ...] [--off]`: scale a
-service on its request lag, and show what the autoscaler decided and why."""
+"""`memrun autoscale NAME [--min N --max N --lag-per-worker L --max-queue-seconds S ...]
+[--off]`: scale a service on its request lag and time in queue, and show what the
+autoscaler decided and why."""
 
 from __future__ import annotations
 
@@ -13,21 +14,24 @@ OPTIONS = {
     "min": "min_workers",
     "max": "max_workers",
     "lag_per_worker": "lag_per_worker",
+    "max_queue_seconds": "max_queue_seconds",
     "up_window": "scale_up_window_s",
     "down_window": "scale_down_window_s",
     "up_cooldown": "scale_up_cooldown_s",
     "down_cooldown": "scale_down_cooldown_s",
 }
 DECISIONS_SHOWN = 10
+OFF = "off"
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "autoscale",
-        help="scale a service on its request lag (or --off); show its decisions",
+        help="scale a service on its request lag and time in queue (or --off); show decisions",
         description=(
-            "Turn on lag-driven autoscaling: a worker is added when the lag per worker "
-            "stays above --lag-per-worker for --up-window seconds, one is removed (it "
+            "Turn on autoscaling: a worker is added when the lag per worker stays above "
+            "--lag-per-worker, or the oldest request not yet done has waited more than "
+            "--max-queue-seconds (when set), for --up-window seconds; one is removed (it "
             "drains) when the workers stay idle for --down-window seconds, and no change "
             "follows another within its cooldown. Only the options given change; without "
             "any, shows the policy and the recent decisions. --min/--max lie within the "
@@ -39,6 +43,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max", type=int, metavar="N", help="most workers")
     parser.add_argument(
         "--lag-per-worker", type=int, metavar="L", help="add a worker above this lag per worker"
+    )
+    parser.add_argument(
+        "--max-queue-seconds",
+        type=_seconds_or_off,
+        metavar="S",
+        help="also add a worker when a request waits longer than S seconds ('off': lag only)",
     )
     parser.add_argument("--up-window", type=float, metavar="S", help="seconds of lag to add one")
     parser.add_argument("--down-window", type=float, metavar="S", help="seconds idle to remove one")
@@ -52,7 +62,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {
-        field: getattr(args, flag)
+        field: None if getattr(args, flag) == OFF else getattr(args, flag)
         for flag, field in OPTIONS.items()
         if getattr(args, flag) is not None
     }
@@ -72,9 +82,12 @@ def describe(status: dict[str, Any]) -> str:
     name, desired = status["service"], status["desired_workers"]
     if not status["enabled"]:
         return f"{name}: autoscaling off; {desired} worker(s) desired"
+    waited = status.get("max_queue_seconds")
+    queue = "" if waited is None else f" or {waited:g}s in queue"
     return (
         f"{name}: autoscaling {status['min_workers']}..{status['max_workers']} worker(s) on "
-        f"lag per worker {status['lag_per_worker']} (up after {status['scale_up_window_s']:g}s, "
+        f"lag per worker {status['lag_per_worker']}{queue} "
+        f"(up after {status['scale_up_window_s']:g}s, "
         f"down after {status['scale_down_window_s']:g}s idle; cooldowns "
         f"{status['scale_up_cooldown_s']:g}s/{status['scale_down_cooldown_s']:g}s); "
         f"{desired} worker(s) desired"
@@ -88,3 +101,12 @@ def decision_lines(decisions: list[dict[str, Any]]) -> list[str]:
         f"{d['workers_before']}->{d['workers_after']}  {d['reason']}: {d['message']}"
         for d in decisions
     ]
+
+
+def _seconds_or_off(text: str) -> float | str:
+    if text.strip().lower() == OFF:
+        return OFF
+    try:
+        return float(text)  # the control plane says what range it takes
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds or 'off'") from None

@@ -68,3 +68,34 @@ def test_autoscale_sets_shows_and_turns_off(
     code, out, _ = memrun(capsys, "autoscale", name, "--off")
     assert code == 0 and out.startswith(f"{name}: autoscaling off; 1 worker(s) desired")
     assert "at_min" in out  # the decisions stay listed
+
+
+def test_autoscale_sets_and_clears_the_time_in_queue_trigger(
+    control_plane: list[int],
+    service_name: Callable[[], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = service_name()
+    memrun(capsys, "deploy", str(write_handler(tmp_path, name)), "--no-wait")
+    Deployment.objects.filter(service__name=name).update(status="active")
+
+    # The control plane owns the range: its 422 is one line that names the field.
+    code, out, err = memrun(capsys, "autoscale", name, "--max-queue-seconds", "0")
+    assert code == 1 and err.count("\n") == 1 and "max_queue_seconds" in err
+    with pytest.raises(SystemExit) as refused:
+        memrun(capsys, "autoscale", name, "--max-queue-seconds", "soon")
+    assert refused.value.code == 2
+    assert "'soon' is not a number of seconds or 'off'" in capsys.readouterr().err
+
+    code, out, err = memrun(
+        capsys, "autoscale", name, "--lag-per-worker", "50", "--max-queue-seconds", "2.5"
+    )
+    assert code == 0, err
+    assert out.startswith(f"{name}: autoscaling 1..2 worker(s) on lag per worker 50 or 2.5s in")
+    code, out, _ = memrun(capsys, "status", name)
+    assert code == 0 and "lag per worker 50 or 2.5s in queue" in out
+
+    code, out, err = memrun(capsys, "autoscale", name, "--max-queue-seconds", "off")
+    assert code == 0, err
+    assert out.startswith(f"{name}: autoscaling 1..2 worker(s) on lag per worker 50 (up after")

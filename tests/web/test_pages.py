@@ -362,6 +362,18 @@ def test_the_autoscaling_form_sets_the_policy_and_the_page_lists_decisions(
     page = staff.get(f"/services/{name}/").content.decode()
     assert "alice · autoscaling on: 1..2 worker(s), 40 lag per worker" in page
 
+    queued = staff.post(f"/services/{name}/autoscale/set/", {**policy, "max_queue_seconds": 20})
+    assert queued.status_code == 302
+    part = staff.get(f"/services/{name}/autoscale/").content.decode()
+    assert "stays above 40 or a request waits more than 20 s for 15 s" in part
+    assert 'name="max_queue_seconds" min="0" value="20"' in part
+    zero = staff.post(f"/services/{name}/autoscale/set/", {**policy, "max_queue_seconds": 0})
+    assert zero.status_code == 422 and "max_queue_seconds" in zero.content.decode()
+    # Left blank, time in queue is no trigger.
+    assert staff.post(f"/services/{name}/autoscale/set/", policy).status_code == 302
+    part = staff.get(f"/services/{name}/autoscale/").content.decode()
+    assert "waits more than" not in part and 'value="" placeholder="off"' in part
+
     too_many = staff.post(f"/services/{name}/autoscale/set/", {**policy, "max_workers": 9})
     assert too_many.status_code == 422 and "max_workers" in too_many.content.decode()
     bad = staff.post(f"/services/{name}/autoscale/set/", {**policy, "lag_per_worker": "x"})
