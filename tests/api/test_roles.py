@@ -32,6 +32,7 @@ JSON = "application/json"
 # caller there, so it gets 401 like no credential at all.
 WORKER_ONLY = {
     ("POST", "/api/v1/workers/{name}/heartbeat"),
+    ("GET", "/api/v1/workers/{name}/handoff"),
     ("POST", "/api/v1/workers/{name}/logs"),
 }
 # Open to anyone, as tests/api/test_auth.py lists them: the health check, and a remote
