@@ -7,7 +7,8 @@ keeps with the message (the producer's create time, or the broker's append time 
 topic says so). The control plane reads that one message per partition with a backlog,
 the offsets coming from the lag it measured the same pass (apps/provisioning/lag.py): one
 consumer, assigned to those partitions at those offsets, takes the first message of each
-from a single small fetch and stops. It joins no group and commits nothing, so it never
+from one fetch (the batch that holds it, no prefetch past it), pauses the partition and,
+once every head is read, stops. It joins no group and commits nothing, so it never
 disturbs the workers' group.
 
 The committed offset trails the workers by up to their commit interval (one second,
@@ -30,10 +31,13 @@ from memrun.wire import protocol
 
 logger = logging.getLogger(__name__)
 
-# Bytes per partition in a fetch: the broker still returns a whole first message (or
-# batch) when it is larger, and a request's payload is usually smaller, so each fetch
-# brings the head of its partition and not much more.
-HEAD_FETCH_BYTES = 4096
+# Bytes per partition in a fetch: at least the largest batch our producers make
+# (librdkafka's batch.size, 1 MB). A first batch larger than this comes back cut, and
+# librdkafka asks again only after a back-off: 64 partitions with 60 KB batches took
+# ten seconds under a 4 KiB limit, 0.15 s under 64 KiB. Requests' batches are usually
+# far smaller (the control plane lingers 1 ms), and only one batch per partition comes.
+HEAD_FETCH_BYTES = 1024 * 1024
+CONSUME_BATCH = 1000
 
 # One consumer per configuration, for the life of the process, used under its lock: it
 # saves a connection and a SASL handshake on every pass, and a consumer kept is never
@@ -62,30 +66,26 @@ def queue_heads(*, service: str, starts: dict[int, int]) -> dict[int, int] | Non
         try:
             deadline = time.monotonic() + timeout_s
             while len(read) < len(starts) and time.monotonic() < deadline:
-                message = consumer.poll(timeout=min(0.1, max(deadline - time.monotonic(), 0)))
-                if message is None:
-                    continue
-                error = message.error()
-                if error is not None:
-                    # Retention emptied the partition since the lag was read: nothing waits.
-                    if error.code() == KafkaError._PARTITION_EOF and message.topic() == topic:
-                        read.add(message.partition())  # type: ignore[arg-type]
-                    continue
-                partition = message.partition()
-                offset = message.offset()
-                if (
-                    message.topic() != topic
-                    or partition not in starts
-                    or partition in read
-                    or offset is None
-                    or offset < starts[partition]
-                ):
-                    continue  # left over from an earlier pass's assignment
-                read.add(partition)
-                consumer.pause([TopicPartition(topic, partition)])  # its head is known
-                kind, stamp = message.timestamp()
-                if kind != TIMESTAMP_NOT_AVAILABLE and stamp >= 0:
-                    heads[partition] = stamp
+                wait_s = min(0.1, max(deadline - time.monotonic(), 0))
+                # In bulk: the rest of each head's batch arrives with it, and is skipped.
+                for message in consumer.consume(num_messages=CONSUME_BATCH, timeout=wait_s):
+                    partition = message.partition()
+                    if message.topic() != topic or partition not in starts or partition in read:
+                        continue  # left over from an earlier pass, or a head already read
+                    error = message.error()
+                    if error is not None:
+                        # Retention emptied the partition since the lag was read.
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            read.add(partition)
+                        continue
+                    offset = message.offset()
+                    if offset is None or offset < starts[partition]:
+                        continue
+                    read.add(partition)
+                    consumer.pause([TopicPartition(topic, partition)])  # its head is known
+                    kind, stamp = message.timestamp()
+                    if kind != TIMESTAMP_NOT_AVAILABLE and stamp >= 0:
+                        heads[partition] = stamp
         finally:
             # A pause outlives the assignment: the next pass must find them fetching.
             consumer.resume(assigned)
@@ -120,7 +120,10 @@ def _consumer(*, timeout_s: float) -> tuple[Consumer, threading.Lock]:
             "auto.offset.reset": "earliest",
             "enable.partition.eof": True,
             "max.partition.fetch.bytes": HEAD_FETCH_BYTES,
-            "queued.max.messages.kbytes": max(HEAD_FETCH_BYTES // 1024, 1),
+            # No prefetch past the first batch of a partition (a limit on the queue's
+            # bytes would do worse: it is shared, and over it librdkafka stops fetching
+            # every partition for fetch.queue.backoff.ms, a second by default).
+            "queued.min.messages": 1,
             "fetch.wait.max.ms": 100,
             "socket.connection.setup.timeout.ms": timeout_ms,
             "socket.timeout.ms": timeout_ms,
