@@ -71,13 +71,24 @@ class HandoverPool:
         self._clock = clock
         self._lock = threading.Lock()
         self._handed_over: list[Path] = []
+        self._live_peers: list[Path] = []
         self._envs: dict[Path, lmdb.Environment] = {}
         self._scanned_at: float | None = None
 
     def find(self, url: str) -> HandedOver | None:
         """The copy of `url` in another cache whose file is there with its recorded size."""
         key = url_key(url)
-        for folder in self._folders():
+        found = self._find_in(self._folders(), key, url)
+        if found is None and self.root is not None:
+            # A peer that just stopped is handed over by renaming its folder: it is gone
+            # from its old path before the next periodic rescan shows the new one, and
+            # that is when its partitions move here (a rolling deploy). One listing of
+            # the handover folder is cheaper than the download a miss would make.
+            found = self._find_in(self._folders(rescan=True), key, url)
+        return found
+
+    def _find_in(self, folders: list[Path], key: bytes, url: str) -> HandedOver | None:
+        for folder in folders:
             record = self._get(folder, key)
             if record is None or record.url != url:
                 continue
@@ -95,16 +106,19 @@ class HandoverPool:
                 env.close()
             self._envs.clear()
 
-    def _folders(self) -> list[Path]:
+    def _folders(self, *, rescan: bool = False) -> list[Path]:
         now = self._clock()
         with self._lock:
-            if self._scanned_at is None or now - self._scanned_at >= RESCAN_INTERVAL_S:
+            if rescan or self._scanned_at is None or now - self._scanned_at >= RESCAN_INTERVAL_S:
                 self._scanned_at = now
                 self._handed_over = _newest_first(self.root)
+                # A peer handed over since is read at its new place: its index must not
+                # stay open under the old one too (one LMDB file, one env per process).
+                self._live_peers = [p for p in self._peers if p.exists()]
                 # A swept handover's map would keep its deleted file's space in use.
-                for gone in set(self._envs) - {*self._handed_over, *self._peers}:
+                for gone in set(self._envs) - {*self._handed_over, *self._live_peers}:
                     self._envs.pop(gone).close()
-            return [*self._handed_over, *self._peers]
+            return [*self._handed_over, *self._live_peers]
 
     def _get(self, folder: Path, key: bytes) -> IndexRecord | None:
         with self._lock:

@@ -148,3 +148,30 @@ def test_prefetch_copies_the_same_version_from_another_cache_and_downloads_a_cha
         assert new.stats()["fetches"] == 1  # both served from disk
     finally:
         new.close()
+
+
+def test_a_peer_handed_over_while_its_partitions_move_is_found_at_its_new_place(
+    tmp_path: Path, s3_object: Callable[..., str], s3_client: S3Client
+) -> None:
+    first = s3_object("first.bin", content_of("first.bin", MiB))
+    second = s3_object("second.bin", content_of("second.bin", MiB))
+    layout = LocalLayout(tmp_path)
+    old_settings = worker_settings(tmp_path, "w-old")
+    old = WarmCache.open(old_settings, s3_client=s3_client)
+    old.get_or_fetch(first)
+    old.get_or_fetch(second)
+    old.close()
+    settings = dataclasses.replace(
+        worker_settings(tmp_path, "w-new"), peer_dirs=(old_settings.service_dir,)
+    )
+    new = WarmCache.open(settings, s3_client=s3_client)
+    try:
+        assert new.prefetch(first) == MiB  # from the peer, where it ran
+        # It stops and its supervisor renames its cache into the handover folder; its
+        # partitions move here at that moment, before the pool's periodic rescan.
+        assert cache_hand_over(layout, worker="w-old", service="svc") is not None
+        assert new.prefetch(second) == MiB
+        stats = new.stats()
+        assert (stats["prefetched_from_peers"], stats["fetches"]) == (2, 0)
+    finally:
+        new.close()
