@@ -1,7 +1,9 @@
 """The control plane's connections for invoke, one set per process, none per request.
 
-- One Kafka producer, polled by one thread; each delivery report is handed to the event
-  loop of the coroutine waiting for it, so a produce holds no thread.
+- One Kafka producer, polled by one thread; a delivery report is handed to the event
+  loop of a coroutine waiting for it, so a produce holds no thread. A caller that waits
+  for the outcome does not wait for the report (the outcome proves delivery): its report
+  costs a flag on the poll thread, and only a refusal wakes its loop.
 - One asyncio Redis pool per event loop (uvicorn runs one loop per process; Django's
   test client makes one per request, hence the per-loop map).
 - One Redis subscription per process (a thread) to every service's done channel
@@ -101,6 +103,73 @@ def _poll_forever(producer: Producer) -> None:
 _producer = _ProducerThread()
 
 
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
+class Delivery:
+    """The delivery report of a message whose caller waits for its outcome. Set on the
+    poll thread: success only marks it (no hop to the loop); a refusal fails `outcome`
+    with BrokerDown at once. `confirmed` waits for the report itself, for a caller that
+    stops waiting before the outcome came."""
+
+    __slots__ = ("_loop", "_outcome", "_waker", "error", "settled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, outcome: asyncio.Future[bytes]) -> None:
+        self._loop = loop
+        self._outcome = outcome
+        self._waker: asyncio.Future[None] | None = None
+        self.error: KafkaError | None = None
+        self.settled = False
+
+    def __call__(self, error: KafkaError | None, message: Any) -> None:
+        self.error = error
+        self.settled = True  # after `error`: a reader that sees it settled sees the error
+        with contextlib.suppress(RuntimeError):  # that loop is closed: its caller has gone
+            if error is not None:
+                self._loop.call_soon_threadsafe(_fail, self._outcome, BrokerDown(str(error)))
+            if self._waker is not None:
+                self._loop.call_soon_threadsafe(_settle, self._waker, None)
+
+    async def confirmed(self) -> None:
+        """Return once Kafka has the message; BrokerDown when it refused it, or when no
+        report came within the delivery timeout."""
+        if not self.settled:
+            self._waker = self._loop.create_future()
+            if not self.settled:  # else the report came in between: no wake-up is due
+                try:
+                    await asyncio.wait_for(self._waker, DELIVERY_TIMEOUT_S + 1.0)
+                except TimeoutError:
+                    raise BrokerDown("no delivery report") from None
+        if self.error is not None:
+            raise BrokerDown(str(self.error))
+
+
+def produce_watched(
+    messages: list[dict[str, Any]], outcomes: list[asyncio.Future[bytes]]
+) -> list[Delivery]:
+    """Produce each message (kwargs of `Producer.produce`) for a caller that waits on its
+    outcome future (same order); return their Delivery, without waiting for them."""
+    producer = _producer.get()
+    loop = asyncio.get_running_loop()
+    deliveries = []
+    for message, outcome in zip(messages, outcomes, strict=True):
+        delivery = Delivery(loop, outcome)
+        _produce(producer, message, delivery)
+        deliveries.append(delivery)
+    return deliveries
+
+
+def _produce(producer: Producer, message: dict[str, Any], report: Callable[..., None]) -> None:
+    try:
+        producer.produce(**message, on_delivery=report)
+    except BufferError:
+        raise BrokerDown("the producer queue is full") from None
+    except Exception as exc:  # KafkaException: a bad topic or a closed producer
+        raise BrokerDown(str(exc)) from None
+
+
 async def produce_many(messages: list[dict[str, Any]]) -> None:
     """Produce each message (kwargs of `Producer.produce`) and wait for all of their
     delivery reports; BrokerDown when any was refused or none came in time."""
@@ -109,12 +178,7 @@ async def produce_many(messages: list[dict[str, Any]]) -> None:
     reports = []
     for message in messages:
         report = _Settled(loop)
-        try:
-            producer.produce(**message, on_delivery=report)
-        except BufferError:
-            raise BrokerDown("the producer queue is full") from None
-        except Exception as exc:  # KafkaException: a bad topic or a closed producer
-            raise BrokerDown(str(exc)) from None
+        _produce(producer, message, report)
         reports.append(report.future)
     try:
         errors = await asyncio.wait_for(asyncio.gather(*reports), DELIVERY_TIMEOUT_S + 1.0)

@@ -266,6 +266,54 @@ async def requests_submit(
     admission.admit(
         service=target.service, request_ids=request_ids, timeout_s=target.timeout_seconds
     )
+    messages = _messages(target, items, request_ids, attempt)
+    try:
+        # The record and the produce go out together: one round trip each, overlapped.
+        await asyncio.gather(
+            _records_write(target, items, request_ids, caller), broker.produce_many(messages)
+        )
+    except broker.BrokerDown as exc:
+        raise _broker_down(exc.reason) from None
+
+
+async def _requests_submit_watched(
+    *,
+    target: InvokeTarget,
+    items: list[tuple[str | None, bytes]],
+    waiter: _Waiters,
+    caller: str,
+) -> None:
+    """`requests_submit` for a caller that waits for the outcomes: the delivery reports
+    go to `waiter` (a refusal fails the wait), nobody waits for them here."""
+    admission.admit(
+        service=target.service, request_ids=waiter.request_ids, timeout_s=target.timeout_seconds
+    )
+    messages = _messages(target, items, waiter.request_ids, 1)
+    try:
+        waiter.deliveries = broker.produce_watched(messages, waiter.futures)
+    except broker.BrokerDown as exc:
+        raise _broker_down(exc.reason) from None
+    await _records_write(target, items, waiter.request_ids, caller)
+
+
+def _messages(
+    target: InvokeTarget,
+    items: list[tuple[str | None, bytes]],
+    request_ids: list[str],
+    attempt: int,
+) -> list[dict]:
+    return [
+        _message(target, request_id, key, value, attempt)
+        for request_id, (key, value) in zip(request_ids, items, strict=True)
+    ]
+
+
+async def _records_write(
+    target: InvokeTarget,
+    items: list[tuple[str | None, bytes]],
+    request_ids: list[str],
+    caller: str | None,
+) -> None:
     submitted_ms = protocol.now_ms()
     records = [
         (
@@ -281,19 +329,10 @@ async def requests_submit(
         )
         for request_id, (key, _) in zip(request_ids, items, strict=True)
     ]
-    messages = [
-        _message(target, request_id, key, value, attempt)
-        for request_id, (key, value) in zip(request_ids, items, strict=True)
-    ]
     try:
-        # The record and the produce go out together: one round trip each, overlapped.
-        await asyncio.gather(
-            broker.records_set(records, ttl_s=protocol.REPLY_TTL_S), broker.produce_many(messages)
-        )
+        await broker.records_set(records, ttl_s=protocol.REPLY_TTL_S)
     except redis.RedisError as exc:
         raise _redis_down(exc) from None
-    except broker.BrokerDown as exc:
-        raise _broker_down(exc.reason) from None
 
 
 def request_produce(
@@ -367,9 +406,7 @@ async def _submit_and_wait(
             # Wake-ups are registered before the produce, so none can be missed.
             for request_id in request_ids:
                 waiter.add(request_id)
-            await requests_submit(
-                target=target, items=items, request_ids=request_ids, caller=caller
-            )
+            await _requests_submit_watched(target=target, items=items, waiter=waiter, caller=caller)
             return await waiter.wait(wait_s)
         finally:
             waiter.close()
@@ -377,32 +414,51 @@ async def _submit_and_wait(
 
 class _Waiters:
     """Futures for some request ids of one service, in order, unregistered on close (also
-    when the caller disconnects and its task is cancelled)."""
+    when the caller disconnects and its task is cancelled). When this caller produced
+    them, `deliveries` are their reports: a refusal fails the wait (503), and a request
+    still queued when the wait ends is answered as queued only once Kafka has it."""
 
     def __init__(self, service: str) -> None:
         self._service = service
-        self._futures: list[tuple[str, asyncio.Future[bytes]]] = []
+        self.request_ids: list[str] = []
+        self.futures: list[asyncio.Future[bytes]] = []
+        self.deliveries: list[broker.Delivery] = []
 
     def add(self, request_id: str) -> None:
         try:
             future = broker.listener.register(self._service, request_id)
         except redis.RedisError as exc:
             raise _redis_down(exc) from None
-        self._futures.append((request_id, future))
+        self.request_ids.append(request_id)
+        self.futures.append(future)
 
     async def wait(self, wait_s: float) -> list[RequestState]:
         if wait_s > 0:
-            await asyncio.wait([f for _, f in self._futures], timeout=wait_s)
-        return [
-            RequestState(i, "done", protocol.Outcome.from_json(f.result()))
-            if f.done()
-            else RequestState(i, "queued")
-            for i, f in self._futures
-        ]
+            await asyncio.wait(self.futures, timeout=wait_s, return_when=asyncio.FIRST_EXCEPTION)
+        states = []
+        for index, (request_id, future) in enumerate(
+            zip(self.request_ids, self.futures, strict=True)
+        ):
+            if future.done():
+                try:
+                    outcome = future.result()
+                except broker.BrokerDown as exc:
+                    raise _broker_down(exc.reason) from None
+                states.append(RequestState(request_id, "done", protocol.Outcome.from_json(outcome)))
+                continue
+            if self.deliveries:
+                try:
+                    await self.deliveries[index].confirmed()
+                except broker.BrokerDown as exc:
+                    raise _broker_down(exc.reason) from None
+            states.append(RequestState(request_id, "queued"))
+        return states
 
     def close(self) -> None:
-        for request_id, future in self._futures:
+        for request_id, future in zip(self.request_ids, self.futures, strict=True):
             broker.listener.unregister(self._service, request_id, future)
+            if future.done() and not future.cancelled():
+                future.exception()  # a refusal seen too late to matter: not an error to log
             future.cancel()
 
 
