@@ -209,53 +209,6 @@ def redis_async() -> aioredis.Redis:
     return client
 
 
-class _Records:
-    """Request records (SET with a TTL) of all the invokes of one loop turn, written in
-    one pipelined round trip: under load, many requests share each."""
-
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._client = client
-        self._pending: list[tuple[list[tuple[str, str]], int, asyncio.Future[None]]] = []
-
-    async def set_many(self, items: list[tuple[str, str]], *, ttl_s: int) -> None:
-        loop = asyncio.get_running_loop()
-        written: asyncio.Future[None] = loop.create_future()
-        self._pending.append((items, ttl_s, written))
-        if len(self._pending) == 1:
-            loop.call_soon(lambda: loop.create_task(self._flush()))
-        await written
-
-    async def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        pipe = self._client.pipeline(transaction=False)
-        for items, ttl_s, _ in batch:
-            for key, value in items:
-                pipe.set(key, value, ex=ttl_s)
-        try:
-            await pipe.execute()
-        except Exception as exc:
-            for _, _, written in batch:
-                if not written.done():
-                    written.set_exception(exc)
-            return
-        for _, _, written in batch:
-            _settle(written, None)
-
-
-_loop_records: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Records] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def records_set(items: list[tuple[str, str]], *, ttl_s: int) -> None:
-    """SET each (key, value) with `ttl_s`, coalesced with the loop's other writers."""
-    loop = asyncio.get_running_loop()
-    records = _loop_records.get(loop)
-    if records is None:
-        records = _loop_records[loop] = _Records(redis_async())
-    await records.set_many(items, ttl_s=ttl_s)
-
-
 class OutcomeListener:
     """Wakes waiting callers when their outcome is published. Thread-safe.
 

@@ -2,41 +2,33 @@
 
 The control plane's hot path, async end to end: a waiting caller is a future (woken by
 the process's one outcome subscription, apps/services/broker.py), never a thread or a
-Redis connection. In the steady state a request touches no database: the service's
-invoke target (routing, timeout, whether anything can serve it) is cached per process
-for `MEMRUN_LOOKUP_CACHE_TTL_S` and dropped when the service changes.
+Redis connection. In the steady state a request touches no database (the service's
+invoke target is cached: apps/services/targets.py) and writes nothing but its Kafka
+message (its id says where to find it: apps/services/requestids.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.db.models import Count, OuterRef, Q, Subquery
 
 from apps.common.errors import DomainError
 from apps.common.permissions import Access, Role
-from apps.common.ttlcache import TtlCache
 from apps.services import broker
 from apps.services.admission import admission
-from apps.services.models import LIVE_STATUSES, Deployment, Service
-from memrun.errors import ConfigError, StickyKeyError
+from apps.services.requestids import request_id_new, request_id_parse
+from apps.services.targets import InvokeTarget, invoke_target
+from memrun.errors import StickyKeyError
 from memrun.wire import protocol, redact_urls
-from memrun.wire.config import ServiceConfig, service_config_build, service_config_from_dict
-from memrun.wire.sticky import StickyTemplate
 
 MAX_WAIT_S = 300.0
-_LIVE = (Deployment.Status.ACTIVE, Deployment.Status.ROLLING)
-# Worker states by value: services sits below workers and does not import it.
-_READY = "ready"
-_STARTING = ("provisioning", "booting")
 
 
 @dataclass(frozen=True)
@@ -77,114 +69,7 @@ def invoke_status(states: list[RequestState]) -> int:
     return 200 if all(state.status == "done" for state in states) else 202
 
 
-@dataclass(frozen=True)
-class InvokeTarget:
-    """What invoke needs to know of a service. `refusal` says why nothing can serve it
-    now (never deployed, no ready worker): a 409 unless the caller asks to queue."""
-
-    service: str
-    sticky: StickyTemplate | None
-    timeout_seconds: int
-    refusal: DomainError | None
-
-
-@functools.lru_cache(maxsize=1024)
-def _sticky(template: str) -> StickyTemplate:
-    """Parsed once per template (so once per deployment), not per request."""
-    return StickyTemplate.parse(template)
-
-
-def invoke_target_get(*, name: str) -> InvokeTarget:
-    """The service's invoke target, from the database in one query; 404 when unknown.
-    Its sticky key and timeout are its live deployment's settings (I10); a service with
-    none (refused unless queued) takes the settings a deploy defaults to."""
-    live_config = (
-        Deployment.objects.filter(service=OuterRef("pk"), status__in=LIVE_STATUSES)
-        .order_by("-version")
-        .values("manifest__config")[:1]
-    )
-    row = (
-        Service.objects.filter(name=name)
-        .annotate(
-            live_config=Subquery(live_config),
-            deployed=Count("deployments", distinct=True),
-            live=Count("deployments", filter=Q(deployments__status__in=_LIVE), distinct=True),
-            ready=Count("workers", filter=Q(workers__state=_READY), distinct=True),
-            starting=Count("workers", filter=Q(workers__state__in=_STARTING), distinct=True),
-        )
-        .first()
-    )
-    if row is None:
-        raise DomainError(
-            f"no service named {name!r}; list them with GET /api/v1/services",
-            status=404,
-            details={"name": name},
-        )
-    config = _config_of(row.live_config) or service_config_build(row.name)
-    return InvokeTarget(
-        service=row.name,
-        sticky=_sticky(config.sticky_key) if config.sticky_key else None,
-        timeout_seconds=config.timeout_seconds,
-        refusal=_refusal(row),
-    )
-
-
-def _config_of(value: object) -> ServiceConfig | None:
-    try:
-        return service_config_from_dict(value)
-    except ConfigError:
-        return None
-
-
-def _refusal(row: Any) -> DomainError | None:
-    name = row.name
-    queue_hint = "; pass ?queue=true to queue the request anyway"
-    if row.deployed == 0:
-        reason, why = "never_deployed", f"{name} has never been deployed: `memrun deploy` it"
-    elif row.live == 0:
-        reason, why = "no_live_deployment", f"{name} has no live deployment (all failed or old)"
-    elif row.ready == 0 and row.starting:
-        reason, why = "starting", f"{name} has no ready worker yet: {row.starting} starting"
-    elif row.ready == 0:
-        reason, why = "no_ready_worker", f"{name} has no ready worker: see `memrun workers {name}`"
-    else:
-        return None
-    return DomainError(why + queue_hint, status=409, details={"service": name, "reason": reason})
-
-
-_targets: TtlCache[str, InvokeTarget] = TtlCache(lambda: settings.MEMRUN_LOOKUP_CACHE_TTL_S)
-
-
-def invoke_target_forget(name: str | None = None) -> None:
-    """Drop the cached target of `name` (all when None) in this process."""
-    if name is None:
-        _targets.clear()
-    else:
-        _targets.discard(name)
-
-
-def _on_invalidate(message: bytes) -> None:
-    kind, _, name = message.decode().partition(":")
-    if kind == "service":
-        invoke_target_forget(name)
-
-
-broker.listener.on_invalidate.append(_on_invalidate)
 broker.listener.on_done.append(admission.answered)
-
-
-# A refusal is kept briefly: long enough that a flood of invokes on a service that cannot
-# serve costs one query a second, short enough that a service becoming ready is seen soon.
-_REFUSAL_TTL_S = 1.0
-
-
-async def invoke_target(*, name: str) -> InvokeTarget:
-    """Cached for MEMRUN_LOOKUP_CACHE_TTL_S, a refusal for at most a second."""
-    target = _targets.get(name)
-    if target is None:
-        target = await sync_to_async(invoke_target_get)(name=name)
-        _targets.put(name, target, ttl_s=None if target.refusal is None else _REFUSAL_TTL_S)
-    return target
 
 
 def _payload(body: bytes) -> Any:
@@ -257,34 +142,25 @@ async def requests_submit(
     items: list[tuple[str | None, bytes]],
     request_ids: list[str],
     attempt: int = 1,
-    caller: str | None = None,
 ) -> None:
-    """Record and produce each (Kafka key, payload json) under its request id; return
-    once Kafka has them all. 429 when the service's backlog is full. `attempt` > 1 marks
-    a replay of a failed request. The record keeps the submitting `caller`, which may
-    poll the request without the read role on the service."""
+    """Produce each (Kafka key, payload json) under its request id (requestids.py: the
+    id is what lets GET /requests/{id} find it); return once Kafka has them all. 429
+    when the service's backlog is full. `attempt` > 1 marks a replay of a failed
+    request."""
     admission.admit(
         service=target.service, request_ids=request_ids, timeout_s=target.timeout_seconds
     )
-    messages = _messages(target, items, request_ids, attempt)
     try:
-        # The record and the produce go out together: one round trip each, overlapped.
-        await asyncio.gather(
-            _records_write(target, items, request_ids, caller), broker.produce_many(messages)
-        )
+        await broker.produce_many(_messages(target, items, request_ids, attempt))
     except broker.BrokerDown as exc:
         raise _broker_down(exc.reason) from None
 
 
-async def _requests_submit_watched(
-    *,
-    target: InvokeTarget,
-    items: list[tuple[str | None, bytes]],
-    waiter: _Waiters,
-    caller: str,
+def _requests_submit_watched(
+    *, target: InvokeTarget, items: list[tuple[str | None, bytes]], waiter: _Waiters
 ) -> None:
     """`requests_submit` for a caller that waits for the outcomes: the delivery reports
-    go to `waiter` (a refusal fails the wait), nobody waits for them here."""
+    go to `waiter` (a refusal fails the wait); nothing here waits for them."""
     admission.admit(
         service=target.service, request_ids=waiter.request_ids, timeout_s=target.timeout_seconds
     )
@@ -293,7 +169,6 @@ async def _requests_submit_watched(
         waiter.deliveries = broker.produce_watched(messages, waiter.futures)
     except broker.BrokerDown as exc:
         raise _broker_down(exc.reason) from None
-    await _records_write(target, items, waiter.request_ids, caller)
 
 
 def _messages(
@@ -308,43 +183,16 @@ def _messages(
     ]
 
 
-async def _records_write(
-    target: InvokeTarget,
-    items: list[tuple[str | None, bytes]],
-    request_ids: list[str],
-    caller: str | None,
-) -> None:
-    submitted_ms = protocol.now_ms()
-    records = [
-        (
-            protocol.request_key(request_id),
-            json.dumps(
-                {
-                    "service": target.service,
-                    "key": key,
-                    "submitted_ms": submitted_ms,
-                    "caller": caller,
-                }
-            ),
-        )
-        for request_id, (key, _) in zip(request_ids, items, strict=True)
-    ]
-    try:
-        await broker.records_set(records, ttl_s=protocol.REPLY_TTL_S)
-    except redis.RedisError as exc:
-        raise _redis_down(exc) from None
-
-
 def request_produce(
     *, service: str, key: str | None, body: bytes, timeout_seconds: int, attempt: int = 1
 ) -> str:
     """Produce `body` with Kafka key `key` to the service's request topic as a new
-    request (its record kept for GET /requests/{id}); return its id once Kafka has it.
+    request; return its id once Kafka has it.
     For sync callers (dead letter replays); invoke itself is async."""
     target = InvokeTarget(
         service=service, sticky=None, timeout_seconds=timeout_seconds, refusal=None
     )
-    request_id = protocol.new_request_id()
+    request_id = request_id_new(service=service, caller=None)
     async_to_sync(requests_submit)(
         target=target, items=[(key, body)], request_ids=[request_id], attempt=attempt
     )
@@ -394,19 +242,17 @@ async def service_invoke_batch(
 async def _submit_and_wait(
     target: InvokeTarget, items: list[tuple[str | None, bytes]], *, wait_s: float, caller: str
 ) -> list[RequestState]:
-    request_ids = [protocol.new_request_id() for _ in items]
+    request_ids = [request_id_new(service=target.service, caller=caller) for _ in items]
     with admission.waiting(service=target.service, caller=caller) as may_wait:
         if not may_wait or wait_s <= 0:
-            await requests_submit(
-                target=target, items=items, request_ids=request_ids, caller=caller
-            )
+            await requests_submit(target=target, items=items, request_ids=request_ids)
             return [RequestState(request_id, "queued") for request_id in request_ids]
         waiter = _Waiters(target.service)
         try:
             # Wake-ups are registered before the produce, so none can be missed.
             for request_id in request_ids:
                 waiter.add(request_id)
-            await _requests_submit_watched(target=target, items=items, waiter=waiter, caller=caller)
+            _requests_submit_watched(target=target, items=items, waiter=waiter)
             return await waiter.wait(wait_s)
         finally:
             waiter.close()
@@ -467,9 +313,7 @@ async def request_wait(
 ) -> RequestState:
     """The request's state, waiting up to `wait_s` seconds for its outcome; 404 for an
     id never submitted (or expired); 403 unless `caller` may see it (`request_get`)."""
-    record = await _request_record(request_id=request_id)
-    _request_require(access, caller, request_id, record)
-    service = record["service"]
+    service = _request_service(request_id=request_id, access=access, caller=caller)
     waiter = _Waiters(service)
     try:
         if wait_s > 0:
@@ -486,39 +330,33 @@ async def request_get(*, request_id: str, access: Access, caller: str) -> Reques
     """ "done" with the outcome, "queued" while pending; 404 for an id never submitted.
     Only for a caller with the read role on the request's service, or for the caller
     that submitted it while it may still invoke that service; else 403."""
-    record = await _request_record(request_id=request_id)
-    _request_require(access, caller, request_id, record)
-    return await _request_state(service=record["service"], request_id=request_id)
+    service = _request_service(request_id=request_id, access=access, caller=caller)
+    return await _request_state(service=service, request_id=request_id)
 
 
-async def _request_record(*, request_id: str) -> dict[str, Any]:
-    """The request's submission record, which names its service (outcomes are kept under
-    their service's prefix); 404 for an id never submitted or expired."""
-    try:
-        raw = await broker.redis_async().get(protocol.request_key(request_id))
-    except redis.RedisError as exc:
-        raise _redis_down(exc) from None
-    record = _record_of(raw)
-    if record is None:
+def _request_service(*, request_id: str, access: Access, caller: str) -> str:
+    """The request's service, from its id; 404 for an id never submitted (or expired),
+    403 unless `caller` may see it: with the read role on the request's service, or as
+    the token that submitted it while it may still invoke that service."""
+    ref = request_id_parse(request_id)
+    if ref is None:
         raise DomainError(
-            f"no request {request_id!r}: it never existed or its record expired "
+            f"no request {request_id!r}: it never existed or it expired "
             f"({protocol.REPLY_TTL_S // 3600} h after submission)",
             status=404,
             details={"request_id": request_id},
         )
-    return record
-
-
-def _record_of(raw: bytes | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("service"), str):
-        return None
-    return record
+    service = ref.service
+    if access.allows(Role.READ, service):
+        return service
+    if ref.submitted_by(caller) and access.allows(Role.INVOKE, service):
+        return service
+    raise DomainError(
+        f"{access.who} may not see request {request_id}: it needs the read role on the "
+        "request's service, or to be the token that submitted it",
+        status=403,
+        details={"request_id": request_id, "role": str(Role.READ)},
+    )
 
 
 async def _request_state(*, service: str, request_id: str) -> RequestState:
@@ -556,9 +394,7 @@ async def request_events(
     """The request's server-sent events (see EVENTS_KEEPALIVE_S). The same 403/404 as
     `request_get` come before the stream starts; the wake-up is registered first, so an
     outcome that lands in between is not missed. A caller that hangs up ends the stream."""
-    record = await _request_record(request_id=request_id)
-    _request_require(access, caller, request_id, record)
-    service = record["service"]
+    service = _request_service(request_id=request_id, access=access, caller=caller)
     waiter = _Waiters(service)
     try:
         waiter.add(request_id)
@@ -587,20 +423,6 @@ async def _events(waiter: _Waiters, state: RequestState, follow_s: float) -> Asy
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
-def _request_require(access: Access, caller: str, request_id: str, record: dict[str, Any]) -> None:
-    service = record["service"]
-    if access.allows(Role.READ, service):
-        return
-    if record.get("caller") == caller and access.allows(Role.INVOKE, service):
-        return
-    raise DomainError(
-        f"{access.who} may not see request {request_id}: it needs the read role on the "
-        "request's service, or to be the token that submitted it",
-        status=403,
-        details={"request_id": request_id, "role": str(Role.READ)},
-    )
 
 
 def _redis_down(exc: Exception) -> DomainError:

@@ -99,12 +99,6 @@ def done_channel_service(channel: str) -> str:
     return channel.removeprefix("memrun:").removesuffix(":done")
 
 
-def request_key(request_id: str) -> str:
-    """Redis string holding the submission record (its service) while the request is
-    pending. `_` starts no service name: no worker's key pattern reaches it."""
-    return f"memrun:_request:{request_id}"
-
-
 def new_request_id() -> str:
     return uuid.uuid4().hex
 

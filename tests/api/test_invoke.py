@@ -10,6 +10,7 @@ from asgiref.sync import async_to_sync
 from django.test import AsyncClient, Client
 
 from apps.services.models import Service
+from apps.services.requestids import request_id_parse
 from memrun import ApiError, HandlerError, RequestTimeout
 from memrun import Client as MemrunClient
 from memrun.wire.protocol import MAX_PAYLOAD_BYTES
@@ -36,7 +37,8 @@ def test_invoke_waits_for_the_workers_answer(api_client: Client, served: str) ->
     assert body["result"]["key"] == "u1"
     assert body["worker"] == "w1"
     assert body["attempt"] == 1
-    assert len(body["request_id"]) == 32
+    ref = request_id_parse(body["request_id"])
+    assert ref is not None and ref.service == served
 
 
 def test_a_handler_error_comes_back_as_an_error_outcome(api_client: Client, served: str) -> None:
@@ -117,7 +119,8 @@ def test_the_sdk_client_round_trips_over_http(
         worker.stop()
     with pytest.raises(RequestTimeout) as timed_out:
         client.invoke(name, {"user": "u", "op": "echo"}, wait=0.2, queue=True)
-    assert len(timed_out.value.details["request_id"]) == 32
+    ref = request_id_parse(timed_out.value.details["request_id"])
+    assert ref is not None and ref.service == name
 
 
 def test_a_wait_longer_than_the_redis_client_timeout_still_gets_the_answer(
@@ -208,3 +211,20 @@ def test_the_sdk_client_follows_a_request_to_its_outcome_over_one_connection(
     with pytest.raises(ApiError) as unknown:
         client.follow("nope")
     assert unknown.value.status == 404
+
+
+def test_request_ids_carry_their_service_and_submitter_signed() -> None:
+    from apps.services.requestids import request_id_new
+
+    request_id = request_id_new(service="svc-a", caller="token:abc")
+    ref = request_id_parse(request_id)
+    assert ref is not None and ref.service == "svc-a"
+    assert ref.submitted_by("token:abc") and not ref.submitted_by("token:abd")
+    assert len(request_id_new(service="s" * 63, caller=None)) <= 100
+    # Another service's name, a changed character, or a foreign id: never submitted.
+    body = request_id.rpartition(".")[2]
+    assert request_id_parse(f"svc-b.{body}") is None
+    flipped = body[:5] + ("A" if body[5] != "A" else "B") + body[6:]
+    assert request_id_parse(f"svc-a.{flipped}") is None
+    assert request_id_parse("0123456789abcdef0123456789abcdef") is None
+    assert request_id_parse("svc-a." + "ü" * 36) is None

@@ -232,8 +232,8 @@ def test_cli_invoke_batch_prints_one_outcome_per_line_in_order(
 
 
 def test_invoke_reads_worker_states_by_their_values() -> None:
-    from apps.services import invoke
+    from apps.services import targets
     from apps.workers.models import WorkerState
 
-    assert invoke._READY == WorkerState.READY
-    assert set(invoke._STARTING) == {WorkerState.PROVISIONING, WorkerState.BOOTING}
+    assert targets._READY == WorkerState.READY
+    assert set(targets._STARTING) == {WorkerState.PROVISIONING, WorkerState.BOOTING}
