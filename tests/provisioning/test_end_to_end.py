@@ -137,12 +137,13 @@ class Scenario:
         from asgiref.sync import async_to_sync
 
         from apps.services.invoke import InvokeTarget, requests_submit
-        from memrun.wire.protocol import new_request_id
+        from apps.services.requestids import request_id_new
         from memrun.wire.sticky import StickyTemplate
 
         sticky = StickyTemplate.parse(sticky_template)
         target = InvokeTarget(service=self.name, sticky=sticky, timeout_seconds=120, refusal=None)
-        request_id = new_request_id()
+        # An id as the control plane makes it, so GET /requests/{id} finds the request.
+        request_id = request_id_new(service=self.name, caller=None)
         async_to_sync(requests_submit)(
             target=target,
             items=[(sticky.key_for(payload), json.dumps(payload).encode())],
