@@ -631,9 +631,10 @@ def test_concurrent_handlers_lines_carry_their_own_request_id(
         assert process.proc.wait(WAIT_S * 3) == 0, process.log_path.read_text()[-4000:]
 
     written = list(
-        WorkerLogLine.objects.filter(worker=worker, message__regex=r"^[0-9a-f]{32} ").values(
-            "event", "request_id", "message"
-        )
+        # Lines that begin with a request id, as the control plane makes them (requestids.py).
+        WorkerLogLine.objects.filter(
+            worker=worker, message__regex=rf"^{service.name}\.[A-Za-z0-9_-]{{36}} "
+        ).values("event", "request_id", "message")
     )
     assert len(written) == 8 * 5
     for line in written:
