@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
+from apps.services.requestids import request_id_new
+
 pytestmark = pytest.mark.django_db
 
 
@@ -60,7 +62,9 @@ def test_a_redis_password_never_reaches_an_error_body(api_client: Client, settin
     # production REDIS_URL does (each event loop builds its client from the setting, and
     # the test client runs each request on a new loop).
     settings.REDIS_URL = "redis://default:hunter2-secret@127.0.0.1:1/0"
-    response = api_client.get("/api/v1/requests/0123456789abcdef0123456789abcdef")
+    # A well-formed id (requestids.py), so the look-up reaches Redis.
+    request_id = request_id_new(service="some-service", caller=None)
+    response = api_client.get(f"/api/v1/requests/{request_id}")
     assert response.status_code == 503
     assert_shape(response.json())
     assert "hunter2-secret" not in response.content.decode()
