@@ -69,6 +69,7 @@ class ConsumeLoop:
         on_stats_tick: Callable[[], None],
         on_gained: Callable[[list[int]], None] = lambda partitions: None,
         on_revoked: Callable[[], None] = lambda: None,
+        on_closing: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._consumer = consumer
@@ -90,6 +91,7 @@ class ConsumeLoop:
         self._on_stats_tick = on_stats_tick
         self._on_gained = on_gained
         self._on_revoked = on_revoked
+        self._on_closing = on_closing
         self._clock = clock
 
         self.state = "starting"
@@ -204,6 +206,7 @@ class ConsumeLoop:
 
     def _close(self, exit_code: int) -> None:
         self.state = "stopping"
+        self._on_closing()  # what runs beside the loop ends before its summary line
         self._commit(self._owned.values(), sync=True)
         unfinished = self._in_flight - self._abandoned_now
         self._producer.flush(5.0)
@@ -405,8 +408,9 @@ class ConsumeLoop:
         if self._paused:
             consumer.pause(partitions)
         self._log_assignment("worker.assigned", partitions)
-        # Only queues: the warm handoff prefetches on its own thread (worker_daemon/handoff.py).
-        self._on_gained([tp.partition for tp in partitions])
+        if self.state == "running":  # a draining worker has no use for a prefetch
+            # Only queues: the warm handoff prefetches on its own thread (handoff.py).
+            self._on_gained([tp.partition for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [o for tp in partitions if (o := self._owned.get((tp.topic, tp.partition)))]

@@ -169,6 +169,7 @@ class Worker:
             on_stats_tick=self._emit_stats,
             on_gained=self._handoff.partitions_gained if self._handoff else lambda parts: None,
             on_revoked=lambda: self.on_revoked(),
+            on_closing=self._handoff.stop if self._handoff else lambda: None,
             clock=self._clock,
         )
         if self._stop_requested:
@@ -176,12 +177,8 @@ class Worker:
         self._pool.start()
         self._replies.start()
         if self._handoff is not None:
-            self._handoff.start()
-        try:
-            return self._loop.run()
-        finally:
-            if self._handoff is not None:
-                self._handoff.stop()
+            self._handoff.start()  # the loop stops it as it closes (on_closing)
+        return self._loop.run()
 
     def request_stop(self) -> None:
         """Stop fetching, finish in-flight work, commit, leave. Only sets flags, so it is

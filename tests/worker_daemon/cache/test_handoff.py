@@ -226,3 +226,5 @@ def test_the_new_owner_prefetches_the_old_owners_hot_set_and_never_serves_a_chan
         codes = [new.stop()] if new is not None else []
         codes.append(old.stop())
     assert codes == [EXIT_OK] * len(codes)
+    # The prefetch thread stopped before the summary: nothing is logged after it.
+    assert new is not None and new.lines.events[-1]["event"] == "worker.stopped"
