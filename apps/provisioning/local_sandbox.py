@@ -104,7 +104,9 @@ class Sandbox:
         for path in writable:
             args += [*_parents(path), "--bind", str(path), str(path)]
         for path in readable:
-            args += [*_parents(path), "--ro-bind", str(path), str(path)]
+            # Another worker's cache may be handed over (renamed) between the listing of
+            # the service's caches and this start: then there is nothing to read there.
+            args += [*_parents(path), "--ro-bind-try", str(path), str(path)]
         args += ["--chdir", str(cwd)]
         drop = [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
         drop += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]
