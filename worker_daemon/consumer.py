@@ -47,6 +47,19 @@ WATCHDOG_INTERVAL_S = 0.1
 LOG_FLUSH_INTERVAL_S = 0.2
 
 
+def assign_as(consumer: Consumer, partitions: list[TopicPartition], *, paused: bool) -> None:
+    """Take `partitions` and set their pause to `paused`, whatever they had before.
+
+    librdkafka keeps a partition's application pause across unassign and assign: one
+    revoked while this worker was paused (backpressure) and given back later would stay
+    paused for good, and the requests on it would wait forever (an autoscale scale-down
+    did exactly that). So a gained partition is resumed explicitly when we are not paused.
+    """
+    consumer.incremental_assign(partitions)
+    if partitions:
+        (consumer.pause if paused else consumer.resume)(partitions)
+
+
 class ConsumeLoop:
     def __init__(
         self,
@@ -402,11 +415,9 @@ class ConsumeLoop:
     # -- rebalance callbacks (run inside consume/poll, on this thread) -----------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        consumer.incremental_assign(partitions)
+        assign_as(consumer, partitions, paused=self._paused)
         for tp in partitions:
             self._owned[(tp.topic, tp.partition)] = AssignedPartition(tp.topic, tp.partition)
-        if self._paused:
-            consumer.pause(partitions)
         self._log_assignment("worker.assigned", partitions)
         if self.state == "running":  # a draining worker has no use for a prefetch
             # Only queues: the warm handoff prefetches on its own thread (handoff.py).
