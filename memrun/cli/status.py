@@ -49,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
                 name,
                 (f"v{live.version}" + (" DEGRADED" if live.degraded else "")) if live else "-",
                 f"{ready[name]}/{service['desired_workers']}",
-                f"{autoscale['min_workers']}..{autoscale['max_workers']}"
-                if autoscale["enabled"]
-                else "off",
+                _autoscale_cell(autoscale),
                 _describe(history[0]) if history else "never deployed",
             )
         )
@@ -82,6 +80,20 @@ def run(args: argparse.Namespace) -> int:
         for line in decision_lines(autoscale["decisions"][:HISTORY]):
             print(line)
     return 0
+
+
+def _autoscale_cell(autoscale: dict[str, Any]) -> str:
+    """The range, and the last decision with its reason: "1..4: up 2->3 5m ago (lag_above)"."""
+    if not autoscale["enabled"]:
+        return "off"
+    text = f"{autoscale['min_workers']}..{autoscale['max_workers']}"
+    if autoscale["decisions"]:
+        last = autoscale["decisions"][0]  # newest first
+        text += (
+            f": {last['action']} {last['workers_before']}->{last['workers_after']} "
+            f"{_ago(last['decided_at'])} ({last['reason']})"
+        )
+    return text
 
 
 def _describe(deployment: Deployment) -> str:

@@ -35,7 +35,6 @@ worker_grace_period_s, eager_celery, supervisor, scenario = (
 HANDLERS = Path(__file__).parent / "handlers"
 AGAINST_B = [
     "read_outcome",
-    "read_record",
     "exists_outcome",
     "forge_set",
     "forge_script",
@@ -46,6 +45,8 @@ AGAINST_B = [
     "psubscribe_all",
 ]
 AGAINST_THE_APPLIANCE = [
+    "publish_invalidate",
+    "subscribe_invalidate",
     "celery_push",
     "celery_read",
     "kombu_bindings",

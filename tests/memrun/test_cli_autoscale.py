@@ -12,7 +12,7 @@ import pytest
 from django.utils import timezone
 
 from apps.services.models import Deployment
-from tests.memrun.test_cli_deploy import control_plane, memrun, write_handler
+from tests.memrun.cli import control_plane, memrun, write_handler
 from tests.worker_daemon.harness import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,7 +59,9 @@ def test_autoscale_sets_shows_and_turns_off(
     code, out, _ = memrun(capsys, "status", name)
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith(name + " "))
-    assert row.split()[3] == "1..2"
+    # The range, and the newest decision with its reason.
+    assert row.split()[3:7] == ["1..2:", "hold", "1->1", "0s"], row
+    assert "ago (at_min)" in row
     assert "autoscaling 1..2" in out and "idle_window: lag 0 on 1 worker(s)" in out
     assert "at_min: lag 0 on 1 worker(s) (0.0 per worker, threshold 50): idle, and 1" in out
 

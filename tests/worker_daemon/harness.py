@@ -45,15 +45,22 @@ MEMRUN = Path(sys.executable).parent / "memrun"
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], *, timeout_s: float = 30.0, what: str = "condition") -> T:
-    """Poll `condition` until it returns something truthy; fail after `timeout_s`."""
+def wait_for(
+    condition: Callable[[], T],
+    *,
+    timeout_s: float = 30.0,
+    what: str | Callable[[], str] = "condition",
+) -> T:
+    """Poll `condition` until it returns something truthy; fail after `timeout_s`.
+    `what` names it in the failure; a callable is asked then (so it can say how far it got)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {said}")
         time.sleep(0.02)
 
 
@@ -251,7 +258,7 @@ def wait_outcomes(
     wait_for(
         all_there,
         timeout_s=timeout_s,
-        what=f"outcomes of {len(ids)} requests ({len(ids) - len(found)} missing)",
+        what=lambda: f"outcomes of {len(ids)} requests ({len(ids) - len(found)} missing)",
     )
     return found
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import datetime
 
 from django import template
+from django.utils import timezone
 
 from memrun.wire.sizes import format_size
 
@@ -51,3 +53,23 @@ def ranges(numbers: Iterable[int]) -> str:
         else:
             spans.append([n, n])
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) or "-"
+
+
+@register.filter
+def ago(moment: datetime | None) -> str:
+    """How long ago, to the second while it is under a minute: heartbeats come every few
+    seconds, and Django's `timesince` says "0 minutes" for all of them."""
+    if moment is None:
+        return "never"
+    return seconds_ago(int((timezone.now() - moment).total_seconds()))
+
+
+def seconds_ago(seconds: int) -> str:
+    seconds = max(0, seconds)  # a clock a little ahead of ours is "now", not the future
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min ago"
+    return f"{seconds // 86400} d ago"

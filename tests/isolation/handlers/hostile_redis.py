@@ -80,7 +80,6 @@ def handle(ctx, request):
     request_id = request.get("request_id", "")
     attacks = {
         "read_outcome": lambda: mine.get(f"memrun:{victim}:outcome:{request_id}"),
-        "read_record": lambda: mine.get(f"memrun:_request:{request_id}"),
         "exists_outcome": lambda: mine.exists(f"memrun:{victim}:outcome:{request_id}"),
         "forge_set": lambda: mine.set(
             f"memrun:{victim}:outcome:{request_id}", forged(request_id), nx=True
@@ -117,6 +116,10 @@ def handle(ctx, request):
         ),
         "subscribe_victim": lambda: listen(mine, "subscribe", f"memrun:{victim}:done"),
         "psubscribe_all": lambda: listen(mine, "psubscribe", "memrun:*:done"),
+        # The control plane's cache-invalidation channel: a flood would empty every web
+        # process's token and service caches.
+        "publish_invalidate": lambda: mine.publish("memrun:invalidate", "token:*"),
+        "subscribe_invalidate": lambda: listen(mine, "subscribe", "memrun:invalidate"),
         "celery_push": lambda: mine.lpush("celery", '{"task": "evil"}'),
         "celery_read": lambda: mine.lrange("celery", 0, -1),
         "kombu_bindings": lambda: mine.smembers("_kombu.binding.celery"),
