@@ -354,6 +354,15 @@ MEMRUN_CRASH_WINDOW_S = float(env_int("MEMRUN_CRASH_WINDOW_S", 900))
 MEMRUN_CRASH_BACKOFF_BASE_S = float(env_int("MEMRUN_CRASH_BACKOFF_BASE_S", 10))
 MEMRUN_CRASH_BACKOFF_MAX_S = float(env_int("MEMRUN_CRASH_BACKOFF_MAX_S", 600))
 MEMRUN_CRASH_DEGRADED_AFTER_FAILURES = env_int("MEMRUN_CRASH_DEGRADED_AFTER_FAILURES", 3)
+# The Kafka consumer group protocol of every worker (worker_daemon/consumer.py
+# group_config): "consumer" is KIP-848 (Kafka >= 4.0; scripts/services sets the broker's
+# group.consumer.* for it: with Kafka's defaults a member heartbeats every 5 s and a crashed
+# one keeps its partitions 45 s); "classic" is the JoinGroup protocol (cooperative-sticky).
+MEMRUN_GROUP_PROTOCOL = env_str("MEMRUN_GROUP_PROTOCOL", "consumer")
+if MEMRUN_GROUP_PROTOCOL not in ("consumer", "classic"):
+    raise ImproperlyConfigured(
+        f"MEMRUN_GROUP_PROTOCOL={MEMRUN_GROUP_PROTOCOL!r}: write consumer or classic"
+    )
 # Extra MEMRUN_* settings for every worker (tests shorten its timers here).
 MEMRUN_WORKER_EXTRA_ENV: dict[str, str] = {}
 # Remote workers (cloud-init, apps/provisioning/userdata.py). Their user-data carries a

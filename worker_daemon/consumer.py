@@ -47,6 +47,37 @@ WATCHDOG_INTERVAL_S = 0.1
 LOG_FLUSH_INTERVAL_S = 0.2
 
 
+def group_config(settings: WorkerSettings) -> dict[str, Any]:
+    """The consumer's group settings for `settings.group_protocol`.
+
+    "consumer" (KIP-848): the broker assigns partitions with its sticky `uniform` assignor
+    and sends each member its changes in heartbeat responses, every
+    group.consumer.heartbeat.interval.ms (scripts/services: 250 ms). A scale-up moves a
+    partition in two heartbeats (the old owner is told to revoke and acknowledges; the new
+    owner is told to take it) with no JoinGroup round and no member waiting for the whole
+    group, where the classic protocol's cooperative-sticky needs two JoinGroup rounds that
+    librdkafka spaces at least ~1 s apart. The session timeout and heartbeat interval are
+    the broker's then; librdkafka refuses the classic settings with it.
+
+    No static membership (group.instance.id) with it: a KIP-848 static member's leave is
+    always temporary (epoch -2: its partitions wait a whole session timeout for it, even
+    when it unsubscribes to drain), and a restarted one is fenced (UNRELEASED_INSTANCE_ID,
+    fatal) while its crashed predecessor's session lasts. A dynamic member leaves for good
+    on stop, so a drained worker's partitions move at once.
+    """
+    if settings.group_protocol == "consumer":
+        return {"group.protocol": "consumer"}
+    config: dict[str, Any] = {
+        "group.protocol": "classic",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": settings.group_heartbeat_interval_ms,
+    }
+    if settings.group_instance_id:
+        config["group.instance.id"] = settings.group_instance_id
+    return config
+
+
 def assign_as(consumer: Consumer, partitions: list[TopicPartition], *, paused: bool) -> None:
     """Take `partitions` and set their pause to `paused`, whatever they had before.
 
@@ -427,7 +458,9 @@ class ConsumeLoop:
         revoked = [o for tp in partitions if (o := self._owned.get((tp.topic, tp.partition)))]
         if self.state != "stopping":
             # Let running messages of these partitions finish, so their new owner does not
-            # run them again; bounded, because the whole group waits for this member.
+            # run them again; bounded, because the new owner waits for this member: the
+            # broker (KIP-848) hands a partition on once its old owner acknowledges the
+            # revoke, and the classic protocol's second round waits for every member.
             deadline = self._clock() + self._settings.revoke_wait_s
             while any(o.tracker.unfinished for o in revoked) and self._clock() < deadline:
                 self._wait_completion(WATCHDOG_INTERVAL_S)

@@ -30,7 +30,13 @@ from memrun.context import DataCache, ObjectStorage, WorkerContext
 from memrun.service import MemoryService
 from memrun.wire.kafka import kafka_client_config
 from memrun.wire.protocol import consumer_group, request_topic
-from worker_daemon.consumer import EXIT_FAILED, EXIT_OK, EXIT_RESTART, ConsumeLoop
+from worker_daemon.consumer import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_RESTART,
+    ConsumeLoop,
+    group_config,
+)
 from worker_daemon.executor import Deadlines, HandlerPool
 from worker_daemon.handoff import Handoff
 from worker_daemon.jobs import Completion, Job
@@ -133,7 +139,8 @@ class Worker:
             "worker.starting",
             concurrency=self.concurrency,
             timeout_s=self.timeout_s,
-            group_instance_id=self.settings.group_instance_id,
+            group_protocol=self.settings.group_protocol,
+            group_instance_id=group_config(self.settings).get("group.instance.id"),
         )
         self._state = "initializing"
         try:
@@ -233,9 +240,7 @@ class Worker:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
-                "partition.assignment.strategy": "cooperative-sticky",
-                "session.timeout.ms": settings.session_timeout_ms,
-                "heartbeat.interval.ms": settings.group_heartbeat_interval_ms,
+                **group_config(settings),
                 "max.poll.interval.ms": settings.max_poll_interval_ms,
                 # An idle fetch holds the connection this long; a sync commit (revoke,
                 # shutdown) on a single broker queues behind it.
@@ -244,8 +249,6 @@ class Worker:
                 "error_cb": self._on_client_error,
             },
         )
-        if settings.group_instance_id:
-            config["group.instance.id"] = settings.group_instance_id
         return config
 
     def _on_commit(self, error: Any, partitions: Any) -> None:

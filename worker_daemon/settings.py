@@ -23,6 +23,7 @@ from memrun.wire.kafka import KafkaConnection
 from memrun.wire.protocol import REPLY_TTL_S
 
 ENV_PREFIX = "MEMRUN_"
+GROUP_PROTOCOLS = ("consumer", "classic")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ class WorkerSettings:
     `worker_id` names the worker in logs, outcomes and DLQ records. A given id (from the
     provisioner) is also the Kafka `group.instance.id` unless that is set ("" turns it
     off): static membership, so a quick restart keeps the worker's partitions without a
-    rebalance. Without an id the worker is host-pid and its membership is dynamic.
+    rebalance. Without an id the worker is host-pid and its membership is dynamic. Static
+    membership is the classic protocol's only (consumer.group_config says why).
     """
 
     service: str
@@ -80,6 +82,14 @@ class WorkerSettings:
     # On SIGTERM leave the group, so partitions move at once. A crash, or exit 75, keeps
     # the static membership: a restart within the session timeout gets them back.
     leave_group_on_stop: bool = True
+    # The consumer group protocol (worker_daemon/consumer.py group_config): "consumer" is
+    # KIP-848 (the broker assigns, sticky, incrementally, in heartbeat responses: a moved
+    # partition waits two heartbeats, not two JoinGroup rounds); "classic" is the JoinGroup
+    # protocol with cooperative-sticky. A service's workers should all speak one: a mixed
+    # group works (Kafka converts it) but moves partitions like a classic one.
+    group_protocol: str = "consumer"
+    # The two below are the classic protocol's only: under "consumer" the broker's
+    # group.consumer.session.timeout.ms and heartbeat.interval.ms rule (scripts/services).
     session_timeout_ms: int = 10_000
     # How often the consumer heartbeats the group coordinator, which is also how soon a
     # member learns that a rebalance began. A partition that moves is unowned from its
@@ -100,6 +110,11 @@ class WorkerSettings:
             raise ConfigError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.request_log_per_s < 0:
             raise ConfigError(f"request_log_per_s must be >= 0, got {self.request_log_per_s}")
+        if self.group_protocol not in GROUP_PROTOCOLS:
+            raise ConfigError(
+                f"group_protocol must be one of {', '.join(GROUP_PROTOCOLS)}, "
+                f"got {self.group_protocol!r}"
+            )
         if not 0 < self.group_heartbeat_interval_ms < self.session_timeout_ms:
             raise ConfigError(
                 f"group_heartbeat_interval_ms must be > 0 and below session_timeout_ms "

@@ -51,6 +51,7 @@ def worker_spec_build(
         "MEMRUN_DEPLOYMENT_ID": str(deployment.pk),
         "MEMRUN_PACKAGE_SHA256": deployment.sha256,
         "MEMRUN_SERVICE_CONFIG": json.dumps(config.to_dict(), sort_keys=True),
+        "MEMRUN_GROUP_PROTOCOL": settings.MEMRUN_GROUP_PROTOCOL,
         **kafka_principal_connection(service=service, remote=remote).env(),
         "REDIS_URL": worker_redis_url(
             service=service, address=settings.MEMRUN_REMOTE_REDIS_ADDRESS if remote else ""

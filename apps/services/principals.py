@@ -4,9 +4,10 @@ as, and the ACLs that let it do its work and nothing else.
 Its workers consume the request topic in the service's group and write dead letters, so
 the principal may READ (hence DESCRIBE) `memrun.requests.{name}` and the group
 `memrun-{name}`, and WRITE and DESCRIBE `memrun.dlq.{name}` (DESCRIBE: the worker checks
-at start that the topic exists). It may not read another service's topics or group, read
-its own DLQ, create topics or touch ACLs; the broker's StandardAuthorizer denies whatever
-no ACL allows.
+at start that the topic exists). The KIP-848 group protocol needs no more: its
+ConsumerGroupHeartbeat asks READ on the group and DESCRIBE on the subscribed topic. It
+may not read another service's topics or group, read its own DLQ, create topics or touch
+ACLs; the broker's StandardAuthorizer denies whatever no ACL allows.
 
 The password is derived, not stored: HMAC-SHA256 of the appliance's SECRET_KEY over the
 service's row id, name and `kafka_credential_generation`. Nothing to encrypt or lose, a

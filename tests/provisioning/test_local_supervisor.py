@@ -35,6 +35,7 @@ from tests.worker_daemon.harness import (
     MEMRUN,
     make_package,
     make_producer,
+    member_worker_id,
     produce_requests,
     wait_for,
     wait_outcomes,
@@ -290,7 +291,7 @@ def start_supervisor(home: Path, out: Path) -> subprocess.Popen[bytes]:
 def group_members(admin: AdminClient, service: str) -> list[str]:
     group = consumer_group(service)
     description = admin.describe_consumer_groups([group])[group].result(timeout=10)
-    return sorted(m.group_instance_id or m.member_id for m in description.members)
+    return sorted(member_worker_id(m) for m in description.members)
 
 
 def echo(producer: Producer, redis_client: redis.Redis, service: str) -> str:

@@ -268,16 +268,26 @@ def group_state(admin: AdminClient, service: str) -> str:
     return str(admin.describe_consumer_groups([group])[group].result(timeout=10).state.name)
 
 
+def member_worker_id(member: Any) -> str:
+    """The worker id of a group member: its group.instance.id (classic protocol, static
+    membership) or what its client.id, `memrun-worker-{id}`, names (KIP-848 members are
+    dynamic: worker_daemon/consumer.py group_config)."""
+    client_id = str(member.client_id or "")
+    if member.group_instance_id:
+        return str(member.group_instance_id)
+    if client_id.startswith("memrun-worker-"):
+        return client_id.removeprefix("memrun-worker-")
+    return str(member.member_id)
+
+
 def group_assignment(admin: AdminClient, service: str) -> dict[str, list[int]] | None:
-    """group.instance.id -> assigned partitions, when the group is stable; else None."""
+    """worker id -> assigned partitions, when the group is stable; else None."""
     group = consumer_group(service)
     description = admin.describe_consumer_groups([group])[group].result(timeout=10)
     if description.state.name != "STABLE":
         return None
     return {
-        member.group_instance_id or member.member_id: sorted(
-            tp.partition for tp in member.assignment.topic_partitions
-        )
+        member_worker_id(member): sorted(tp.partition for tp in member.assignment.topic_partitions)
         for member in description.members
     }
 

@@ -62,6 +62,10 @@ def test_a_given_worker_id_is_the_static_group_instance_id() -> None:
         ({**ENV, "MEMRUN_CONCURRENCY": "0"}, "concurrency must be >= 1"),
         ({**ENV, "MEMRUN_SERVICE": "Bad_Name"}, "service name 'Bad_Name' is not valid"),
         (
+            {**ENV, "MEMRUN_GROUP_PROTOCOL": "eager"},
+            "group_protocol must be one of consumer, classic, got 'eager'",
+        ),
+        (
             {**ENV, "MEMRUN_GROUP_HEARTBEAT_INTERVAL_MS": "10000"},
             r"group_heartbeat_interval_ms must be > 0 and below session_timeout_ms \(10000\)",
         ),
