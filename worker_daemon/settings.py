@@ -82,12 +82,12 @@ class WorkerSettings:
     # On SIGTERM leave the group, so partitions move at once. A crash, or exit 75, keeps
     # the static membership: a restart within the session timeout gets them back.
     leave_group_on_stop: bool = True
-    # The consumer group protocol (worker_daemon/consumer.py group_config): "consumer" is
-    # KIP-848 (the broker assigns, sticky, incrementally, in heartbeat responses: a moved
-    # partition waits two heartbeats, not two JoinGroup rounds); "classic" is the JoinGroup
-    # protocol with cooperative-sticky. A service's workers should all speak one: a mixed
-    # group works (Kafka converts it) but moves partitions like a classic one.
-    group_protocol: str = "consumer"
+    # The consumer group protocol (worker_daemon/consumer.py group_config): "classic" is the
+    # JoinGroup protocol with cooperative-sticky; "consumer" is KIP-848 (the broker assigns,
+    # sticky, incrementally, in heartbeat responses: a moved partition waits two heartbeats,
+    # not two JoinGroup rounds). The provisioner passes the control plane's
+    # MEMRUN_GROUP_PROTOCOL; README "Warm handoff" says why classic is still the default.
+    group_protocol: str = "classic"
     # The two below are the classic protocol's only: under "consumer" the broker's
     # group.consumer.session.timeout.ms and heartbeat.interval.ms rule (scripts/services).
     session_timeout_ms: int = 10_000

@@ -153,9 +153,9 @@ def test_each_protocol_gets_only_its_own_settings() -> None:
     """librdkafka refuses the classic group settings with KIP-848, and a KIP-848 static
     member never leaves for good (group_config): so the worker id is no instance id there."""
     env = {"MEMRUN_SERVICE": "svc", "MEMRUN_PACKAGE_PATH": "/p", "MEMRUN_WORKER_ID": "w-1"}
-    assert group_config(WorkerSettings.from_env(env)) == {"group.protocol": "consumer"}
-    classic = WorkerSettings.from_env({**env, "MEMRUN_GROUP_PROTOCOL": "classic"})
-    assert group_config(classic) == {
+    kip848 = WorkerSettings.from_env({**env, "MEMRUN_GROUP_PROTOCOL": "consumer"})
+    assert group_config(kip848) == {"group.protocol": "consumer"}
+    assert group_config(WorkerSettings.from_env(env)) == {
         "group.protocol": "classic",
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": 10_000,
