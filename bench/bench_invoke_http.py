@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from confluent_kafka import Producer
@@ -46,6 +47,7 @@ from confluent_kafka import Producer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.cpu_table import measured  # noqa: E402
 from memrun.wire.kafka import kafka_client_config, kafka_connection_from_env  # noqa: E402
 from memrun.wire.protocol import (  # noqa: E402
     PARTITIONER,
@@ -284,9 +286,9 @@ def cpu_s(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(up: Appliance, path: str, script: str, seconds: int) -> tuple[float, float]:
-    """(requests/s, web server CPU ms per request): the CPU cost does not depend on how
-    busy the rest of the machine is, the rate does."""
+def wrk(up: Appliance, path: str, script: str, seconds: int) -> tuple[float, float, int]:
+    """(requests/s, web server CPU ms per request, requests): the CPU cost does not depend
+    on how busy the rest of the machine is, the rate does."""
     lua = up.home.parent / f"wrk-{uuid.uuid4().hex[:6]}.lua"
     lua.write_text(script.format(token=up.token))
     pids = web_pids(up)
@@ -303,10 +305,13 @@ def wrk(up: Appliance, path: str, script: str, seconds: int) -> tuple[float, flo
         print(f"  (wrk saw {non2xx.group(1)} non-2xx answers on {path})")
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return rate, cpu_used * 1000 / total
+    return rate, cpu_used * 1000 / total, total
 
 
-def batch_rate(up: Appliance, name: str, seconds: float, size: int, callers: int) -> float:
+def batch_rate(
+    up: Appliance, name: str, seconds: float, size: int, callers: int
+) -> tuple[float, int, float]:
+    """(payloads/s, payloads, seconds)"""
     done = [0] * callers
     stop_at = time.monotonic() + seconds
 
@@ -328,7 +333,8 @@ def batch_rate(up: Appliance, name: str, seconds: float, size: int, callers: int
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(done) / (time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    return sum(done) / elapsed, sum(done), elapsed
 
 
 def main() -> None:
@@ -362,10 +368,14 @@ def main() -> None:
             f"  HTTP - broker p50: {(http_p50 - broker_p50) * ms:+.2f} ms (target <= 2 ms); "
             f"HTTP p99/p50: {http_p99 / http_p50:.2f}x (target <= 3x)"
         )
-        invoke_rate, invoke_cpu = wrk(
-            up, f"/api/v1/services/{name}/invoke?wait=30", WRK_INVOKE, args.seconds
-        )
-        get_rate, get_cpu = wrk(up, f"/api/v1/services/{name}", WRK_GET, args.seconds)
+        where = {"up_pid": up.process.pid, "redis_port": urlsplit(os.environ["REDIS_URL"]).port}
+        with measured(**where) as invoke_phase:
+            started = time.monotonic()
+            invoke_rate, invoke_cpu, invokes = wrk(
+                up, f"/api/v1/services/{name}/invoke?wait=30", WRK_INVOKE, args.seconds
+            )
+            invoke_s = time.monotonic() - started
+        get_rate, get_cpu, _ = wrk(up, f"/api/v1/services/{name}", WRK_GET, args.seconds)
         print(f"64 connections (wrk, 2 threads; load average {os.getloadavg()[0]:.1f}):")
         print(
             f"  invoke              {invoke_rate:8.0f} /s  web CPU {invoke_cpu:.2f} ms each"
@@ -376,12 +386,25 @@ def main() -> None:
             "  (authenticated, Django's full stack: the floor)"
         )
         print(f"  invoke / GET: {invoke_rate / get_rate:.2f}x the rate")
-        batch = batch_rate(up, name, args.seconds, size=500, callers=4)
-        dispatch = broker.dispatch_rate(args.dispatch)
+        print(invoke_phase.table(what="invoke (wrk)", count=invokes, seconds=invoke_s))
+        with measured(**where) as batch_phase:
+            batch, payloads, batch_s = batch_rate(up, name, args.seconds, size=500, callers=4)
+        with measured(**where) as dispatch_phase:
+            started = time.monotonic()
+            dispatch = broker.dispatch_rate(args.dispatch)
+            dispatch_s = time.monotonic() - started
         print("batch vs the worker:")
         print(f"  invoke-batch        {batch:8.0f} payloads/s (500 a batch, 4 callers)")
         print(f"  worker dispatch     {dispatch:8.0f} requests/s (backlog of {args.dispatch})")
         print(f"  batch / dispatch: {batch / dispatch:.2f}x (targets >= 4,000/s and >= 0.7x)")
+        print(batch_phase.table(what="payload (invoke-batch)", count=payloads, seconds=batch_s))
+        print(
+            dispatch_phase.table(
+                what="request (backlog produced straight to Kafka)",
+                count=args.dispatch,
+                seconds=dispatch_s,
+            )
+        )
 
 
 if __name__ == "__main__":
