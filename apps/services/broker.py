@@ -6,9 +6,9 @@
   costs a flag on the poll thread, and only a refusal wakes its loop.
 - One asyncio Redis pool per event loop (uvicorn runs one loop per process; Django's
   test client makes one per request, hence the per-loop map).
-- One Redis subscription per process (a thread) to every service's done channel
-  (`memrun:*:done`, where workers publish each first outcome): a waiting caller is a
-  future in a dict, not a blocked connection, so a thousand of them cost a thousand
+- One Redis subscription per process (apps/services/listener.py) to every service's done
+  channel (`memrun:*:done`, where workers publish each first outcome): a waiting caller
+  is a future in a dict, not a blocked connection, so a thousand of them cost a thousand
   futures. The same subscription carries cache invalidations (`memrun:invalidate`).
   A caller waits on its request's service and id together: a service's worker may
   publish anything on its own done channel, and it wakes only that service's callers.
@@ -30,16 +30,12 @@ from confluent_kafka import KafkaError, Producer
 from django.conf import settings
 
 from apps.common.kafka import control_plane_kafka_config
+from apps.services.listener import INVALIDATE_CHANNEL, OutcomeListener
 from memrun.wire import protocol
 
 logger = logging.getLogger(__name__)
 
 DELIVERY_TIMEOUT_S = 10.0
-INVALIDATE_CHANNEL = "memrun:invalidate"
-_RECONNECT_MAX_S = 2.0
-_SUBSCRIBE_TIMEOUT_S = 5.0
-
-Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[bytes]"]
 
 
 class BrokerDown(Exception):
@@ -207,116 +203,6 @@ def redis_async() -> aioredis.Redis:
         )
         _loop_redis[loop] = client
     return client
-
-
-class OutcomeListener:
-    """Wakes waiting callers when their outcome is published. Thread-safe.
-
-    `on_done(service, request_id)` sees every outcome of every service (admission counts
-    backlogs with it); `on_invalidate(message)` every invalidation.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._waiters: dict[str, list[Waiter]] = {}  # by outcome key: service and id
-        self._started = False
-        self._subscribed = threading.Event()
-        self.on_done: list[Callable[[str, str], None]] = []
-        self.on_invalidate: list[Callable[[bytes], None]] = []
-
-    def start(self, *, wait: bool = True) -> None:
-        """Start the subscription (once per process); the first call waits until it is
-        live. Later losses are healed by the thread: on resubscribing it looks up the
-        outcomes of everyone registered, so nothing published meanwhile is missed."""
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-            threading.Thread(target=self._serve, name="memrun-outcomes", daemon=True).start()
-        if wait and not self._subscribed.wait(_SUBSCRIBE_TIMEOUT_S):
-            raise redis.ConnectionError(f"could not subscribe to {settings.REDIS_URL}")
-
-    def register(self, service: str, request_id: str) -> asyncio.Future[bytes]:
-        """A future that gets the outcome json of `service`'s request `request_id`;
-        `unregister` it when done."""
-        self.start()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
-        with self._lock:
-            key = protocol.outcome_key(service, request_id)
-            self._waiters.setdefault(key, []).append((loop, future))
-        return future
-
-    def unregister(self, service: str, request_id: str, future: asyncio.Future[bytes]) -> None:
-        key = protocol.outcome_key(service, request_id)
-        with self._lock:
-            waiters = self._waiters.get(key)
-            if waiters is None:
-                return
-            remaining = [w for w in waiters if w[1] is not future]
-            if remaining:
-                self._waiters[key] = remaining
-            else:
-                del self._waiters[key]
-
-    def waiting(self) -> int:
-        with self._lock:
-            return sum(len(w) for w in self._waiters.values())
-
-    def _serve(self) -> None:
-        delay_s = 0.05
-        client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=5, health_check_interval=30
-        )
-        while True:
-            try:
-                pubsub = client.pubsub(ignore_subscribe_messages=False)
-                pubsub.psubscribe(protocol.DONE_CHANNEL_PATTERN)
-                pubsub.subscribe(INVALIDATE_CHANNEL)
-                for message in pubsub.listen():
-                    delay_s = 0.05
-                    self._handle(client, message)
-            except redis.RedisError as exc:
-                self._subscribed.clear()
-                logger.warning("outcome subscription lost (%s); reconnecting", exc)
-                threading.Event().wait(delay_s)
-                delay_s = min(delay_s * 2, _RECONNECT_MAX_S)
-
-    def _handle(self, client: redis.Redis, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "pmessage":
-            service = protocol.done_channel_service(message["channel"].decode())
-            raw_id, _, outcome = message["data"].partition(b" ")
-            request_id = raw_id.decode(errors="replace")
-            self._wake(protocol.outcome_key(service, request_id), outcome)
-            for done in self.on_done:
-                done(service, request_id)
-        elif kind == "message":
-            for invalidate in self.on_invalidate:
-                invalidate(message["data"])
-        elif kind == "psubscribe" and not self._subscribed.is_set():
-            # A (re)subscription: what was published while we were away is only in the
-            # outcome keys, so look those up for everyone still waiting.
-            self._recheck(client)
-            self._subscribed.set()
-
-    def _recheck(self, client: redis.Redis) -> None:
-        with self._lock:
-            keys = list(self._waiters)
-        if not keys:
-            return
-        found = client.mget(keys)
-        for key, outcome in zip(keys, found, strict=True):
-            if outcome is not None:
-                self._wake(key, outcome)
-
-    def _wake(self, key: str, outcome: bytes) -> None:
-        """Settle the callers waiting on outcome key `key`."""
-        with self._lock:
-            waiters = self._waiters.pop(key, None)
-        for loop, future in waiters or ():
-            with contextlib.suppress(RuntimeError):  # that caller's loop is closed
-                loop.call_soon_threadsafe(_settle, future, outcome)
 
 
 listener = OutcomeListener()
