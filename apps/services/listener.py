@@ -65,17 +65,17 @@ class OutcomeListener:
         live. Later losses are healed by the thread: on resubscribing it looks up the
         outcomes of everyone registered, so nothing published meanwhile is missed."""
         with self._lock:
-            if not self._started:
-                self._started = True
-                threading.Thread(target=self._serve, name="memrun-outcomes", daemon=True).start()
+            if self._started:
+                return
+            self._started = True
+            threading.Thread(target=self._serve, name="memrun-outcomes", daemon=True).start()
         if wait and not self._subscribed.wait(_SUBSCRIBE_TIMEOUT_S):
             raise redis.ConnectionError(f"could not subscribe to {settings.REDIS_URL}")
 
     def register(self, service: str, request_id: str) -> asyncio.Future[bytes]:
         """A future that gets the outcome json of `service`'s request `request_id`;
         `unregister` it when done."""
-        if not self._subscribed.is_set():
-            self.start()
+        self.start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         key = protocol.outcome_key(service, request_id)
