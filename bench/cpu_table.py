@@ -7,6 +7,8 @@ Groups: the web server (gunicorn and its workers), the worker daemon(s), the res
 `memrun up` (Celery, beat, the supervisor), the Kafka JVM, Redis, PostgreSQL, the load
 generator (wrk: this process's waited children; or this process itself), and the rest
 of the machine (other users: the machine's busy time minus all of the above).
+Kafka, Redis and PostgreSQL are whole servers: when others use them during a phase (other
+engineers' tests on a shared machine), their share of it is counted here too.
 Used by bench/bench_invoke_http.py; never run as a test.
 """
 
