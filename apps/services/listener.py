@@ -111,10 +111,12 @@ class OutcomeListener:
                     delay_s = 0.05
                     self._read(sock)
             except (OSError, redis.RedisError) as exc:
-                self._subscribed.clear()
                 logger.warning("outcome subscription lost (%s); reconnecting", exc)
-                time.sleep(delay_s)
-                delay_s = min(delay_s * 2, _RECONNECT_MAX_S)
+            except Exception:  # a bad message or callback must not end this process's wake-ups
+                logger.exception("outcome subscription failed; reconnecting")
+            self._subscribed.clear()
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, _RECONNECT_MAX_S)
 
     def _read(self, sock: socket.socket) -> None:
         reader = hiredis.Reader()
