@@ -399,7 +399,12 @@ def main() -> None:
             f"  HTTP - broker p50: {(http_p50 - broker_p50) * ms:+.2f} ms (target <= 2 ms); "
             f"HTTP p99/p50: {http_p99 / http_p50:.2f}x (target <= 3x)"
         )
-        where = {"up_pid": up.process.pid, "redis_port": urlsplit(os.environ["REDIS_URL"]).port}
+        where = {
+            "up_pid": up.process.pid,
+            "redis_port": urlsplit(os.environ["REDIS_URL"]).port,
+            # The first bootstrap server's port: the appliance's Kafka on this machine.
+            "kafka_port": int(os.environ["KAFKA_BOOTSTRAP_SERVERS"].split(",")[0].rsplit(":")[1]),
+        }
         with measured(**where) as invoke_phase:
             started = time.monotonic()
             invoke_rate, invoke_cpu, invokes = wrk(

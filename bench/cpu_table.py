@@ -14,6 +14,7 @@ Used by bench/bench_invoke_http.py; never run as a test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 from collections.abc import Iterator
@@ -63,6 +64,27 @@ def _tree(procs: dict[int, _Proc], root: int) -> set[int]:
     return members
 
 
+def _listening_pid(port: int, procs: dict[int, _Proc], program: bytes) -> int | None:
+    """The process (running `program`) that listens on TCP `port`: by the socket's inode,
+    so a second Kafka or Redis on this machine (another checkout's) is not taken for it."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for pid, proc in procs.items():
+        if not proc.cmdline.startswith(program):
+            continue
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in inodes:
+                        return pid
+    return None
+
+
 def _machine_busy_s() -> float:
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
@@ -75,7 +97,7 @@ class Snapshot:
     machine_s: float = 0.0
 
 
-def snapshot(*, up_pid: int, redis_port: int) -> Snapshot:
+def snapshot(*, up_pid: int, redis_port: int, kafka_port: int) -> Snapshot:
     """CPU seconds used so far by each group (see the module docstring)."""
     procs = _processes()
     up_tree = _tree(procs, up_pid) if up_pid in procs else set()
@@ -87,12 +109,12 @@ def snapshot(*, up_pid: int, redis_port: int) -> Snapshot:
             groups["worker daemon(s)"] |= _tree(procs, pid)
     claimed = groups["web server (gunicorn)"] | groups["worker daemon(s)"]
     groups["rest of memrun up (Celery, supervisor)"] = up_tree - claimed
+    servers = (("Kafka (JVM)", kafka_port, b"java"), ("Redis", redis_port, b"redis"))
+    for name, port, program in servers:
+        server = _listening_pid(port, procs, program)
+        groups[name] = set() if server is None else {server}
     for pid, proc in procs.items():
-        if proc.cmdline.startswith(b"java") and b"kafka.Kafka" in proc.cmdline:
-            groups["Kafka (JVM)"] = {pid}
-        elif proc.cmdline.startswith(b"redis-server") and f":{redis_port}".encode() in proc.cmdline:
-            groups["Redis"] = {pid}
-        elif b"postgres" in proc.cmdline and proc.ppid == 1 and b"-D" in proc.cmdline:
+        if b"postgres" in proc.cmdline and proc.ppid == 1 and b"-D" in proc.cmdline:
             groups["PostgreSQL"] = _tree(procs, pid)
     result = Snapshot(machine_s=_machine_busy_s())
     for name, pids in groups.items():
@@ -134,8 +156,8 @@ def _row(name: str, used_s: float, count: int, seconds: float, cores: int) -> st
 
 
 @contextmanager
-def measured(*, up_pid: int, redis_port: int) -> Iterator[Phase]:
+def measured(*, up_pid: int, redis_port: int, kafka_port: int) -> Iterator[Phase]:
     """A phase whose `table` can be printed after the with-block."""
-    phase = Phase(before=snapshot(up_pid=up_pid, redis_port=redis_port))
+    phase = Phase(before=snapshot(up_pid=up_pid, redis_port=redis_port, kafka_port=kafka_port))
     yield phase
-    phase.after = snapshot(up_pid=up_pid, redis_port=redis_port)
+    phase.after = snapshot(up_pid=up_pid, redis_port=redis_port, kafka_port=kafka_port)
