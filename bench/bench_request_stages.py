@@ -20,6 +20,8 @@ CLOCK_REALTIME, so the two processes' stamps compare.
    Redis sent -> waiter woke (BLPOP returned)   and   woke -> outcome read (GET)
 2. the worker's CPU per request (utime + stime of the child, from /proc) while it drains
    a backlog produced after it joined its group, and its dispatch rate.
+3. the same while requests arrive at a steady rate (default 1,000/s, what the HTTP front
+   door's target sends it), each produced on its own as a web process would.
 Never run as a test.
 """
 
@@ -88,35 +90,52 @@ class StampingConsumer(Consumer):
     def consume(self, *args, **kwargs):
         return self._seen(super().consume(*args, **kwargs))
 
-class StampingPipeline:
+# The outcome store's own connection: stamps the outcomes of each round trip.
+class StampingConnection:
     def __init__(self, inner):
         self._inner, self._ids = inner, []
 
-    def evalsha(self, *args):
-        self._ids.append(args[-1])
-        return self._inner.evalsha(*args)
+    def pack_commands(self, commands):
+        self._ids = []
+        for command in commands:
+            if command[0] == "EVALSHA":
+                argv = command[3 + command[2]:]
+                self._ids += argv[2::2]
+        return self._inner.pack_commands(commands)
+
+    def send_packed_command(self, packed):
+        sent = time.time_ns()
+        for request_id in self._ids:
+            stamps.record("redis_sent", request_id, sent)
+        return self._inner.send_packed_command(packed)
+
+    def read_response(self):
+        response = self._inner.read_response()
+        done = time.time_ns()
+        for request_id in self._ids:
+            stamps.record("redis_done", request_id, done)
+        return response
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def execute(self):
-        sent = time.time_ns()
-        results = self._inner.execute()
-        done = time.time_ns()
-        for request_id in self._ids:
-            stamps.record("redis_sent", request_id, sent)
-            stamps.record("redis_done", request_id, done)
-        return results
+class StampingPool:
+    def __init__(self, inner):
+        self._inner = inner
+
+    def get_connection(self):
+        return StampingConnection(self._inner.get_connection())
+
+    def release(self, connection):
+        self._inner.release(connection._inner)
 
 class StampingRedis:
     def __init__(self, inner):
         self._inner = inner
+        self.connection_pool = StampingPool(inner.connection_pool)
 
     def script_load(self, script):
         return self._inner.script_load(script)
-
-    def pipeline(self, transaction=True):
-        return StampingPipeline(self._inner.pipeline(transaction=transaction))
 
 settings = WorkerSettings.from_env()
 service = load_package(settings)
@@ -298,6 +317,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--round-trips", type=int, default=1000)
     parser.add_argument("--backlog", type=int, default=20000)
+    parser.add_argument("--rate", type=int, default=1000, help="steady requests/s")
+    parser.add_argument("--seconds", type=float, default=5.0, help="of the steady rate")
     args = parser.parse_args()
     with bench_env() as env:
         print(f"machine: {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}")
@@ -334,6 +355,7 @@ def main() -> None:
 
         done = wait_for(finished, timeout_s=300, what=f"{args.backlog} outcomes")
         cpu_used = worker.cpu_s() - cpu_before
+        steady, steady_cpu = steady_rate(env, service, worker, args.rate, args.seconds)
         worker_stamps = worker.stop()
         print(f"\n1. one caller, {args.round_trips} sequential no-op requests, by stage")
         stage_table(caller.stamps, worker_stamps)
@@ -341,7 +363,38 @@ def main() -> None:
         print(f"\n2. a backlog of {args.backlog} no-op requests (concurrency 16)")
         print(f"   dispatch          {(args.backlog - 1) / span:8.0f} requests/s")
         print(f"   worker CPU        {cpu_used * 1e6 / args.backlog:8.0f} us per request")
+        print(f"\n3. {steady} no-op requests at a steady {args.rate}/s")
+        print(f"   worker CPU        {steady_cpu * 1e6 / steady:8.0f} us per request")
         print(f"   load average {os.getloadavg()[0]:.1f}")
+
+
+def steady_rate(
+    env: Env, service: str, worker: StagedWorker, rate: int, seconds: float
+) -> tuple[int, float]:
+    """(requests, worker CPU seconds) for `rate` requests/s over `seconds`, paced."""
+    topic = request_topic(service)
+    count = int(rate * seconds)
+    ids = [new_request_id() for _ in range(count)]
+    cpu_before = worker.cpu_s()
+    started = time.monotonic()
+    for i, request_id in enumerate(ids):
+        while (ahead := started + i / rate - time.monotonic()) > 0:
+            time.sleep(min(ahead, 0.001))
+        env.producer.produce(
+            topic,
+            key=f"k{i}".encode(),
+            value=b"{}",
+            headers=encode_headers(request_id=request_id, deadline_ms=now_ms() + 60_000),
+        )
+        env.producer.poll(0)
+    env.producer.flush(30)
+    keys = [outcome_key(service, i) for i in ids]
+    wait_for(
+        lambda: sum(env.redis.exists(*keys[s : s + 1000]) for s in range(0, count, 1000)) == count,
+        timeout_s=120,
+        what=f"{count} steady outcomes",
+    )
+    return count, worker.cpu_s() - cpu_before
 
 
 if __name__ == "__main__":

@@ -122,8 +122,9 @@ class RequestPipeline:
 
     def answer_timeout(self, job: Job) -> None:
         """The watchdog's answer for a job whose handler overran (poll thread)."""
-        self.answer(job, None, Failure.timeout(job.timeout_s), job.timeout_s * 1000, [])
-        job.status = Status.ABANDONED
+        self.answer(
+            job, None, Failure.timeout(job.timeout_s), job.timeout_s * 1000, [], abandoned=True
+        )
 
     def answer(
         self,
@@ -132,6 +133,8 @@ class RequestPipeline:
         failure: Failure | None,
         duration_ms: float,
         tiers: list[str],
+        *,
+        abandoned: bool = False,
     ) -> None:
         request = job.request
         assert request is not None, "a job is decoded before it runs"
@@ -149,8 +152,12 @@ class RequestPipeline:
         job.body = body
         job.failure = failure
         job.duration_ms = duration_ms
+        # Set before the hand-over: the reply stage reports this status, and an abandoned
+        # job's slot must stay taken until its thread comes back.
         job.status = (
-            Status.OK
+            Status.ABANDONED
+            if abandoned
+            else Status.OK
             if failure is None
             else Status.TIMED_OUT
             if failure.timed_out

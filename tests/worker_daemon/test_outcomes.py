@@ -1,8 +1,10 @@
-"""The outcome store: a batch of outcomes in one script call, first writer wins."""
+"""The outcome store: a batch of outcomes in one script call, first writer wins; a broken
+connection is replaced."""
 
 from __future__ import annotations
 
 import uuid
+from contextlib import suppress
 
 import redis
 
@@ -36,8 +38,32 @@ def test_a_batch_stores_each_new_outcome_once_and_wakes_only_its_first_callers(
         assert published == [b'r1 {"n":1}', b'r2 {"n":2}', b'r3 {"n":3}']
         assert store.exchange(["r3", "r4"], []) == ([True, False], [])
     finally:
+        store.close()
         subscriber.close()
         redis_client.delete(
             *(outcome_key(service, f"r{i}") for i in range(1, 4)),
             *(reply_key(service, f"r{i}") for i in range(1, 4)),
         )
+
+
+def test_a_broken_connection_fails_one_round_trip_and_the_next_opens_another(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    service = f"outcomes{uuid.uuid4().hex[:8]}"
+    name = f"outcomes-test-{uuid.uuid4().hex[:8]}"
+    store = OutcomeStore(
+        redis.Redis.from_url(redis_url, client_name=name), service=service, reply_ttl_s=60
+    )
+    try:
+        assert store.exchange([], [("r1", b"{}")]) == ([], [True])
+        killed = [c["id"] for c in redis_client.client_list() if c.get("name") == name]
+        assert killed
+        for client_id in killed:
+            redis_client.client_kill_filter(_id=client_id)
+        with suppress(redis.ConnectionError):
+            store.exchange(["r1"], [])  # may see the closed socket
+        assert store.exchange(["r1"], [("r2", b"{}")]) == ([True], [True])
+    finally:
+        store.close()
+        redis_client.delete(*(outcome_key(service, f"r{i}") for i in (1, 2)))
+        redis_client.delete(*(reply_key(service, f"r{i}") for i in (1, 2)))
