@@ -386,7 +386,10 @@ def main() -> None:
         ms = 1000
         p50, p99 = percentile(ours, 0.5) * ms, percentile(ours, 0.99) * ms
         c50, c99 = percentile(theirs, 0.5) * ms, percentile(theirs, 0.99) * ms
-        print(f"\n1. round trip, {args.round_trips} sequential no-op requests each")
+        print(
+            f"\n1. round trip, {args.round_trips} sequential no-op requests each "
+            "(produced straight to Kafka: not what a user pays, see bench_invoke_http.py)"
+        )
         print(
             f"   memrun : p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
             f"mean {statistics.mean(ours) * ms:6.2f} ms"
