@@ -61,15 +61,23 @@ def ago(moment: datetime | None) -> str:
     seconds, and Django's `timesince` says "0 minutes" for all of them."""
     if moment is None:
         return "never"
-    return seconds_ago(int((timezone.now() - moment).total_seconds()))
+    return f"{age(moment)} ago"
 
 
-def seconds_ago(seconds: int) -> str:
+@register.filter
+def age(moment: datetime | None) -> str:
+    """How long since `moment`: "7 s", "3 min", "1 h 25 min", "3 d"."""
+    if moment is None:
+        return "-"
+    return elapsed(int((timezone.now() - moment).total_seconds()))
+
+
+def elapsed(seconds: int) -> str:
     seconds = max(0, seconds)  # a clock a little ahead of ours is "now", not the future
     if seconds < 60:
-        return f"{seconds} s ago"
+        return f"{seconds} s"
     if seconds < 3600:
-        return f"{seconds // 60} min ago"
+        return f"{seconds // 60} min"
     if seconds < 86400:
-        return f"{seconds // 3600} h {seconds % 3600 // 60} min ago"
-    return f"{seconds // 86400} d ago"
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d"
