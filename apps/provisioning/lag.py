@@ -4,7 +4,15 @@ Lag of a partition = its end offset - the group's committed offset (from the ear
 offset when the group has not committed there: the workers start from the earliest).
 Read with the control plane's admin client (apps/services/topics.kafka_admin, which
 carries the broker's security settings): one offsets round trip for the partitions'
-ends and starts and one for the group's commits, whatever the partition count.
+ends and starts, whatever the partition count. The group's commits are read by a consumer
+of that group that never joins it (`Consumer.committed`), not by the admin client's
+`list_consumer_group_offsets`: when the group's coordinator answers NOT_COORDINATOR or
+COORDINATOR_NOT_AVAILABLE (a fresh broker, a new group), librdkafka 2.16's admin path asks
+the consumer-group handle to look the coordinator up again, and an admin client has none:
+a NULL dereference in `rd_kafka_cgrp_op` on librdkafka's thread kills the process (the CI
+test process died so twice, gdb stack: rd_kafka_admin_worker ->
+rd_kafka_ListConsumerGroupOffsetsResponse_parse -> rd_kafka_handle_OffsetFetch ->
+rd_kafka_cgrp_op).
 """
 
 from __future__ import annotations
@@ -13,15 +21,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
-    KafkaError,
-    KafkaException,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 from django.conf import settings
 
+from apps.common.kafka import control_plane_kafka_config
 from apps.services.topics import kafka_admin
 from memrun.wire import protocol
 
@@ -86,15 +90,7 @@ def _measure(service: str, partitions: int, timeout_s: float) -> Lag:
         ends.append(
             {tp.partition: f.result(timeout=timeout_s * 2).offset for tp, f in futures.items()}
         )
-    group = protocol.consumer_group(service)
-    futures = admin.list_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(group, tps)], request_timeout=timeout_s
-    )
-    committed = {
-        tp.partition: tp.offset
-        for f in futures.values()
-        for tp in f.result(timeout=timeout_s * 2).topic_partitions
-    }
+    committed = _committed(protocol.consumer_group(service), tps, timeout_s)
     high, low = ends
     per_partition = {}
     starts = {}
@@ -111,3 +107,24 @@ def _measure(service: str, partitions: int, timeout_s: float) -> Lag:
         per_partition=per_partition,
         backlog_starts=starts,
     )
+
+
+def _committed(group: str, tps: list[TopicPartition], timeout_s: float) -> dict[int, int]:
+    """`group`'s committed offsets of `tps` (-1 where none), through a consumer of the
+    group that never subscribes, so it never joins or disturbs the workers' group."""
+    timeout_ms = int(timeout_s * 1000)
+    consumer = Consumer(
+        control_plane_kafka_config(
+            {
+                "group.id": group,
+                "enable.auto.commit": False,
+                "socket.connection.setup.timeout.ms": timeout_ms,
+                "socket.timeout.ms": timeout_ms,
+                "log_level": 2,
+            }
+        )
+    )
+    try:
+        return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=timeout_s)}
+    finally:
+        consumer.close()
