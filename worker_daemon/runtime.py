@@ -40,7 +40,7 @@ from worker_daemon.consumer import (
 from worker_daemon.executor import Deadlines, HandlerPool
 from worker_daemon.handoff import Handoff
 from worker_daemon.jobs import Completion, Job
-from worker_daemon.lag import LagProbe
+from worker_daemon.lag import CommittedReader, LagProbe
 from worker_daemon.logs import EventLog
 from worker_daemon.metrics import RequestMetrics
 from worker_daemon.outcomes import DeadLetters, OutcomeStore, RedisLike
@@ -154,6 +154,7 @@ class Worker:
             self._state = "stopped"
             return EXIT_OK
         consumer = self._consumer_factory(self._consumer_config())
+        lag_probe = self._lag_probe()
         self._loop = ConsumeLoop(
             consumer=consumer,
             topic=request_topic(self.service.name),
@@ -169,10 +170,7 @@ class Worker:
             log=self._log,
             stopping=self._stopping,
             give_up=self._give_up,
-            lag_probe=LagProbe(
-                self._admin_factory(kafka_client_config(self.settings.kafka)),
-                consumer_group(self.service.name),
-            ),
+            lag_probe=lag_probe,
             on_stats_tick=self._emit_stats,
             on_gained=self._handoff.partitions_gained if self._handoff else lambda parts: None,
             on_revoked=lambda: self.on_revoked(),
@@ -185,7 +183,10 @@ class Worker:
         self._replies.start()
         if self._handoff is not None:
             self._handoff.start()  # the loop stops it as it closes (on_closing)
-        return self._loop.run()
+        try:
+            return self._loop.run()
+        finally:
+            lag_probe.close()
 
     def request_stop(self) -> None:
         """Stop fetching, finish in-flight work, commit, leave. Only sets flags, so it is
@@ -229,6 +230,21 @@ class Worker:
                 handler=spec.fn.__name__,
                 duration_ms=round((self._clock() - started) * 1000, 3),
             )
+
+    def _lag_probe(self) -> LagProbe:
+        committed_config = kafka_client_config(
+            self.settings.kafka,
+            {
+                "group.id": consumer_group(self.service.name),
+                "client.id": f"memrun-worker-{self.settings.worker_id}-offsets",
+                "enable.auto.commit": False,
+                "log_level": 2,
+            },
+        )
+        return LagProbe(
+            self._admin_factory(kafka_client_config(self.settings.kafka)),
+            CommittedReader(lambda: self._consumer_factory(committed_config)),
+        )
 
     def _consumer_config(self) -> dict[str, Any]:
         settings = self.settings

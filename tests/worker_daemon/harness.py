@@ -292,17 +292,23 @@ def group_assignment(admin: AdminClient, service: str) -> dict[str, list[int]] |
     }
 
 
-def committed_offsets(
-    admin: AdminClient, service: str, topic: str, partitions: int
-) -> dict[int, int]:
-    from confluent_kafka import ConsumerGroupTopicPartitions
-
-    group = consumer_group(service)
-    request = ConsumerGroupTopicPartitions(
-        group, [TopicPartition(topic, p) for p in range(partitions)]
+def committed_offsets(bootstrap: str, service: str, topic: str, partitions: int) -> dict[int, int]:
+    """The service group's committed offsets, read by a consumer of the group that never
+    subscribes: the admin client's list_consumer_group_offsets can crash the process when
+    the coordinator is not settled (worker_daemon/lag.py says how)."""
+    consumer = Consumer(
+        kafka_test_config(
+            bootstrap,
+            {"group.id": consumer_group(service), "enable.auto.commit": False, "log_level": 2},
+        )
     )
-    result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
-    return {tp.partition: tp.offset for tp in result.topic_partitions}
+    try:
+        answered = consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+        )
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in answered}
 
 
 def read_dlq(

@@ -26,6 +26,7 @@ def test_a_request_is_served_and_its_caller_woken(
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
     kafka_admin: AdminClient,
+    kafka_bootstrap: str,
 ) -> None:
     service = service_factory(partitions=2)
     worker = start_worker(service, "a")
@@ -46,7 +47,9 @@ def test_a_request_is_served_and_its_caller_woken(
         assert redis_client.lpop(reply_key(service.name, request_id)) == b"1"
         assert redis_client.ttl(outcome_key(service.name, request_id)) > 0
     wait_for(
-        lambda: sum(committed_offsets(kafka_admin, service.name, service.topic, 2).values()) == 20,
+        lambda: (
+            sum(committed_offsets(kafka_bootstrap, service.name, service.topic, 2).values()) == 20
+        ),
         what="offsets of all 20 committed",
     )
 

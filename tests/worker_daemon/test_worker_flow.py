@@ -38,6 +38,7 @@ def test_a_full_worker_pauses_stays_in_the_group_and_reports_lag(
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
     kafka_admin: AdminClient,
+    kafka_bootstrap: str,
 ) -> None:
     service = service_factory(partitions=2)
     # A short max.poll.interval: a worker that stopped polling while full would be
@@ -71,7 +72,9 @@ def test_a_full_worker_pauses_stays_in_the_group_and_reports_lag(
     drained = worker.wait_stats(where=lambda e: e["lag"] == 0)
     assert not drained["paused"]
     wait_for(
-        lambda: sum(committed_offsets(kafka_admin, service.name, service.topic, 2).values()) == 40,
+        lambda: (
+            sum(committed_offsets(kafka_bootstrap, service.name, service.topic, 2).values()) == 40
+        ),
         what="all 40 offsets committed",
     )
 
@@ -81,6 +84,7 @@ def test_sigterm_finishes_in_flight_work_commits_and_exits_0(
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
     kafka_admin: AdminClient,
+    kafka_bootstrap: str,
 ) -> None:
     service = service_factory(partitions=1)
     worker = start_worker(service, "a", concurrency=4)
@@ -100,7 +104,7 @@ def test_sigterm_finishes_in_flight_work_commits_and_exits_0(
     assert sorted(started) == sorted(ids[:4])  # nothing new started after SIGTERM
     outcomes = wait_outcomes(redis_client, service.name, ids[:4], timeout_s=5)
     assert all(o.ok for o in outcomes.values())
-    assert committed_offsets(kafka_admin, service.name, service.topic, 1) == {0: 4}
+    assert committed_offsets(kafka_bootstrap, service.name, service.topic, 1) == {0: 4}
     # It left the group (though a static member): its partitions need not wait for its
     # session to time out.
     assert group_state(kafka_admin, service.name) == "EMPTY"

@@ -82,6 +82,7 @@ def test_a_killed_worker_loses_no_request(
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
     kafka_admin: AdminClient,
+    kafka_bootstrap: str,
 ) -> None:
     service = service_factory(partitions=PARTITIONS)
     workers, assignment = start_group(service, start_worker, kafka_admin, concurrency=8)
@@ -103,7 +104,7 @@ def test_a_killed_worker_loses_no_request(
     # The dead member keeps its partitions until its session times out, so nobody else
     # commits them meanwhile: these are the offsets committed at the kill (or earlier).
     victim_partitions = set(assignment[victim.worker_id])
-    committed_at_kill = committed_offsets(kafka_admin, service.name, service.topic, PARTITIONS)
+    committed_at_kill = committed_offsets(kafka_bootstrap, service.name, service.topic, PARTITIONS)
 
     import time
 
@@ -131,7 +132,9 @@ def test_a_killed_worker_loses_no_request(
     )
     wait_for(
         lambda: (
-            sum(committed_offsets(kafka_admin, service.name, service.topic, PARTITIONS).values())
+            sum(
+                committed_offsets(kafka_bootstrap, service.name, service.topic, PARTITIONS).values()
+            )
             == 1000
         ),
         what="every offset committed",
