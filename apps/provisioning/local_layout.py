@@ -5,10 +5,20 @@ local supervisor exchange. Django-free: the supervisor imports it without settin
     {home}/local-workers/{name}.status.json  status: pid, exit code, restarts, log tail
                                              (supervisor writes)
     {home}/workers/{name}/worker.log         the worker's stdout and stderr
-    {home}/workers/{name}/cache/             its warm cache; {home}/workers/{name}/work/
-                                             its packages and venvs
-    {home}/handover/{service}/{name}/        a stopped worker's cache, handed over to the
+    {home}/workers/{name}/work/              its packages and venvs
+    {home}/caches/{service}/                 every cache of the service on this host:
+        workers/{name}/{service}/            a worker's own warm cache (its cache root is
+                                             workers/{name}, MEMRUN_CACHE_ROOT)
+        handover/{name}/                     a stopped worker's cache, handed over to the
                                              service's next workers (local_handover.py)
+
+One folder per service holds all of them, so a sandboxed worker is given that one folder
+read-only (and its own cache read-write over it): it sees workers started after it, and a
+handover is a rename inside the folder it already sees (local_supervisor.py).
+Before this layout a worker's cache was {home}/workers/{name}/cache/{service}/ and the
+handover folder {home}/handover/{service}/: a worker still running there when the
+appliance is upgraded has its cache handed over from there once it stops, and the old
+handover folder is swept as usual (local_handover.py).
 
 Every file is written to a temporary name and renamed, so a reader never sees half of
 one; specs hold the worker's credential and are private (0600).
@@ -26,6 +36,8 @@ from typing import Any
 
 SPECS_DIR = "local-workers"
 WORKERS_DIR = "workers"
+CACHES_DIR = "caches"
+HANDOVER_DIR = "handover"
 SPEC_SUFFIX = ".json"
 STATUS_SUFFIX = ".status.json"
 LOG_TAIL_BYTES = 8192
@@ -61,9 +73,29 @@ class LocalLayout:
     def worker_dir(self, name: str) -> Path:
         return self.home / WORKERS_DIR / check_name(name)
 
+    def caches_dir(self, service: str) -> Path:
+        """Every cache of `service` on this host: its workers' own and the handed over."""
+        return self.home / CACHES_DIR / check_name(service)
+
     def handover_dir(self, service: str) -> Path:
         """Caches of the service's stopped workers, for its next ones (local_handover.py)."""
-        return self.home / "handover" / check_name(service)
+        return self.caches_dir(service) / HANDOVER_DIR
+
+    def peers_dir(self, service: str) -> Path:
+        """The cache roots of the service's workers, one folder per worker."""
+        return self.caches_dir(service) / WORKERS_DIR
+
+    def cache_root(self, service: str, name: str) -> Path:
+        """Worker `name`'s MEMRUN_CACHE_ROOT: its cache is the `service` folder in it."""
+        return self.peers_dir(service) / check_name(name)
+
+    def legacy_cache_dir(self, service: str, name: str) -> Path:
+        """Where a worker started before the per-service layout keeps its cache."""
+        return self.worker_dir(name) / "cache" / check_name(service)
+
+    @property
+    def legacy_handover_root(self) -> Path:
+        return self.home / HANDOVER_DIR
 
     def log_path(self, name: str) -> Path:
         return self.worker_dir(name) / "worker.log"

@@ -4,9 +4,10 @@ the local supervisor uses it.
 The sandbox (`bwrap`, Debian package `bubblewrap`) gives the worker its own mount and pid
 namespaces. It sees the system's programs and libraries (/usr, /etc) and the Python code it
 runs (the interpreter, the venv, memrun and worker_daemon) read-only, its own cache and
-work folders read-write, a private /tmp, and a fresh /proc that shows only its own
-processes; MEMRUN_HOME is an empty tmpfs, so the secret key, the CLI token, the database
-and other workers' specs, caches and logs are not there to open, nor is
+work folders read-write, its own service's other caches on this host read-only, a private
+/tmp, and a fresh /proc that shows only its own processes; MEMRUN_HOME is an empty tmpfs
+otherwise, so the secret key, the CLI token, the database, other workers' specs and logs
+and other services' caches are not there to open, nor is
 /proc/PID/environ of the appliance's processes. Inside, `setpriv` drops it to an
 unprivileged uid (nobody) with no capabilities, so it cannot ptrace or read root's files
 either. It keeps the network: it talks to Kafka, Redis and the control plane on loopback.
@@ -82,8 +83,9 @@ class Sandbox:
         cwd: Path,
         readable: Sequence[Path] = (),
     ) -> list[str]:
-        """`argv` inside the sandbox, with `writable` folders (which must exist) bound
-        read-write, `readable` ones read-only, and `cwd` as its working directory."""
+        """`argv` inside the sandbox, with `writable` folders bound read-write, `readable`
+        ones read-only (all must exist), and `cwd` as its working directory. A writable
+        folder inside a readable one is writable."""
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
         args += ["--unshare-cgroup-try", "--hostname", "memrun-worker"]
         args += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
@@ -101,12 +103,12 @@ class Sandbox:
         # a code path (a checkout's ./var), then the worker's own folders come back.
         for path in self.hidden:
             args += [*_parents(path), "--tmpfs", str(path)]
+        for path in readable:
+            args += [*_parents(path), "--ro-bind", str(path), str(path)]
+        # After the read-only ones: a writable folder may lie inside a readable one (a
+        # worker's own cache inside its service's caches folder) and is bound over it.
         for path in writable:
             args += [*_parents(path), "--bind", str(path), str(path)]
-        for path in readable:
-            # Another worker's cache may be handed over (renamed) between the listing of
-            # the service's caches and this start: then there is nothing to read there.
-            args += [*_parents(path), "--ro-bind-try", str(path), str(path)]
         args += ["--chdir", str(cwd)]
         drop = [self.setpriv, f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
         drop += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]

@@ -283,21 +283,33 @@ class LocalSupervisor:
         env = self._base_env | child.spec.env
         if self._cgroups is not None and child.spec.memory_bytes > 0:
             child.cgroup = self._cgroups.create(child.spec.name, child.spec.memory_bytes)
-        readable = self._service_caches(child)
-        if readable:
-            env["MEMRUN_CACHE_HANDOVER_DIR"] = str(readable[0])
-            env["MEMRUN_CACHE_PEER_DIRS"] = os.pathsep.join(str(p) for p in readable[1:])
         if self._cpu_cgroups is not None:
             child.cpu_cgroup = self._cpu_cgroups.create(child.spec.name, self._cpu_weight)
+        service = child.spec.labels.get("service")
+        caches = self.layout.caches_dir(service) if service else None
+        cache_root = folder / "cache"
+        if service:
+            cache_root = self.layout.cache_root(service, child.spec.name)
+            for path in (self.layout.handover_dir(service), self.layout.peers_dir(service)):
+                path.mkdir(mode=0o755, parents=True, exist_ok=True)
+            # Its cache lives in the service's caches folder, where the service's other
+            # workers find it (worker_daemon/cache/handover.py), and the folders to look in.
+            env |= {
+                "MEMRUN_CACHE_ROOT": str(cache_root),
+                "MEMRUN_CACHE_HANDOVER_DIR": str(self.layout.handover_dir(service)),
+                "MEMRUN_CACHE_PEERS_DIR": str(self.layout.peers_dir(service)),
+            }
         if self._sandbox is None:
             return child.spec.argv, env
-        writable = [folder / "cache", folder / "work"]
+        writable = [cache_root, folder / "work"]
         for path in writable:
             path.mkdir(mode=0o700, exist_ok=True)
             self._sandbox.give(path)
         # The only folders it can write: its cache, and its work folder, which is also its
-        # home (uv's cache lives there); /tmp is its own tmpfs. It reads the caches its
-        # service's stopped workers handed over.
+        # home (uv's cache lives there); /tmp is its own tmpfs. It reads, never writes, its
+        # service's other caches: the whole caches folder is bound read-only under its own
+        # cache, so caches of workers started later and caches handed over (renamed inside
+        # that folder) are there too. Other services' caches are not.
         env |= {
             "MEMRUN_CACHE_ROOT": str(writable[0]),
             "MEMRUN_WORK_ROOT": str(writable[1]),
@@ -306,27 +318,13 @@ class LocalSupervisor:
         }
         return (
             self._sandbox.wrap(
-                child.spec.argv, writable=writable, cwd=writable[1], readable=readable
+                child.spec.argv,
+                writable=writable,
+                cwd=writable[1],
+                readable=[caches] if caches is not None else [],
             ),
             env,
         )
-
-    def _service_caches(self, child: _Child) -> list[Path]:
-        """The service's handover folder, then the caches of its workers running now:
-        what `child` may read (never write) to start warm (local_handover.py)."""
-        service = child.spec.labels.get("service")
-        if not service:
-            return []
-        handover = self.layout.handover_dir(service)
-        handover.mkdir(mode=0o755, parents=True, exist_ok=True)
-        peers = [
-            self.layout.worker_dir(other.spec.name) / "cache" / service
-            for other in self._children.values()
-            if other is not child
-            and other.spec.labels.get("service") == service
-            and other.proc is not None
-        ]
-        return [handover, *(p for p in peers if (p / "index" / "data.mdb").exists())]
 
     def _exit_reason(self, child: _Child) -> str:
         """Why the worker died, where its exit code alone does not say. Its cgroups go, and
@@ -416,6 +414,7 @@ class LocalSupervisor:
                 cache_hand_over(self.layout, worker=name, service=service)
             except (OSError, ValueError) as exc:
                 self._say(f"memrun-supervisor: could not hand over {name}'s cache: {exc}")
+            shutil.rmtree(self.layout.cache_root(service, name), ignore_errors=True)
         for folder in ("cache", "work"):
             shutil.rmtree(self.layout.worker_dir(name) / folder, ignore_errors=True)
 

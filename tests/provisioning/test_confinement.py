@@ -59,13 +59,18 @@ def test_a_hostile_handler_cannot_open_the_appliances_secrets_or_other_workers_f
     for secret in ("secret-key", "cli-token", "memrun.sqlite3"):
         (appliance_home / secret).write_text("TOP SECRET")
     layout = LocalLayout(appliance_home)
-    (layout.worker_dir(their_worker) / "cache" / "theirs").write_text("their data")
+    their_cache = layout.cache_root(bystander.name, their_worker) / bystander.name
+    (their_cache / "theirs").write_text("their data")
+    their_handover = layout.handover_dir(bystander.name) / "w-gone" / "files" / "theirs"
+    their_handover.parent.mkdir(parents=True)
+    their_handover.write_text("their handed-over data")
     targets = [
         str(appliance_home / "secret-key"),
         str(appliance_home / "cli-token"),
         str(appliance_home / "memrun.sqlite3"),
         str(layout.spec_path(their_worker)),
-        str(layout.worker_dir(their_worker) / "cache" / "theirs"),
+        str(their_cache / "theirs"),
+        str(their_handover),
         str(layout.log_path(their_worker)),
         f"/proc/{os.getpid()}/environ",  # this process serves the control plane
         f"/proc/{supervisor.pid}/environ",

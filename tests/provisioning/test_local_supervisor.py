@@ -247,7 +247,7 @@ def test_real_memrun_workers_are_started_restarted_and_stopped(
         "--deployment",
         "1",
     ]
-    assert spec["env"]["MEMRUN_CACHE_ROOT"] == str(layout.worker_dir(name) / "cache")
+    assert "MEMRUN_CACHE_ROOT" not in spec["env"]  # the supervisor's to give
     assert oct(layout.spec_path(name).stat().st_mode & 0o777) == "0o600"
     argv = [str(MEMRUN), "worker", "--service", service.name, "--package", str(package)]
     add_spec(home, name, argv, {**spec["env"], "MEMRUN_WORKER_ID": name}, service.name)
@@ -258,7 +258,7 @@ def test_real_memrun_workers_are_started_restarted_and_stopped(
 
     until(supervisor, lambda: log_has("worker.assigned"), "the worker to join its group")
     first = supervisor.pid_of(name)
-    assert first is not None and layout.worker_dir(name).joinpath("cache").is_dir()
+    assert first is not None and layout.cache_root(service.name, name).is_dir()
 
     os.kill(first, signal.SIGKILL)
     until(supervisor, lambda: status(home, name).get("restarts") == 1, "the restart")
@@ -273,7 +273,7 @@ def test_real_memrun_workers_are_started_restarted_and_stopped(
     until(supervisor, lambda: supervisor.pid_of(name) is None, "the worker to stop")
     assert log_has("worker.stopped")  # SIGTERM: a clean drain, not a kill
     assert provisioner.list({"service": service.name}) == []
-    assert not layout.worker_dir(name).joinpath("cache").exists()
+    assert not layout.cache_root(service.name, name).exists()
     assert layout.log_path(name).exists()
 
 
@@ -383,10 +383,19 @@ def test_a_new_supervisor_adopts_the_workers_of_a_killed_one(
                 os.killpg(pid, signal.SIGKILL)
 
 
-def test_a_stopped_workers_cache_is_handed_over_and_running_peers_are_named(
+def test_a_stopped_workers_cache_is_handed_over_and_its_peers_are_found(
     home: Path, supervisor: LocalSupervisor, tmp_path: Path
 ) -> None:
     layout = LocalLayout(home)
+    out = tmp_path / "env.json"
+    dump = "import json, os, sys, time; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
+    add_spec(home, "w-new", python(dump + "; time.sleep(600)", str(out)))
+    until(supervisor, out.exists, "the new worker's env")
+    env = json.loads(out.read_text())
+    assert env["MEMRUN_CACHE_ROOT"] == str(layout.cache_root("svc", "w-new"))
+    assert env["MEMRUN_CACHE_HANDOVER_DIR"] == str(layout.handover_dir("svc"))
+    assert env["MEMRUN_CACHE_PEERS_DIR"] == str(layout.peers_dir("svc"))
+
     source = tmp_path / "data.bin"
     source.write_bytes(b"d" * 4096)
     keep_cache = (
@@ -396,19 +405,12 @@ def test_a_stopped_workers_cache_is_handed_over_and_running_peers_are_named(
         "time.sleep(600)"
     )
     ready = tmp_path / "old-ready"
-    root = {"MEMRUN_CACHE_ROOT": str(layout.worker_dir("w-old") / "cache")}
-    add_spec(home, "w-old", python(keep_cache, str(source), str(ready)), root)
+    add_spec(home, "w-old", python(keep_cache, str(source), str(ready)))
     until(supervisor, ready.exists, "the old worker's cache")
-    out = tmp_path / "env.json"
-    dump = "import json, os, sys, time; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
-    add_spec(home, "w-new", python(dump + "; time.sleep(600)", str(out)))
-    until(supervisor, out.exists, "the new worker's env")
-    env = json.loads(out.read_text())
-    assert env["MEMRUN_CACHE_HANDOVER_DIR"] == str(layout.handover_dir("svc"))
-    assert env["MEMRUN_CACHE_PEER_DIRS"] == str(layout.worker_dir("w-old") / "cache" / "svc")
+    assert (layout.cache_root("svc", "w-old") / "svc" / "files").is_dir()
 
     layout.spec_path("w-old").unlink()
     handed = layout.handover_dir("svc") / "w-old"
     until(supervisor, lambda: (handed / "files").is_dir(), "the handover")
     assert len(list((handed / "files").iterdir())) == 1
-    assert not (layout.worker_dir("w-old") / "cache").exists()
+    assert not layout.cache_root("svc", "w-old").exists()

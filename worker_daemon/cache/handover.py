@@ -5,9 +5,16 @@ Two kinds, both given by the local supervisor (apps/provisioning/local_handover.
 - handed-over caches: when a worker has stopped, its supervisor moves its cache folder
   (index and files) into the service's handover folder, and only after taking the folder's
   lock, which proves no process writes it any more. The next workers read them.
-- peers: the caches of the service's workers that were running when this one started. A
+- peers: the caches of the service's other running workers, whenever they started. A
   key that moves here (a scale-up, a rolling deploy) is usually still in its old owner's
   cache; copying it from there beats downloading it again.
+
+Both are found by listing two folders (the handover folder, and the peers folder of the
+service's cache roots, `<peers_dir>/<worker>/<service>/`), again at most every
+RESCAN_INTERVAL_S, and on a miss at most every MISS_RESCAN_INTERVAL_S or when a peer
+listed last time has left its place: a worker started after this one, or a cache handed
+over a moment ago (a rename from the peers folder into the handover folder), is seen at
+the next miss, never from a list fixed at start.
 
 This worker never writes another worker's cache: its own index has one writer, itself.
 On a miss, before downloading, the cache asks here. A copy is used only when the source's
@@ -32,7 +39,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +51,9 @@ from worker_daemon.cache.fetchers import RemoteObject, copy_file
 from worker_daemon.cache.index import IndexRecord, url_key
 
 RESCAN_INTERVAL_S = 1.0
+# On a miss: a listing of two small folders against the download the miss would make,
+# bounded so that a burst of misses does not list them once each.
+MISS_RESCAN_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -57,17 +67,21 @@ class HandedOver:
 
 class HandoverPool:
     """The handed-over caches under `root` (`root/<old worker>/`, each with `index/` and
-    `files/`), newest first, then the live `peers`. Thread-safe."""
+    `files/`), newest first, then the live peers' caches (`peers_dir/<worker>/<service>/`,
+    the service being `own`'s folder name; `own`, this worker's cache, is skipped).
+    Thread-safe."""
 
     def __init__(
         self,
         root: Path | None,
         *,
-        peers: Sequence[Path] = (),
+        peers_dir: Path | None = None,
+        own: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = root
-        self._peers = list(peers)
+        self._peers_dir = peers_dir
+        self._own = own
         self._clock = clock
         self._lock = threading.Lock()
         self._handed_over: list[Path] = []
@@ -78,13 +92,16 @@ class HandoverPool:
     def find(self, url: str) -> HandedOver | None:
         """The copy of `url` in another cache whose file is there with its recorded size."""
         key = url_key(url)
-        found = self._find_in(self._folders(), key, url)
-        if found is None and self.root is not None:
+        folders = self._folders()
+        found = self._find_in(folders, key, url)
+        if found is None:
             # A peer that just stopped is handed over by renaming its folder: it is gone
             # from its old path before the next periodic rescan shows the new one, and
-            # that is when its partitions move here (a rolling deploy). One listing of
-            # the handover folder is cheaper than the download a miss would make.
-            found = self._find_in(self._folders(rescan=True), key, url)
+            # that is when its partitions move here (a rolling deploy). Likewise a worker
+            # started since the last listing.
+            again = self._folders(after_miss=True)
+            if again != folders:
+                found = self._find_in(again, key, url)
         return found
 
     def _find_in(self, folders: list[Path], key: bytes, url: str) -> HandedOver | None:
@@ -106,15 +123,19 @@ class HandoverPool:
                 env.close()
             self._envs.clear()
 
-    def _folders(self, *, rescan: bool = False) -> list[Path]:
+    def _folders(self, *, after_miss: bool = False) -> list[Path]:
         now = self._clock()
+        interval = MISS_RESCAN_INTERVAL_S if after_miss else RESCAN_INTERVAL_S
         with self._lock:
-            if rescan or self._scanned_at is None or now - self._scanned_at >= RESCAN_INTERVAL_S:
+            # A live peer gone from its place was just handed over (renamed), the moment
+            # its partitions move here: list again at once, whatever the interval.
+            moved = after_miss and any(not p.is_dir() for p in self._live_peers)
+            if moved or self._scanned_at is None or now - self._scanned_at >= interval:
                 self._scanned_at = now
                 self._handed_over = _newest_first(self.root)
                 # A peer handed over since is read at its new place: its index must not
                 # stay open under the old one too (one LMDB file, one env per process).
-                self._live_peers = [p for p in self._peers if p.exists()]
+                self._live_peers = _peers(self._peers_dir, self._own)
                 # A swept handover's map would keep its deleted file's space in use.
                 for gone in set(self._envs) - {*self._handed_over, *self._live_peers}:
                     self._envs.pop(gone).close()
@@ -149,6 +170,17 @@ def _newest_first(root: Path | None) -> list[Path]:
         return sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True)
     except OSError:
         return []
+
+
+def _peers(peers_dir: Path | None, own: Path | None) -> list[Path]:
+    """The caches in `peers_dir` of the service `own` belongs to, but `own`."""
+    if peers_dir is None or own is None:
+        return []
+    try:
+        roots = sorted(peers_dir.iterdir())
+    except OSError:
+        return []
+    return [cache for root in roots if (cache := root / own.name) != own and cache.is_dir()]
 
 
 def _open_readonly(path: Path) -> lmdb.Environment | None:

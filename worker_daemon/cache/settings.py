@@ -38,10 +38,10 @@ class CacheSettings:
     ghost_entries: int = 4096
     index_map_size_bytes: int = 64 * MiB
     index_max_map_size_bytes: int = 4 * GiB
-    # Caches of this service's stopped workers on this host (warm deploys), and of the
-    # workers that ran when this one started (warm moves): read-only, cache/handover.py.
+    # Caches of this service's stopped workers on this host (warm deploys), and the folder
+    # of its running workers' cache roots (warm moves): read-only, cache/handover.py.
     handover_dir: Path | None = None
-    peer_dirs: tuple[Path, ...] = ()
+    peers_dir: Path | None = None
     # The warm handoff (worker_daemon/handoff.py): what one assignment may prefetch of
     # its partitions' hot sets, in bytes (None: a quarter of capacity_bytes) and time.
     prefetch_max_bytes: int | None = None
@@ -87,8 +87,8 @@ class CacheSettings:
         /var/lib/memrun/cache (a provisioned worker). Half the service's memory holds
         decoded values; results go to `s3://$MEMRUN_S3_BUCKET/results/{service}/` when a
         bucket is configured, else under MEMRUN_HOME. MEMRUN_CACHE_HANDOVER_DIR holds the
-        caches earlier workers of the service handed over, MEMRUN_CACHE_PEER_DIRS (joined
-        by os.pathsep) those of its workers running beside this one (cache/handover.py).
+        caches earlier workers of the service handed over, MEMRUN_CACHE_PEERS_DIR the cache
+        roots of its workers running beside this one, one folder each (cache/handover.py).
         MEMRUN_CACHE_PREFETCH_MAX_BYTES and MEMRUN_CACHE_PREFETCH_MAX_S bound the warm
         handoff's prefetch of one assignment.
         """
@@ -108,7 +108,7 @@ class CacheSettings:
             results_url = None
         max_age = environ.get("MEMRUN_CACHE_MAX_AGE_S")
         handover = environ.get("MEMRUN_CACHE_HANDOVER_DIR")
-        peers = environ.get("MEMRUN_CACHE_PEER_DIRS", "")
+        peers = environ.get("MEMRUN_CACHE_PEERS_DIR")
         prefetch_bytes = environ.get("MEMRUN_CACHE_PREFETCH_MAX_BYTES")
         prefetch_s = environ.get("MEMRUN_CACHE_PREFETCH_MAX_S")
         return cls(
@@ -124,7 +124,7 @@ class CacheSettings:
             or None,
             results_url=results_url,
             handover_dir=Path(handover) if handover else None,
-            peer_dirs=tuple(Path(p) for p in peers.split(os.pathsep) if p),
+            peers_dir=Path(peers) if peers else None,
             prefetch_max_bytes=int(prefetch_bytes) if prefetch_bytes else None,
             prefetch_max_s=float(prefetch_s) if prefetch_s else cls.prefetch_max_s,
         )

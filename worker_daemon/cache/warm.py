@@ -89,8 +89,10 @@ class WarmCache:
         `settings.s3_endpoint_url` when the first s3:// URL is read."""
         disk = DiskTier.open(settings, clock=clock)
         handover = None
-        if settings.handover_dir is not None or settings.peer_dirs:
-            handover = HandoverPool(settings.handover_dir, peers=settings.peer_dirs)
+        if settings.handover_dir is not None or settings.peers_dir is not None:
+            handover = HandoverPool(
+                settings.handover_dir, peers_dir=settings.peers_dir, own=settings.service_dir
+            )
         return cls(settings, disk=disk, s3_client=s3_client, clock=clock, handover=handover)
 
     # -- tier 1: named objects -------------------------------------------------------

@@ -28,9 +28,8 @@ class LocalProvisioner:
     def create(self, spec: WorkerSpec) -> str:
         folder = self.layout.worker_dir(spec.name)
         env = dict(spec.env)
-        env.setdefault("MEMRUN_CACHE_ROOT", str(folder / "cache"))
+        # Its cache root is the supervisor's to give: its service's caches folder.
         env.setdefault("MEMRUN_WORK_ROOT", str(folder / "work"))
-        (folder / "cache").mkdir(mode=0o700, parents=True, exist_ok=True)
         argv = [
             sys.executable,
             "-m",

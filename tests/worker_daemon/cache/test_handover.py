@@ -7,7 +7,6 @@ local_handover.py, Django-free): it moves a cache only once its lock is free.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -32,12 +31,13 @@ def worker_settings(home: Path, worker: str, *, handover: bool = True) -> CacheS
     """The cache settings the local supervisor gives `worker` of service `svc`."""
     layout = LocalLayout(home)
     return CacheSettings(
-        root=layout.worker_dir(worker) / "cache",
+        root=layout.cache_root("svc", worker),
         service="svc",
         capacity_bytes=64 * MiB,
         memory_budget_bytes=0,
         download_part_size_bytes=MiB,
         handover_dir=layout.handover_dir("svc") if handover else None,
+        peers_dir=layout.peers_dir("svc") if handover else None,
     )
 
 
@@ -54,7 +54,7 @@ def test_a_cache_is_handed_over_only_once_its_worker_closed_it(tmp_path: Path) -
     moved = cache_hand_over(layout, worker="w-old", service="svc")
 
     assert moved == layout.handover_dir("svc") / "w-old"
-    assert not (layout.worker_dir("w-old") / "cache" / "svc").exists()
+    assert not (layout.cache_root("svc", "w-old") / "svc").exists()
     assert len(list((moved / "files").iterdir())) == 1
 
 
@@ -186,9 +186,9 @@ def test_kill_9_during_adoption_leaves_both_caches_consistent(tmp_path: Path) ->
     assert_index_and_files_agree(new_settings)
 
 
-def serve_as_peer(settings: CacheSettings, url: str, s3: S3Settings) -> tuple[int, int, int]:
+def serve_as_peer(settings: CacheSettings, urls: list[str], s3: S3Settings) -> tuple[int, int, int]:
     """A forked peer worker (LMDB allows one open of an index per process) that caches
-    `url`, says so on a pipe, and keeps its cache open until the other pipe closes."""
+    `urls`, says so on a pipe, and keeps its cache open until the other pipe closes."""
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
     pid = os.fork()
@@ -197,10 +197,11 @@ def serve_as_peer(settings: CacheSettings, url: str, s3: S3Settings) -> tuple[in
             os.close(ready_r)
             os.close(done_w)
             cache = WarmCache.open(settings, s3_client=make_s3_client(s3))
-            cache.get_or_fetch(url)
+            for url in urls:
+                cache.get_or_fetch(url)
             os.write(ready_w, b".")
             os.read(done_r, 1)
-            cache.get_or_fetch(url, revalidate=True)  # it keeps writing its own index
+            cache.get_or_fetch(urls[0], revalidate=True)  # it keeps writing its own index
             cache.close()
         finally:
             os._exit(0)
@@ -214,12 +215,9 @@ def test_a_key_moved_from_a_live_peer_is_copied_from_its_cache(
 ) -> None:
     url = s3_object("moved.bin", content_of("moved.bin", 2 * MiB))
     peer_settings = worker_settings(tmp_path, "w-peer", handover=False)
-    pid, ready, done = serve_as_peer(peer_settings, url, s3_settings)
+    pid, ready, done = serve_as_peer(peer_settings, [url], s3_settings)
     assert os.read(ready, 1) == b"."
-    settings = dataclasses.replace(
-        worker_settings(tmp_path, "w-new"), peer_dirs=(peer_settings.service_dir,)
-    )
-    new = WarmCache.open(settings, s3_client=s3_client)
+    new = WarmCache.open(worker_settings(tmp_path, "w-new"), s3_client=s3_client)
     try:
         fetched = new.get_or_fetch(url)
         assert fetched.tier is Tier.DISK
@@ -232,3 +230,34 @@ def test_a_key_moved_from_a_live_peer_is_copied_from_its_cache(
         _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert_index_and_files_agree(peer_settings)
+
+
+def test_a_peer_started_later_and_then_handed_over_is_read_at_both_places(
+    tmp_path: Path, s3_object: Callable[..., str], s3_client: S3Client, s3_settings: S3Settings
+) -> None:
+    first = s3_object("first.bin", content_of("first.bin", MiB))
+    second = s3_object("second.bin", content_of("second.bin", MiB))
+    # The older worker opens its cache, and lists the service's caches on a miss, before
+    # the peer exists.
+    new = WarmCache.open(worker_settings(tmp_path, "w-new"), s3_client=s3_client)
+    local = tmp_path / "local.bin"
+    local.write_bytes(b"l" * 1000)
+    try:
+        assert new.get_or_fetch(str(local)).tier is Tier.REMOTE
+        peer_settings = worker_settings(tmp_path, "w-peer", handover=False)
+        pid, ready, done = serve_as_peer(peer_settings, [first, second], s3_settings)
+        assert os.read(ready, 1) == b"."
+        # The peer's cache is read where it lives while the peer runs...
+        assert new.get_or_fetch(first).tier is Tier.DISK
+        os.close(done)
+        os.close(ready)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        # ...and at its new place once it stopped and was handed over.
+        moved = cache_hand_over(LocalLayout(tmp_path), worker="w-peer", service="svc")
+        assert moved == LocalLayout(tmp_path).handover_dir("svc") / "w-peer"
+        assert new.get_or_fetch(second).tier is Tier.DISK
+        stats = new.stats()
+        assert (stats["adopted"], stats["fetches"]) == (2, 1)  # the one fetch: local.bin
+    finally:
+        new.close()

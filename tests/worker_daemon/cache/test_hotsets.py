@@ -161,9 +161,7 @@ def test_a_peer_handed_over_while_its_partitions_move_is_found_at_its_new_place(
     old.get_or_fetch(first)
     old.get_or_fetch(second)
     old.close()
-    settings = dataclasses.replace(
-        worker_settings(tmp_path, "w-new"), peer_dirs=(old_settings.service_dir,)
-    )
+    settings = worker_settings(tmp_path, "w-new")
     new = WarmCache.open(settings, s3_client=s3_client)
     try:
         assert new.prefetch(first) == MiB  # from the peer, where it ran
