@@ -9,6 +9,7 @@ process exit code (0 stopped, 1 could not start, 75 restart me).
 
 from __future__ import annotations
 
+import gc
 import signal
 import time
 from collections.abc import Callable
@@ -32,6 +33,17 @@ from worker_daemon.storage import AsyncStorage, make_s3_client
 
 KAFKA_ADMIN_TIMEOUT_S = 30.0
 DLQ_POLL_INTERVAL_S = 0.2
+
+
+def _freeze_heap() -> None:
+    """What a worker has loaded once its init handlers ran (the daemon, the handler's
+    modules, what init built: a model, a warm dict) lives as long as the process. Frozen,
+    Python's cyclic collector no longer walks it in each full collection: a pause in
+    whichever requests are running, 25 ms for the daemon alone on a 2-core VM, growing
+    with what init loads. Only here, in the worker's own process: a test that runs a
+    Worker in its process (and collects on its main thread) keeps its heap collectable."""
+    gc.collect()
+    gc.freeze()
 
 
 def run_worker(
@@ -85,6 +97,7 @@ def run_worker(
         producer=producer,
         log=log,
         storage=storage,
+        after_init=_freeze_heap,
         handoff=None
         if hot_sets is None
         else Handoff(

@@ -78,6 +78,7 @@ class Worker:
         storage: ObjectStorage | None = None,
         handoff: Handoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        after_init: Callable[[], None] = lambda: None,
     ) -> None:
         handler = service.request_handler
         if handler is None:
@@ -93,6 +94,7 @@ class Worker:
         self._producer = producer
         self._consumer_factory = consumer_factory
         self._admin_factory = admin_factory
+        self._after_init = after_init
         self._log = log or EventLog(worker=settings.worker_id, service=service.name)
         self._on_stats = on_stats or self._write_stats
         self._clock = clock
@@ -153,6 +155,7 @@ class Worker:
         if self._stop_requested:
             self._state = "stopped"
             return EXIT_OK
+        self._after_init()  # the process's own set-up once init is done (main.py: gc)
         consumer = self._consumer_factory(self._consumer_config())
         lag_probe = self._lag_probe()
         self._loop = ConsumeLoop(
