@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 # (librdkafka's batch.size, 1 MB). A first batch larger than this comes back cut, and
 # librdkafka asks again only after a back-off: 64 partitions with 60 KB batches took
 # ten seconds under a 4 KiB limit, 0.15 s under 64 KiB. Requests' batches are usually
-# far smaller (the control plane lingers 1 ms), and only one batch per partition comes.
+# far smaller (the control plane does not linger), and only one batch per partition comes.
 HEAD_FETCH_BYTES = 1024 * 1024
 CONSUME_BATCH = 1000
 
