@@ -72,7 +72,11 @@ class Lines:
 
 
 def make_worker(
-    service: ServiceUnderTest, svc: MemoryService, redis_client: redis.Redis, **kw: Any
+    service: ServiceUnderTest,
+    svc: MemoryService,
+    redis_client: redis.Redis,
+    after_init: Callable[[], None] = lambda: None,
+    **kw: Any,
 ) -> tuple[Worker, Lines, list[dict[str, Any]]]:
     settings = WorkerSettings(
         service=svc.name,
@@ -95,6 +99,7 @@ def make_worker(
         producer=Producer(kafka_client_config(settings.kafka)),
         log=EventLog(lines, worker=settings.worker_id),  # type: ignore[arg-type]
         on_stats=stats.append,
+        after_init=after_init,
     )
     return worker, lines, stats
 
@@ -156,11 +161,49 @@ def test_a_failing_init_handler_stops_the_worker_before_it_consumes(
     def handle(ctx: Any, request: Any) -> None:
         return None
 
-    worker, lines, _ = make_worker(service, svc, redis_client)
+    after_init: list[str] = []
+    worker, lines, _ = make_worker(
+        service, svc, redis_client, after_init=lambda: after_init.append("called")
+    )
     assert worker.run() == EXIT_INIT_FAILED
     failed = [line for line in lines.lines if line["event"] == "worker.init_failed"]
     assert failed and failed[0]["error"] == "model file missing"
     assert not any(line["event"] == "worker.consuming" for line in lines.lines)
+    assert after_init == []
+
+
+def test_after_init_runs_once_the_init_handlers_ran_and_before_the_worker_consumes(
+    service_factory: Callable[..., ServiceUnderTest], redis_client: redis.Redis
+) -> None:
+    # run_worker freezes the process's heap there (gc.freeze): what init built must be in it.
+    service = service_factory(partitions=1)
+    svc = MemoryService(service.name)
+    seen: list[str] = []
+
+    @svc.init_handler()
+    def warm(ctx: WorkerContext) -> None:
+        seen.append("init")
+
+    @svc.handler()
+    def handle(ctx: Any, request: Any) -> None:
+        return None
+
+    def after_init() -> None:
+        consuming = any(line["event"] == "worker.consuming" for line in lines.lines)
+        seen.append("after_init, consuming" if consuming else "after_init")
+
+    worker, lines, stats = make_worker(service, svc, redis_client, after_init=after_init)
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(worker.run()))
+    thread.start()
+    try:
+        wait_for(lambda: any(s["assigned"] == 1 for s in stats), what="1 partition in the stats")
+    finally:
+        worker.request_stop()
+        thread.join(60)
+    assert codes == [EXIT_OK]
+    assert seen == ["init", "after_init"]
+    assert any(line["event"] == "worker.consuming" for line in lines.lines)
 
 
 def test_the_package_must_declare_the_service_the_worker_serves(tmp_path: Path) -> None:
