@@ -14,8 +14,7 @@ from django.test import Client
 
 from apps.services.models import Deployment, Service
 from tests.api.test_deployments_api import build, handler_source
-from tests.memrun.archives import HANDLER, GiB, cases, gzip_members, package
-from tests.memrun.test_archive_bombs import header, zeros_gzip
+from tests.memrun.archives import HANDLER, GiB, cases, gzip_members, header, package, zeros_gzip
 
 pytestmark = pytest.mark.django_db
 

@@ -3,6 +3,7 @@ is refused everywhere with nothing written (`assert_refused`)."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -400,3 +401,23 @@ def assert_refused(
     assert list(dest.iterdir()) == []
     assert tree(tmp_path) == before
     assert not outside.exists()
+
+
+ZEROS_CHUNK_BYTES = 64 * 2**20
+
+
+def zeros_gzip(size_bytes: int) -> bytes:
+    """`size_bytes` of zeros as concatenated gzip members, built without holding them."""
+    assert size_bytes % ZEROS_CHUNK_BYTES == 0
+    return zeros_chunk_gzip() * (size_bytes // ZEROS_CHUNK_BYTES)
+
+
+@functools.cache
+def zeros_chunk_gzip() -> bytes:
+    return gzip.compress(bytes(ZEROS_CHUNK_BYTES), compresslevel=9, mtime=0)
+
+
+def header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info.tobuf(tarfile.PAX_FORMAT)

@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import gzip
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from memrun.wire.archive import PackageLimits
-from tests.memrun.archives import GiB, assert_refused, gzip_members
-
-ZEROS_CHUNK_BYTES = 64 * 2**20
-
-
-def zeros_gzip(size_bytes: int) -> bytes:
-    """`size_bytes` of zeros as concatenated gzip members, built without holding them."""
-    assert size_bytes % ZEROS_CHUNK_BYTES == 0
-    return zeros_chunk_gzip() * (size_bytes // ZEROS_CHUNK_BYTES)
-
-
-@functools.cache
-def zeros_chunk_gzip() -> bytes:
-    return gzip.compress(bytes(ZEROS_CHUNK_BYTES), compresslevel=9, mtime=0)
-
-
-def header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    return info.tobuf(tarfile.PAX_FORMAT)
+from tests.memrun.archives import GiB, assert_refused, gzip_members, header, zeros_gzip
 
 
 @pytest.fixture(scope="module")
