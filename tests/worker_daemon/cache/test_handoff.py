@@ -228,3 +228,34 @@ def test_the_new_owner_prefetches_the_old_owners_hot_set_and_never_serves_a_chan
     assert codes == [EXIT_OK] * len(codes)
     # The prefetch thread stopped before the summary: nothing is logged after it.
     assert new is not None and new.lines.events[-1]["event"] == "worker.stopped"
+
+
+class ConnectOnly:
+    """A cache that only records which thread built its S3 client."""
+
+    def __init__(self) -> None:
+        self.connected_on: list[str] = []
+
+    def prefetch(self, url: str) -> int:
+        return 0
+
+    def connect_s3(self) -> None:
+        self.connected_on.append(threading.current_thread().name)
+
+
+def test_the_s3_client_is_built_before_the_worker_joins_its_group() -> None:
+    """Handoff.start runs before the consume loop subscribes: the client must exist when
+    it returns, not be built on the prefetch thread while the first requests wait on it."""
+    cache = ConnectOnly()
+    handoff = Handoff(
+        cache=cache,
+        source=lambda parts: [],
+        log=EventLog(Lines()),  # type: ignore[arg-type]
+        max_bytes=MiB,
+        max_s=1.0,
+    )
+    handoff.start()
+    try:
+        assert cache.connected_on == [threading.current_thread().name]
+    finally:
+        handoff.stop()
