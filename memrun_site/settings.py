@@ -355,12 +355,12 @@ MEMRUN_CRASH_BACKOFF_BASE_S = float(env_int("MEMRUN_CRASH_BACKOFF_BASE_S", 10))
 MEMRUN_CRASH_BACKOFF_MAX_S = float(env_int("MEMRUN_CRASH_BACKOFF_MAX_S", 600))
 MEMRUN_CRASH_DEGRADED_AFTER_FAILURES = env_int("MEMRUN_CRASH_DEGRADED_AFTER_FAILURES", 3)
 # The Kafka consumer group protocol of every worker (worker_daemon/consumer.py
-# group_config): "classic" is the JoinGroup protocol (cooperative-sticky); "consumer" is
-# KIP-848 (Kafka >= 4.0 with the broker's group.consumer.* of services/kafka: with Kafka's
-# defaults a member heartbeats every 5 s and a crashed one keeps its partitions 45 s). It
-# moves partitions faster (bench_locality P7) but a rolling deploy then races the cache
-# handover (P9): README "Warm handoff".
-MEMRUN_GROUP_PROTOCOL = env_str("MEMRUN_GROUP_PROTOCOL", "classic")
+# group_config): "consumer" is KIP-848 (Kafka >= 4.0 with the broker's group.consumer.* of
+# services/kafka: with Kafka's defaults a member heartbeats every 5 s and a crashed one
+# keeps its partitions 45 s), which moves partitions several times faster (bench_locality
+# P7); "classic" is the JoinGroup protocol (cooperative-sticky, static members), whose
+# restarted worker gets its partitions back at once after a crash: README "Warm handoff".
+MEMRUN_GROUP_PROTOCOL = env_str("MEMRUN_GROUP_PROTOCOL", "consumer")
 if MEMRUN_GROUP_PROTOCOL not in ("consumer", "classic"):
     raise ImproperlyConfigured(
         f"MEMRUN_GROUP_PROTOCOL={MEMRUN_GROUP_PROTOCOL!r}: write consumer or classic"

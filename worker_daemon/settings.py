@@ -86,8 +86,8 @@ class WorkerSettings:
     # JoinGroup protocol with cooperative-sticky; "consumer" is KIP-848 (the broker assigns,
     # sticky, incrementally, in heartbeat responses: a moved partition waits two heartbeats,
     # not two JoinGroup rounds). The provisioner passes the control plane's
-    # MEMRUN_GROUP_PROTOCOL; README "Warm handoff" says why classic is still the default.
-    group_protocol: str = "classic"
+    # MEMRUN_GROUP_PROTOCOL, the same default; README "Warm handoff" says what each costs.
+    group_protocol: str = "consumer"
     # The two below are the classic protocol's only: under "consumer" the broker's
     # group.consumer.session.timeout.ms and heartbeat.interval.ms rule (scripts/services).
     session_timeout_ms: int = 10_000
