@@ -155,7 +155,9 @@ def test_each_protocol_gets_only_its_own_settings() -> None:
     env = {"MEMRUN_SERVICE": "svc", "MEMRUN_PACKAGE_PATH": "/p", "MEMRUN_WORKER_ID": "w-1"}
     kip848 = WorkerSettings.from_env({**env, "MEMRUN_GROUP_PROTOCOL": "consumer"})
     assert group_config(kip848) == {"group.protocol": "consumer"}
-    assert group_config(WorkerSettings.from_env(env)) == {
+    assert group_config(WorkerSettings.from_env(env)) == group_config(kip848)  # the default
+    classic = WorkerSettings.from_env({**env, "MEMRUN_GROUP_PROTOCOL": "classic"})
+    assert group_config(classic) == {
         "group.protocol": "classic",
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": 10_000,
